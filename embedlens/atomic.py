@@ -1,0 +1,35 @@
+"""Atomic file writes: a result either appears complete under its final name or not at all."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` when the block succeeds.
+
+    The temporary file lives in the same folder so the rename is atomic on POSIX file systems. If the
+    block raises, the temporary file is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(final: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``final`` atomically."""
+    with atomic_path(final) as tmp:
+        tmp.write_text(text)

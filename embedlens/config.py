@@ -1,0 +1,102 @@
+"""Load and validate the workflow configuration against ``schemas/config.schema.yaml``.
+
+Validation fills in every default the schema declares, so the rest of embedlens reads complete
+settings, and it reports every problem at once, each naming the key and what is allowed there.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration breaks the schema; the message lists each offending key."""
+
+
+def _with_defaults(validator_class: type) -> type:
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, subschema in properties.items():
+                if isinstance(subschema, Mapping) and "default" in subschema:
+                    instance.setdefault(key, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key_path(path: Iterable[Any]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = _key_path(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(sorted(schema.get("properties", {})))
+        extra = sorted(set(error.instance) - set(schema.get("properties", {})))
+        return f"{where}: unknown key(s) {', '.join(map(repr, extra))}; allowed keys: {allowed}"
+    if error.validator in ("enum", "const"):
+        allowed = error.validator_value if error.validator == "enum" else [error.validator_value]
+        return f"{where}: {error.instance!r} is not allowed; allowed values: {', '.join(map(str, allowed))}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    return f"{where}: {error.message}"
+
+
+def load_schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Read the YAML schema at ``schema_path``."""
+    with open(schema_path) as handle:
+        return yaml.safe_load(handle)
+
+
+def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Validate ``config`` in place against the schema, filling in defaults, and return it.
+
+    Raises ConfigError listing every violation, each as ``key.path: what is wrong; what is allowed``.
+    Names of datasets and of backbones must also be unique, since they become folder names.
+    """
+    schema = load_schema(schema_path)
+    validator_class = _with_defaults(jsonschema.validators.validator_for(schema))
+    validator = validator_class(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    problems = [_describe(error) for error in errors]
+    for section in ("datasets", "backbones"):
+        names = [entry.get("name") for entry in config.get(section, []) if isinstance(entry, dict)]
+        duplicated = sorted({n for n in names if names.count(n) > 1 and n is not None})
+        if duplicated:
+            problems.append(f"{section}: names must be unique; repeated: {', '.join(duplicated)}")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return config
+
+
+def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Read the YAML config at ``path`` and validate it; the error names the file."""
+    with open(path) as handle:
+        config = yaml.safe_load(handle) or {}
+    try:
+        return validate_config(config, schema_path)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def entry(config: dict, section: str, name: str) -> dict:
+    """Return the entry called ``name`` from the list ``config[section]`` (datasets or backbones)."""
+    for item in config[section]:
+        if item["name"] == name:
+            return item
+    known = ", ".join(item["name"] for item in config[section])
+    raise KeyError(f"no {section} entry named {name!r}; configured: {known}")

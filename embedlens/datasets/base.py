@@ -1,0 +1,76 @@
+"""What every dataset kind provides: a scan into a manifest, and a reader for one image's pixels."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from embedlens.manifest import MANIFEST_COLUMNS, empty_skipped
+
+
+@dataclass
+class DatasetScan:
+    """The result of scanning a dataset: the manifest, the images that could not be read, the classes.
+
+    ``class_names[label]`` is the name of integer label ``label`` for every label of the full dataset,
+    also those that filters removed, so labels keep their original meaning.
+    """
+
+    manifest: pd.DataFrame
+    class_names: list[str]
+    skipped: pd.DataFrame = field(default_factory=empty_skipped)
+
+
+class ImageDataset(ABC):
+    """A dataset kind. Built from its config entry; must be picklable (decoding workers receive it).
+
+    Subclasses implement :meth:`_scan` (every image of the requested splits) and :meth:`read_image`;
+    the class filter (``classes``) and the per-class cap (``max_per_class``) are applied here, the same
+    way for every kind.
+    """
+
+    kind: str = ""
+    default_splits: tuple[str, ...] = ()
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.name: str = spec["name"]
+        self.splits: list[str] = list(spec.get("splits") or self.default_splits)
+
+    @abstractmethod
+    def _scan(self) -> DatasetScan:
+        """Every readable image of ``self.splits``, labelled, in a stable order."""
+
+    @abstractmethod
+    def read_image(self, split: str, source: str) -> np.ndarray:
+        """The image as an RGB uint8 array of shape (H, W, 3)."""
+
+    def source_file(self, split: str, source: str) -> Path | None:
+        """The file that holds the image, for kinds that read files; None for array-backed kinds."""
+        return None
+
+    def scan(self) -> DatasetScan:
+        """Scan, then apply the config's class filter and per-class cap."""
+        scan = self._scan()
+        manifest = scan.manifest
+        wanted = self.spec.get("classes")
+        if wanted:
+            missing = sorted(set(wanted) - set(scan.class_names))
+            if missing:
+                raise ValueError(
+                    f"dataset {self.name!r}: classes {missing} are not in this dataset; "
+                    f"it has {len(scan.class_names)} classes, e.g. {scan.class_names[:10]}")
+            manifest = manifest[manifest["class_name"].isin(wanted)]
+        cap = self.spec.get("max_per_class")
+        if cap:
+            manifest = (manifest.sort_values(["split", "label", "index_in_split"], kind="stable")
+                        .groupby(["split", "label"], sort=False).head(cap))
+        order = {split: i for i, split in enumerate(self.splits)}
+        manifest = (manifest.assign(_split_order=manifest["split"].map(order))
+                    .sort_values(["_split_order", "index_in_split"], kind="stable")
+                    .drop(columns="_split_order").reset_index(drop=True))
+        return DatasetScan(manifest[MANIFEST_COLUMNS], scan.class_names, scan.skipped)
