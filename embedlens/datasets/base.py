@@ -17,12 +17,28 @@ class DatasetScan:
     """The result of scanning a dataset: the manifest, the images that could not be read, the classes.
 
     ``class_names[label]`` is the name of integer label ``label`` for every label of the full dataset,
-    also those that filters removed, so labels keep their original meaning.
+    also those that filters removed, so labels keep their original meaning. ``extras`` carries what a
+    kind knows beyond the manifest, e.g. the synthetic kind's ``designed_overlapping_pairs`` (ground
+    truth for the overlap stage); it is passed through the filters unchanged.
     """
 
     manifest: pd.DataFrame
     class_names: list[str]
     skipped: pd.DataFrame = field(default_factory=empty_skipped)
+    extras: dict = field(default_factory=dict)
+
+    def summary(self, dataset: ImageDataset) -> dict:
+        """What ``dataset.json`` records: name, kind, class names, images per split, skipped count,
+        plus the kind's extras (e.g. a synthetic dataset's designed look-alike pairs)."""
+        counts = self.manifest["split"].value_counts()
+        return {
+            "name": dataset.name,
+            "kind": dataset.kind,
+            "class_names": list(self.class_names),
+            "images": {split: int(counts.get(split, 0)) for split in dataset.splits},
+            "skipped": int(len(self.skipped)),
+            **getattr(self, "extras", {}),
+        }
 
 
 class ImageDataset(ABC):
@@ -73,4 +89,4 @@ class ImageDataset(ABC):
         manifest = (manifest.assign(_split_order=manifest["split"].map(order))
                     .sort_values(["_split_order", "index_in_split"], kind="stable")
                     .drop(columns="_split_order").reset_index(drop=True))
-        return DatasetScan(manifest[MANIFEST_COLUMNS], scan.class_names, scan.skipped)
+        return DatasetScan(manifest[MANIFEST_COLUMNS], scan.class_names, scan.skipped, scan.extras)

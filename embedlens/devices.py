@@ -1,0 +1,98 @@
+"""Which device a model job runs on, and which GPU it takes when several jobs share a workstation.
+
+Snakemake counts GPUs (``--resources gpu=N``) but does not say which GPU a job should use. Each model
+job therefore claims one GPU itself: it takes an exclusive ``flock`` on ``gpu-<id>.lock`` in a lock
+folder shared by the jobs of one machine, trying the GPUs in order. The lock belongs to the process, so
+it is released when the job ends, also when it is killed. A scheduler that already isolates GPUs
+(SLURM, Kubernetes) shows each job only its own GPU in ``CUDA_VISIBLE_DEVICES``; the claim then finds
+a single candidate and takes it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+def resolve_device(preference: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error; ``cpu`` is CPU."""
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device {preference!r}; allowed: auto, cpu, cuda")
+    if preference == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if preference == "cuda":
+        raise RuntimeError("extract.device is cuda but no CUDA device is available; use auto or cpu")
+    return torch.device("cpu")
+
+
+def default_lock_dir() -> Path:
+    """``$EMBEDLENS_GPU_LOCK_DIR``, else a per-user folder in the system's temp directory."""
+    configured = os.environ.get("EMBEDLENS_GPU_LOCK_DIR")
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / f"embedlens-gpu-locks-{os.getuid()}"
+
+
+def visible_gpu_ids(count: int, cuda_visible_devices: str | None) -> list[str]:
+    """Stable names for the ``count`` visible GPUs: the entries of CUDA_VISIBLE_DEVICES when it is set
+    (so jobs that see the same physical GPU under different indices still collide on one lock), else
+    "0", "1", ..."""
+    if cuda_visible_devices:
+        names = [name.strip() for name in cuda_visible_devices.split(",") if name.strip()]
+        if len(names) >= count:
+            return names[:count]
+    return [str(i) for i in range(count)]
+
+
+@dataclass
+class GpuClaim:
+    """A GPU held by this process: ``index`` is the torch device index; keep the object alive."""
+
+    index: int
+    name: str
+    _handle: object
+
+    def release(self) -> None:
+        self._handle.close()
+
+
+def claim_gpu(gpu_names: list[str], lock_dir: str | Path | None = None,
+              timeout: float = 24 * 3600.0, poll: float = 1.0) -> GpuClaim:
+    """Take the first free GPU among ``gpu_names`` (see :func:`visible_gpu_ids`), waiting while all are
+    taken. Raises TimeoutError after ``timeout`` seconds."""
+    if not gpu_names:
+        raise ValueError("no GPUs to claim")
+    lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        for index, name in enumerate(gpu_names):
+            handle = open(lock_dir / f"gpu-{name}.lock", "w")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            return GpuClaim(index, name, handle)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"all GPUs {gpu_names} stayed taken (locks in {lock_dir}) for {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def acquire_device(preference: str = "auto") -> tuple[torch.device, GpuClaim | None]:
+    """The device a model job should use: on CUDA, a claimed GPU of its own; else the CPU."""
+    device = resolve_device(preference)
+    if device.type != "cuda":
+        return device, None
+    names = visible_gpu_ids(torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    claim = claim_gpu(names)
+    torch.cuda.set_device(claim.index)
+    return torch.device("cuda", claim.index), claim

@@ -1,0 +1,514 @@
+"""Overlapping classes: class centroids, the class x class cosine matrix, the overlap set, refinement.
+
+The reference behaviour (the overlap notebook this replaces): one centroid per class, the mean of its
+features over train and test together; the cosine similarity between every two centroids; a pair of
+classes overlaps when its similarity is strictly greater than 0.9; the overlap set is the union of
+the classes of the overlapping pairs. Everything here matches that by default and adds:
+
+- ``normalized=True`` centroids: the mean of L2-normalised features (every image weighs the same in
+  the direction of its class, whatever its feature norm);
+- ``inclusive=True``: a pair at exactly the threshold counts too (``>=`` instead of ``>``);
+- ``selection="top_n"``: the N most similar pairs, whatever their similarity, for a fixed-size subset;
+- per-sample refinement: of the images of an overlapping class keep only those that lie close to a
+  *partner* class (the other class of a pair it belongs to), scored by the cosine between the image's
+  feature and the partner's centroid. A class in several pairs scores each image by the **maximum**
+  over its partners: an image is ambiguous when it looks like any one of the classes it is confused
+  with.
+
+Labels are the dataset's integer labels (``class_names[label]`` is the name), never re-numbered.
+Pairs are ordered so that ``label_a < label_b`` and sorted by similarity, high to low (ties: by
+``label_a``, then ``label_b``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics.pairwise import cosine_similarity
+
+from embedlens.atomic import atomic_path, write_text_atomic
+from embedlens.store import SplitFeatures
+
+CENTROIDS = ("mean", "normalized_mean")
+SELECTIONS = ("threshold", "top_n")
+REFINE_MODES = ("none", "threshold", "top_fraction")
+PAIR_COLUMNS = ["class_a", "class_b", "similarity", "label_a", "label_b"]
+SIMILARITY_COLUMN = "partner_similarity"
+
+
+# --------------------------------------------------------------------------------------------------
+# settings
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """Per-sample refinement of the exported subset.
+
+    ``mode``: ``none`` keeps every image of the overlapping classes; ``threshold`` keeps the images
+    whose partner similarity is at least ``threshold`` (``>=``); ``top_fraction`` keeps, per class and
+    split, the ``ceil(fraction * n)`` images with the highest partner similarity (at least one image
+    of every non-empty class and split).
+    """
+
+    mode: str = "none"
+    threshold: float = 0.5
+    fraction: float = 0.5
+
+    def __post_init__(self):
+        if self.mode not in REFINE_MODES:
+            raise ValueError(f"overlap.refine.mode {self.mode!r}; allowed values: {', '.join(REFINE_MODES)}")
+        check_threshold(self.threshold, "overlap.refine.threshold")
+        if not (isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 1):
+            raise ValueError(f"overlap.refine.fraction is {self.fraction!r}; it must lie in (0, 1]")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+
+@dataclass(frozen=True)
+class OverlapSettings:
+    """The ``overlap:`` section of the config (see ``schemas/config.schema.yaml``).
+
+    ``splits``: the splits whose images feed the centroids; None takes every split of the feature
+    store (for CIFAR-100: train and test, like the notebook). ``classes``: restrict the analysis to
+    these class names (None: every class with images).
+    """
+
+    splits: tuple[str, ...] | None = None
+    centroid: str = "mean"
+    selection: str = "threshold"
+    threshold: float = 0.9
+    inclusive: bool = False
+    top_n: int = 10
+    classes: tuple[str, ...] | None = None
+    refine: RefineSettings = field(default_factory=RefineSettings)
+    export: bool = True
+
+    def __post_init__(self):
+        if self.centroid not in CENTROIDS:
+            raise ValueError(f"overlap.centroid {self.centroid!r}; allowed values: {', '.join(CENTROIDS)}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"overlap.selection {self.selection!r}; allowed values: {', '.join(SELECTIONS)}")
+        check_threshold(self.threshold, "overlap.threshold")
+        if not (isinstance(self.top_n, int) and self.top_n >= 1):
+            raise ValueError(f"overlap.top_n is {self.top_n!r}; it must be an integer >= 1")
+
+    @classmethod
+    def from_config(cls, section: Mapping | None) -> OverlapSettings:
+        """Build from the validated config's ``overlap`` section (a dict; missing keys: defaults)."""
+        section = dict(section or {})
+        refine = RefineSettings(**dict(section.pop("refine", None) or {}))
+        for key in ("splits", "classes"):
+            if section.get(key) is not None:
+                section[key] = tuple(section[key])
+        unknown = sorted(set(section) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"overlap: unknown key(s) {unknown}; allowed keys: "
+                             f"{', '.join(sorted(cls.__dataclass_fields__))}")
+        return cls(refine=refine, **section)
+
+    def as_dict(self) -> dict:
+        """JSON-friendly form, for provenance in ``classes.json``."""
+        return {
+            "splits": list(self.splits) if self.splits is not None else None,
+            "centroid": self.centroid,
+            "selection": self.selection,
+            "threshold": self.threshold,
+            "inclusive": self.inclusive,
+            "top_n": self.top_n,
+            "classes": list(self.classes) if self.classes is not None else None,
+            "refine": {"mode": self.refine.mode, "threshold": self.refine.threshold,
+                       "fraction": self.refine.fraction},
+            "export": self.export,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# input checks
+
+
+def check_threshold(threshold: float, key: str = "overlap.threshold") -> float:
+    """Return ``threshold`` as a float; raise ValueError naming ``key`` unless it lies in [-1, 1]."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ValueError(f"{key} is {threshold!r}; it must be a number in [-1, 1] (a cosine similarity)")
+    if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+        raise ValueError(f"{key} is {threshold!r}; a cosine similarity lies in [-1, 1]")
+    return float(threshold)
+
+
+def resolve_classes(wanted: Sequence[str] | None, class_names: Sequence[str],
+                    present: Sequence[int] | None = None) -> list[int] | None:
+    """Turn configured class names into dataset labels (ascending); None when ``wanted`` is None.
+
+    Raises ValueError naming every configured class the dataset lacks, and (when ``present``, the
+    labels that have images, is given) every class that has no images in the feature store.
+    """
+    if wanted is None:
+        return None
+    lookup: dict[str, list[int]] = {}
+    for label, name in enumerate(class_names):
+        lookup.setdefault(name, []).append(label)
+    missing = [name for name in wanted if name not in lookup]
+    if missing:
+        raise ValueError(
+            f"overlap.classes: {missing} are not classes of this dataset; it has {len(class_names)} "
+            f"classes, e.g. {list(class_names[:10])}")
+    labels = sorted({label for name in wanted for label in lookup[name]})
+    if present is not None:
+        present_set = {int(x) for x in present}
+        empty = [class_names[label] for label in labels if label not in present_set]
+        if empty:
+            raise ValueError(
+                f"overlap.classes: {empty} have no images in the feature store (filtered out by the "
+                f"dataset's classes or max_per_class, or absent from the centroid splits)")
+    if len(labels) < 2:
+        raise ValueError(f"overlap.classes: {list(wanted)} names fewer than two classes; a pair needs two")
+    return labels
+
+
+def check_store_dataset(attrs: Mapping, dataset: str, store_path: str | Path = "feature store") -> None:
+    """Raise ValueError when the store's ``dataset`` attribute is not ``dataset`` (or is missing)."""
+    built_from = attrs.get("dataset")
+    if built_from is None:
+        raise ValueError(f"{store_path}: the feature store has no 'dataset' attribute; cannot tell "
+                         f"whether it belongs to dataset {dataset!r}. Rebuild it with the workflow")
+    if str(built_from) != str(dataset):
+        raise ValueError(f"{store_path}: the feature store was built from dataset {built_from!r}, not "
+                         f"{dataset!r} (the dataset of the manifest); rebuild its features")
+
+
+def check_store_matches_manifest(splits: Mapping[str, SplitFeatures], manifest: pd.DataFrame,
+                                 store_path: str | Path = "feature store") -> None:
+    """Raise ValueError unless every store split has exactly the manifest's rows of that split
+    (same ``index_in_split`` in the same order, same labels): a store from another dataset, or from
+    an older manifest, is caught here."""
+    for split, data in splits.items():
+        rows = manifest[manifest["split"] == split]
+        if len(rows) == 0:
+            raise ValueError(f"{store_path}: split {split!r} is not in the manifest "
+                             f"(manifest splits: {sorted(manifest['split'].unique())})")
+        if len(rows) != len(data.index):
+            raise ValueError(f"{store_path}: split {split!r} has {len(data.index)} rows; the manifest "
+                             f"has {len(rows)}. The store belongs to another dataset or an older manifest")
+        if not np.array_equal(rows["index_in_split"].to_numpy(np.int64), data.index):
+            raise ValueError(f"{store_path}: split {split!r}: image indices differ from the manifest's. "
+                             f"The store belongs to another dataset or an older manifest")
+        if not np.array_equal(rows["label"].to_numpy(np.int64), data.labels):
+            raise ValueError(f"{store_path}: split {split!r}: labels differ from the manifest's. "
+                             f"The store belongs to another dataset or an older manifest")
+
+
+# --------------------------------------------------------------------------------------------------
+# centroids and similarity
+
+
+@dataclass
+class Centroids:
+    """One centroid per class, classes in ascending label order."""
+
+    labels: np.ndarray   # int64 (K,) dataset labels
+    names: list[str]     # K class names
+    vectors: np.ndarray  # float64 (K, D)
+    counts: np.ndarray   # int64 (K,) images that fed each centroid
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def position(self) -> dict[int, int]:
+        """label -> row of ``vectors``."""
+        return {int(label): i for i, label in enumerate(self.labels)}
+
+
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float64); all-zero rows stay zero."""
+    features = np.asarray(features, dtype=np.float64)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.where(norms > 0, norms, 1.0)
+
+
+def class_centroids(features: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None = None,
+                    *, normalized: bool = False, classes: Sequence[int] | None = None) -> Centroids:
+    """Per-class centroids.
+
+    ``features`` (N, D) and ``labels`` (N,) are the rows of one or more splits; rows labelled -1 (no
+    class) are ignored. A centroid is the mean feature of its class (float64 arithmetic), or with
+    ``normalized`` the mean of the L2-normalised features (not re-normalised; cosine does not care).
+    ``classes`` restricts to these labels. ``class_names[label]`` names each class (default: the
+    label as text). Classes without rows get no centroid.
+    """
+    features = np.asarray(features)
+    labels = np.asarray(labels, dtype=np.int64)
+    if features.ndim != 2 or len(features) != len(labels):
+        raise ValueError(f"features {features.shape} and labels {labels.shape} do not match")
+    keep = labels >= 0
+    if classes is not None:
+        keep &= np.isin(labels, np.asarray(list(classes), dtype=np.int64))
+    features, labels = features[keep], labels[keep]
+    values = l2_normalize(features) if normalized else features.astype(np.float64)
+    present, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(present), features.shape[1]), dtype=np.float64)
+    np.add.at(sums, inverse, values)
+    vectors = sums / counts[:, None] if len(present) else sums
+    names = [class_names[label] if class_names is not None else str(label) for label in present]
+    return Centroids(present.astype(np.int64), names, vectors, counts.astype(np.int64))
+
+
+def similarity_matrix(vectors: np.ndarray) -> np.ndarray:
+    """The K x K cosine similarity between the rows of ``vectors`` (float64, clipped to [-1, 1]).
+    A zero row has similarity 0 to everything."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    if len(vectors) == 0:
+        return np.zeros((0, 0))
+    return np.clip(cosine_similarity(vectors), -1.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# pairs and the overlap set
+
+
+def _empty_pairs() -> pd.DataFrame:
+    return pd.DataFrame({"class_a": pd.Series(dtype="object"), "class_b": pd.Series(dtype="object"),
+                         "similarity": pd.Series(dtype="float64"), "label_a": pd.Series(dtype="int64"),
+                         "label_b": pd.Series(dtype="int64")})
+
+
+def select_pairs(similarity: np.ndarray, names: Sequence[str], labels: Sequence[int] | None = None, *,
+                 selection: str = "threshold", threshold: float = 0.9, inclusive: bool = False,
+                 top_n: int | None = None) -> pd.DataFrame:
+    """The overlapping class pairs of a K x K similarity matrix.
+
+    ``selection="threshold"``: every pair (i < j) with similarity ``> threshold`` (``>=`` when
+    ``inclusive``). ``selection="top_n"``: the ``top_n`` most similar pairs (all pairs if fewer),
+    whatever their similarity. ``names``/``labels`` describe the rows (labels default to 0..K-1).
+
+    Returns a DataFrame with columns class_a, class_b, similarity, label_a, label_b (label_a <
+    label_b), sorted by similarity high to low, ties by label_a then label_b; no rows when nothing
+    overlaps.
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    k = len(names)
+    if similarity.shape != (k, k):
+        raise ValueError(f"similarity matrix {similarity.shape} does not match {k} class names")
+    labels = np.arange(k) if labels is None else np.asarray(labels, dtype=np.int64)
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection {selection!r}; allowed values: {', '.join(SELECTIONS)}")
+    rows, cols = np.triu_indices(k, 1)
+    values = similarity[rows, cols]
+    if selection == "threshold":
+        threshold = check_threshold(threshold)
+        keep = values >= threshold if inclusive else values > threshold
+        rows, cols, values = rows[keep], cols[keep], values[keep]
+    elif top_n is None or int(top_n) < 1:
+        raise ValueError(f"top_n is {top_n!r}; selection top_n needs an integer >= 1")
+    # Orient every pair so that label_a < label_b (rows may not be in label order).
+    la, lb = labels[rows], labels[cols]
+    swap = la > lb
+    rows, cols = np.where(swap, cols, rows), np.where(swap, rows, cols)
+    la, lb = labels[rows], labels[cols]
+    order = np.lexsort((lb, la, -values))
+    if selection == "top_n":
+        order = order[:int(top_n)]
+    if len(order) == 0:
+        return _empty_pairs()
+    return pd.DataFrame({
+        "class_a": [names[i] for i in rows[order]],
+        "class_b": [names[j] for j in cols[order]],
+        "similarity": values[order],
+        "label_a": la[order].astype(np.int64),
+        "label_b": lb[order].astype(np.int64),
+    }, columns=PAIR_COLUMNS).reset_index(drop=True)
+
+
+def overlap_classes(pairs: pd.DataFrame) -> list[dict]:
+    """The union of the classes of ``pairs``: ``[{"label": int, "name": str}, ...]`` by label."""
+    found: dict[int, str] = {}
+    for a, b, la, lb in pairs[["class_a", "class_b", "label_a", "label_b"]].itertuples(index=False):
+        found[int(la)] = str(a)
+        found[int(lb)] = str(b)
+    return [{"label": label, "name": found[label]} for label in sorted(found)]
+
+
+def partners(pairs: pd.DataFrame) -> dict[int, list[int]]:
+    """label -> the labels it is paired with (each list ascending)."""
+    out: dict[int, set[int]] = {}
+    for la, lb in pairs[["label_a", "label_b"]].itertuples(index=False):
+        out.setdefault(int(la), set()).add(int(lb))
+        out.setdefault(int(lb), set()).add(int(la))
+    return {label: sorted(others) for label, others in sorted(out.items())}
+
+
+@dataclass
+class OverlapResult:
+    """What the overlap rule writes: centroids, their similarity matrix, the pairs, the class union."""
+
+    centroids: Centroids
+    similarity: np.ndarray
+    pairs: pd.DataFrame
+    classes: list[dict]
+    settings: OverlapSettings
+    splits: list[str]
+
+
+def compute_overlap(splits: Mapping[str, SplitFeatures], class_names: Sequence[str],
+                    settings: OverlapSettings = OverlapSettings()) -> OverlapResult:
+    """Centroids over ``settings.splits`` (default: every split given), the cosine matrix, the pairs
+    and the overlap set. ``splits`` maps split name to its rows (e.g. from :func:`read_split`)."""
+    use = list(settings.splits) if settings.splits is not None else list(splits)
+    absent = [s for s in use if s not in splits]
+    if absent:
+        raise ValueError(f"overlap.splits: {absent} are not in the feature store; it has {list(splits)}")
+    if not use:
+        raise ValueError("overlap.splits is empty; name at least one split")
+    features = np.concatenate([splits[s].features for s in use])
+    labels = np.concatenate([splits[s].labels for s in use])
+    wanted = resolve_classes(settings.classes, class_names, present=np.unique(labels))
+    centroids = class_centroids(features, labels, class_names, normalized=settings.centroid == "normalized_mean",
+                                classes=wanted)
+    similarity = similarity_matrix(centroids.vectors)
+    pairs = select_pairs(similarity, centroids.names, centroids.labels, selection=settings.selection,
+                         threshold=settings.threshold, inclusive=settings.inclusive, top_n=settings.top_n)
+    return OverlapResult(centroids, similarity, pairs, overlap_classes(pairs), settings, use)
+
+
+# --------------------------------------------------------------------------------------------------
+# per-sample refinement
+
+
+def partner_similarity(features: np.ndarray, labels: np.ndarray, centroids: Centroids,
+                       partner_map: Mapping[int, Sequence[int]]) -> np.ndarray:
+    """For each row, the cosine between its feature and the centroids of its class's partners, the
+    maximum over partners; NaN for rows whose class has no partner."""
+    features = l2_normalize(features)
+    labels = np.asarray(labels, dtype=np.int64)
+    unit = l2_normalize(centroids.vectors) if len(centroids) else centroids.vectors
+    where = centroids.position()
+    scores = np.full(len(labels), np.nan)
+    for label, others in partner_map.items():
+        rows = np.flatnonzero(labels == label)
+        cols = [where[o] for o in others if o in where]
+        if len(rows) and cols:
+            scores[rows] = (features[rows] @ unit[cols].T).max(axis=1)
+    return scores
+
+
+def refine_keep(scores: np.ndarray, groups: np.ndarray | Sequence, refine: RefineSettings) -> np.ndarray:
+    """Boolean mask of the rows to keep. ``scores`` are partner similarities (NaN: never kept unless
+    refinement is off); ``groups`` holds one key per row (e.g. ``"split/label"``): ``top_fraction``
+    takes ``ceil(fraction * n)`` rows of each group, highest score first (ties: earlier row first)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if not refine.enabled:
+        return np.ones(len(scores), dtype=bool)
+    if refine.mode == "threshold":
+        return np.nan_to_num(scores, nan=-np.inf) >= refine.threshold
+    keep = np.zeros(len(scores), dtype=bool)
+    groups = pd.Series(list(groups)) if not isinstance(groups, pd.Series) else groups.reset_index(drop=True)
+    for _, positions in groups.groupby(groups, sort=False).indices.items():
+        positions = np.asarray(positions)
+        valid = positions[~np.isnan(scores[positions])]
+        take = math.ceil(refine.fraction * len(valid))
+        ranked = valid[np.argsort(-scores[valid], kind="stable")]
+        keep[ranked[:take]] = True
+    return keep
+
+
+def subset_rows(manifest: pd.DataFrame, classes: Sequence[int], *,
+                splits: Mapping[str, SplitFeatures] | None = None, centroids: Centroids | None = None,
+                pairs: pd.DataFrame | None = None, refine: RefineSettings = RefineSettings()) -> pd.DataFrame:
+    """The manifest rows to export: every image of ``classes`` (labels), in manifest order; with
+    refinement on, only the images close to a partner class, plus a ``partner_similarity`` column.
+    Refinement needs ``splits`` (the store's rows, for each image's feature), ``centroids`` and
+    ``pairs``."""
+    rows = manifest[manifest["label"].isin([int(c) for c in classes])].reset_index(drop=True)
+    if not refine.enabled:
+        return rows
+    if splits is None or centroids is None or pairs is None:
+        raise ValueError("refinement needs the feature store's splits, the centroids and the pairs")
+    scores = np.full(len(rows), np.nan)
+    partner_map = partners(pairs)
+    for split, part in rows.groupby("split", sort=False):
+        if split not in splits:
+            raise ValueError(f"refinement: split {split!r} of the manifest is not in the feature store "
+                             f"(it has {list(splits)})")
+        data = splits[split]
+        position = pd.Series(np.arange(len(data.index)), index=data.index)
+        found = position.reindex(part["index_in_split"].to_numpy())
+        if found.isna().any():
+            raise ValueError(f"refinement: {int(found.isna().sum())} images of split {split!r} have no "
+                             f"features in the store; rebuild it from this manifest")
+        at = found.to_numpy(np.int64)
+        scores[part.index.to_numpy()] = partner_similarity(data.features[at], part["label"].to_numpy(),
+                                                           centroids, partner_map)
+    groups = rows["split"].astype(str) + "/" + rows["label"].astype(str)
+    keep = refine_keep(scores, groups, refine)
+    rows = rows.assign(**{SIMILARITY_COLUMN: scores})
+    return rows[keep].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# writers and readers
+
+
+def write_similarity_csv(similarity: np.ndarray, names: Sequence[str], path: str | Path) -> None:
+    """The K x K matrix as CSV: a ``class`` column, then one column per class (same order as rows)."""
+    frame = pd.DataFrame(np.asarray(similarity), index=list(names), columns=list(names))
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index_label="class", float_format="%.6f")
+
+
+def read_similarity_csv(path: str | Path) -> pd.DataFrame:
+    """Read :func:`write_similarity_csv`'s file: a square DataFrame indexed by class name."""
+    return pd.read_csv(path, index_col="class", keep_default_na=False)
+
+
+def write_pairs_csv(pairs: pd.DataFrame, path: str | Path) -> None:
+    """``pairs`` (from :func:`select_pairs`) as CSV with columns :data:`PAIR_COLUMNS`."""
+    with atomic_path(path) as tmp:
+        pairs[PAIR_COLUMNS].to_csv(tmp, index=False, float_format="%.6f")
+
+
+def read_pairs_csv(path: str | Path) -> pd.DataFrame:
+    """Read :func:`write_pairs_csv`'s file (class names stay text, also ``"nan"`` or ``"null"``)."""
+    frame = pd.read_csv(path, dtype={"class_a": str, "class_b": str}, keep_default_na=False)
+    if len(frame) == 0:
+        return _empty_pairs()
+    return frame.astype({"similarity": "float64", "label_a": "int64", "label_b": "int64"})
+
+
+def classes_document(result: OverlapResult, **provenance) -> dict:
+    """What ``classes.json`` holds: the overlap set (label and name, by label), counts, settings."""
+    return {
+        **provenance,
+        "num_classes": len(result.classes),
+        "num_pairs": int(len(result.pairs)),
+        "classes": result.classes,
+        "centroid_splits": result.splits,
+        "num_centroid_classes": len(result.centroids),
+        "settings": result.settings.as_dict(),
+    }
+
+
+def write_classes_json(document: dict, path: str | Path) -> None:
+    """Write ``classes.json`` atomically."""
+    write_text_atomic(path, json.dumps(document, indent=2) + "\n")
+
+
+def save_centroids(centroids: Centroids, path: str | Path) -> None:
+    """Centroids as NPZ (``labels``, ``names``, ``vectors``, ``counts``), written atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, labels=centroids.labels, names=np.asarray(centroids.names, dtype=str),
+                     vectors=centroids.vectors, counts=centroids.counts)
+
+
+def load_centroids(path: str | Path) -> Centroids:
+    """Read :func:`save_centroids`'s file."""
+    with np.load(path, allow_pickle=False) as data:
+        return Centroids(data["labels"].astype(np.int64), [str(n) for n in data["names"]],
+                         data["vectors"].astype(np.float64), data["counts"].astype(np.int64))
