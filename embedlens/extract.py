@@ -61,7 +61,7 @@ class ManifestImages(Dataset):
         except Exception as error:
             raise RuntimeError(f"dataset {self.dataset.name!r}: cannot read {self.splits[i]} image "
                                f"{self.sources[i]!r}: {error}") from error
-        return torch.from_numpy(np.ascontiguousarray(pixels))
+        return torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C"))  # writable, contiguous
 
 
 def collate_images(batch: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
