@@ -37,7 +37,7 @@ class DatasetScan:
             "class_names": list(self.class_names),
             "images": {split: int(counts.get(split, 0)) for split in dataset.splits},
             "skipped": int(len(self.skipped)),
-            **getattr(self, "extras", {}),
+            **self.extras,
         }
 
 

@@ -1,0 +1,284 @@
+"""Any directory tree of image files: the class is the first folder level under the root.
+
+Layout (like torchvision's ``ImageFolder``)::
+
+    root/cat/001.jpg              split "train" (no ``splits`` key): the whole root is one split
+    root/cat/more/002.png         nested folders inside a class belong to that class
+    root/dog/003.webp
+    root/loose.png                an image directly at the root: label -1, class_name ""
+
+With ``splits: [train, test]`` each split is a sub-folder of root with the same layout inside
+(``root/train/cat/001.jpg``, ``root/test/cat/004.jpg``); the class names are the union over the splits,
+so a label means the same class in every split.
+
+Rules, all deterministic:
+- an image is a file whose name ends (case-insensitively) in one of ``extensions``; hidden files and
+  folders (name starting with ".") are ignored, symlinked folders are followed (once each);
+- a class is a first-level folder that holds at least one image file (empty folders are ignored);
+  labels are the sorted class names, 0..C-1;
+- ``index_in_split`` is the position in the split's image files sorted by path components, counted
+  before decoding, so a file keeps its index even when a neighbour is skipped as unreadable;
+- ``source`` is the path relative to root in POSIX form (``train/cat/001.jpg`` with splits), so
+  manifests are portable; :meth:`FolderDataset.source_file` turns it back into an absolute path;
+- every file is fully decoded and converted at scan time (in parallel); a file that fails is left
+  out of the manifest and listed in ``skipped`` with the decoder's message.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import warnings
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from embedlens.datasets.base import DatasetScan, ImageDataset
+from embedlens.manifest import MANIFEST_COLUMNS, SKIPPED_COLUMNS
+
+DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_REASON_CHARS = 200
+EXIF_ORIENTATION = 0x0112
+ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Any PIL image as an RGB uint8 array (H, W, 3), upright by its EXIF orientation.
+
+    Alpha is dropped (as torchvision's loader does); 16-bit and 32-bit integer grey (I;16*, I) is
+    scaled from 0..65535 to 0..255; float grey (F) is read as 0..1. Everything else goes through
+    PIL's ``convert("RGB")`` (L, LA, P, PA, 1, CMYK, YCbCr, LAB, HSV, RGBA, ...).
+    """
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block does not make the pixels unreadable
+        orientation = 1
+    if orientation in ORIENTATION_TRANSPOSE:
+        image = image.transpose(ORIENTATION_TRANSPOSE[orientation])
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if mode == "F" else 255.0 / 65535.0
+        top = 1.0 if mode == "F" else 65535.0
+        grey = np.rint(np.clip(values, 0.0, top) * scale).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if mode != "RGB":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Palette images with Transparency ..." is noise here
+            image = image.convert("RGB")
+    array = np.array(image, dtype=np.uint8)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"mode {mode} did not convert to RGB (got shape {array.shape})")
+    return array
+
+
+def decode_file(path: str | Path) -> np.ndarray:
+    """Fully decode the image file at ``path`` into RGB uint8; raises on anything unreadable."""
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def _short_reason(error: BaseException, path: str) -> str:
+    """The decoder's message without the (long, redundant) path, on one line."""
+    message = str(error)
+    for form in (repr(path), f'"{path}"', path):
+        message = message.replace(form, "")
+    message = " ".join(message.split()).strip(" :")
+    if not message:
+        message = type(error).__name__
+    return message[:MAX_REASON_CHARS]
+
+
+def check_file(path: str) -> str | None:
+    """None when the file decodes to RGB, else why not (short)."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        decode_file(path)
+    except Exception as error:  # anything the decoder raises means: skip this file
+        return _short_reason(error, path)
+    return None
+
+
+def _check_chunk(paths: list[str]) -> list[str | None]:
+    return [check_file(path) for path in paths]
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (affinity-aware where the OS tells)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def check_files(paths: list[str], workers: int | None = None, chunk_size: int | None = None
+                ) -> list[str | None]:
+    """:func:`check_file` for every path, in order, over ``workers`` processes in chunks.
+
+    By default all available CPUs and chunks of 16..512 files (about 8 chunks per worker). One chunk,
+    or one worker, runs in this process. Worker processes are forked where the OS allows (Snakemake
+    runs scripts without a ``__main__`` guard, so spawned workers would re-run the script); elsewhere
+    threads are used (PIL releases the GIL while decoding).
+    """
+    if not paths:
+        return []
+    workers = max(1, workers or available_cpus())
+    if chunk_size is None:
+        chunk_size = min(512, max(16, math.ceil(len(paths) / (workers * 8))))
+    chunks = [paths[i:i + chunk_size] for i in range(0, len(paths), chunk_size)]
+    if workers == 1 or len(chunks) == 1:
+        return _check_chunk(paths)
+    workers = min(workers, len(chunks))
+    if "fork" in multiprocessing.get_all_start_methods():
+        executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    else:
+        executor = ThreadPoolExecutor(workers)
+    results: list[str | None] = []
+    try:
+        with executor, warnings.catch_warnings():
+            # Python 3.12+ warns about fork() in a multi-threaded process; the workers only decode.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for chunk_result in executor.map(_check_chunk, chunks):
+                results.extend(chunk_result)
+    except BrokenProcessPool as error:
+        done = len(results)
+        raise RuntimeError(
+            f"an image decoder crashed its worker process while checking the files from "
+            f"{paths[done]} on (chunks of {chunk_size}); move the offending file out of the tree "
+            f"and scan again") from error
+    return results
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+class FolderDataset(ImageDataset):
+    """A directory tree of images; see the module docstring for the layout and the rules.
+
+    Keys: ``root`` (required), ``extensions`` (file endings, case-insensitive), ``splits`` (sub-folders
+    of root, one per split; without it the whole root is the split ``train``), plus the common
+    ``classes`` and ``max_per_class``.
+
+    ``scan_workers`` and ``scan_chunk_size`` (attributes, default: all CPUs, automatic) set how the
+    scan's decoding check is spread over processes.
+    """
+
+    kind = "folder"
+    default_splits = ("train",)
+    scan_workers: int | None = None
+    scan_chunk_size: int | None = None
+
+    def __init__(self, spec: dict):
+        super().__init__(spec)
+        if "root" not in spec or spec["root"] in (None, ""):
+            raise ValueError(f"dataset {self.name!r}: root: a folder kind needs root, the folder that "
+                             f"holds the images (one sub-folder per class)")
+        self.root = Path(os.path.expanduser(str(spec["root"]))).absolute()
+        extensions = spec.get("extensions") or DEFAULT_EXTENSIONS
+        bad = [e for e in extensions if not isinstance(e, str) or not e.startswith(".") or len(e) < 2]
+        if bad:
+            raise ValueError(f"dataset {self.name!r}: extensions: {bad} are not file endings; "
+                             f"write them like \".png\"")
+        self.extensions = tuple(sorted({e.lower() for e in extensions}))
+        repeated = sorted({s for s in self.splits if self.splits.count(s) > 1})
+        if repeated:
+            raise ValueError(f"dataset {self.name!r}: splits: {repeated} listed more than once")
+        self.split_dirs: dict[str, Path] = (
+            {split: self.root / split for split in self.splits} if spec.get("splits")
+            else {"train": self.root})
+
+    # -- scanning ---------------------------------------------------------------------------------
+
+    def _is_image(self, name: str) -> bool:
+        return name.lower().endswith(self.extensions) and not _is_hidden(name)
+
+    def _check_root(self) -> None:
+        layout = ("one sub-folder per split named " + ", ".join(self.splits) +
+                  ", each holding one sub-folder per class" if self.spec.get("splits")
+                  else "image files, one sub-folder per class (images at the top level are unlabelled)")
+        if not self.root.exists():
+            raise FileNotFoundError(f"dataset {self.name!r}: root {self.root} does not exist; "
+                                    f"expected a folder with {layout}")
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"dataset {self.name!r}: root {self.root} is a file, not a folder; "
+                                     f"expected a folder with {layout}")
+        for split, folder in self.split_dirs.items():
+            if not folder.is_dir():
+                present = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not _is_hidden(p.name))
+                raise FileNotFoundError(
+                    f"dataset {self.name!r}: split {split!r} has no folder {folder} (splits name "
+                    f"sub-folders of root); the sub-folders of root are: {present or 'none'}")
+
+    def _list_split(self, folder: Path) -> list[tuple[str, ...]]:
+        """Image files under ``folder`` as path components relative to it, sorted."""
+        found: list[tuple[str, ...]] = []
+        seen: set[str] = set()
+        for current, dirs, files in os.walk(folder, followlinks=True):
+            real = os.path.realpath(current)
+            if real in seen:  # a symlink loop, or the same folder linked twice
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+            relative = Path(current).relative_to(folder).parts
+            found.extend(relative + (name,) for name in files if self._is_image(name))
+        found.sort()
+        return found
+
+    def _no_images_error(self, split: str, folder: Path) -> ValueError:
+        endings = Counter(Path(name).suffix.lower() or "(none)"
+                          for _, _, files in os.walk(folder) for name in files if not _is_hidden(name))
+        seen = ", ".join(f"{ending} ({count})" for ending, count in endings.most_common(8))
+        return ValueError(f"dataset {self.name!r}: split {split!r}: no image files under {folder} with "
+                          f"extensions {list(self.extensions)}; file endings found there: "
+                          f"{seen or 'none (the folder is empty)'}. Set extensions to include them")
+
+    def _scan(self) -> DatasetScan:
+        self._check_root()
+        listings = {}
+        for split, folder in self.split_dirs.items():
+            listings[split] = self._list_split(folder)
+            if not listings[split]:
+                raise self._no_images_error(split, folder)
+        class_names = sorted({parts[0] for files in listings.values() for parts in files if len(parts) > 1})
+        labels = {name: label for label, name in enumerate(class_names)}
+
+        rows, paths = [], []
+        for split, files in listings.items():
+            prefix = () if not self.spec.get("splits") else (split,)
+            for index, parts in enumerate(files):
+                class_name = parts[0] if len(parts) > 1 else ""
+                rows.append((index, split, labels.get(class_name, -1), class_name,
+                             PurePosixPath(*prefix, *parts).as_posix()))
+                paths.append(str(self.split_dirs[split].joinpath(*parts)))
+        reasons = check_files(paths, self.scan_workers, self.scan_chunk_size)
+
+        good = [row for row, reason in zip(rows, reasons) if reason is None]
+        bad = [(row[1], row[4], reason) for row, reason in zip(rows, reasons) if reason is not None]
+        manifest = pd.DataFrame(good, columns=MANIFEST_COLUMNS).astype(
+            {"index_in_split": "int64", "label": "int64", "split": "object", "class_name": "object",
+             "source": "object"})
+        skipped = pd.DataFrame(bad, columns=SKIPPED_COLUMNS).astype("object")
+        return DatasetScan(manifest, class_names, skipped)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def source_file(self, split: str, source: str) -> Path:
+        """The absolute path of the file that ``source`` (relative to root, POSIX) names."""
+        return self.root.joinpath(*PurePosixPath(source).parts)
+
+    def read_image(self, split: str, source: str) -> np.ndarray:
+        return decode_file(self.source_file(split, source))
