@@ -41,6 +41,7 @@ scattergather:
 include: "rules/common.smk"
 include: "rules/datasets.smk"
 include: "rules/features.smk"
+include: "rules/overlap.smk"
 
 
 rule all:

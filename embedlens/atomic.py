@@ -14,7 +14,9 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` when the block succeeds.
 
     The temporary file lives in the same folder so the rename is atomic on POSIX file systems. If the
-    block raises, the temporary file is removed and ``final`` is left as it was.
+    block raises, the temporary file is removed and ``final`` is left as it was. The result gets the
+    permissions of an ordinary new file (0666 less the umask), not mkstemp's private 0600, so results
+    stay readable by a group on shared clusters.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -23,10 +25,18 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(final: str | os.PathLike, text: str) -> None:

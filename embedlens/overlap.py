@@ -512,3 +512,24 @@ def load_centroids(path: str | Path) -> Centroids:
     with np.load(path, allow_pickle=False) as data:
         return Centroids(data["labels"].astype(np.int64), [str(n) for n in data["names"]],
                          data["vectors"].astype(np.float64), data["counts"].astype(np.int64))
+
+
+def describe_result(result: OverlapResult) -> str:
+    """One line for logs and reports: what was selected, or why nothing was (with the closest pair)."""
+    settings, pairs = result.settings, result.pairs
+    if settings.selection == "top_n":
+        rule = f"the top {settings.top_n} pairs"
+    else:
+        rule = f"similarity {'>=' if settings.inclusive else '>'} {settings.threshold:g}"
+    if len(pairs):
+        return (f"{len(pairs)} pairs over {len(result.classes)} classes ({rule}; of {len(result.centroids)} "
+                f"classes); most similar: {pairs.class_a[0]} - {pairs.class_b[0]} {pairs.similarity[0]:.3f}")
+    k = len(result.centroids)
+    if k < 2:
+        return f"no pairs: only {k} class(es) have images"
+    upper = np.triu_indices(k, 1)
+    best = int(np.argmax(result.similarity[upper]))
+    i, j = upper[0][best], upper[1][best]
+    return (f"no pairs ({rule}) among {k} classes: the overlap set is empty. The most similar pair is "
+            f"{result.centroids.names[i]} - {result.centroids.names[j]} at {result.similarity[i, j]:.3f}; "
+            f"lower overlap.threshold or use selection: top_n to get a subset")

@@ -33,4 +33,8 @@ def extract_threads():
 
 def all_targets():
     """What `snakemake` builds without a target: every stage's outputs for dataset x backbone."""
-    return expand(f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5", dataset=DATASETS, backbone=BACKBONES)
+    per_pair = [f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
+                f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/classes.json"]
+    if config["overlap"]["export"]:
+        per_pair.append(f"{RESULTS}/{{dataset}}/{{backbone}}/subset.json")
+    return expand(per_pair, dataset=DATASETS, backbone=BACKBONES)

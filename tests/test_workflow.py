@@ -50,7 +50,7 @@ def test_dry_run_of_the_default_config_plans_every_stage_without_a_network(tmp_p
     result = snakemake(tmp_path, "-n", config=default_config())
     out = result.stdout + result.stderr
     for rule, count in [("manifest", 1), ("extract_shard", default_config()["extract"]["shards"]),
-                        ("merge_features", 1)]:
+                        ("merge_features", 1), ("overlap", 1), ("export_subset", 1)]:
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), out
     assert not (tmp_path / "results").exists()
 
@@ -64,7 +64,7 @@ def test_dry_run_honours_set_scatter(tmp_path):
 def test_dag_lists_the_rules(tmp_path):
     result = snakemake(tmp_path, "--dag", config=default_config())
     assert result.stdout.lstrip().startswith("digraph")
-    for rule in ("manifest", "extract_shard", "merge_features"):
+    for rule in ("manifest", "extract_shard", "merge_features", "overlap", "export_subset"):
         assert rule in result.stdout
 
 

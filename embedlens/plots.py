@@ -1,0 +1,93 @@
+"""Plots of every stage, drawn with matplotlib's Agg backend (no display needed) and written atomically.
+
+Each plot function takes plain arrays plus the output path and returns nothing; figure size and font
+size follow the amount of data so that labels stay readable from 5 to a few hundred classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.cluster.hierarchy import leaves_list, linkage  # noqa: E402
+from scipy.spatial.distance import squareform  # noqa: E402
+
+from embedlens.atomic import atomic_path  # noqa: E402
+
+DPI = 150
+
+
+def save_figure(figure: plt.Figure, path: str | Path, dpi: int = DPI) -> None:
+    """Write ``figure`` to ``path`` atomically (format from the file ending) and close it."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+
+
+def label_layout(count: int, *, min_side: float = 5.0, max_side: float = 40.0,
+                 per_label: float = 0.16) -> tuple[float, float]:
+    """Figure side (inches) and tick-label font size (points) for a square plot with ``count`` labels
+    on each axis: about ``per_label`` inches per label, the font filling ~80% of a label's row."""
+    side = float(np.clip(per_label * count + 2.5, min_side, max_side))
+    cell_points = 72.0 * (side - 2.5) / max(count, 1)
+    font = float(np.clip(0.8 * cell_points, 3.0, 10.0))
+    return side, font
+
+
+def cluster_order(similarity: np.ndarray, method: str = "average") -> np.ndarray:
+    """An order of the rows that puts similar ones side by side: the leaves of a hierarchical
+    clustering (``method`` linkage) on the distance ``1 - similarity``."""
+    similarity = np.asarray(similarity, dtype=np.float64)
+    count = len(similarity)
+    if count < 3:
+        return np.arange(count)
+    distance = np.clip(1.0 - (similarity + similarity.T) / 2.0, 0.0, None)
+    np.fill_diagonal(distance, 0.0)
+    return leaves_list(linkage(squareform(distance, checks=False), method=method))
+
+
+def similarity_heatmap(matrix: np.ndarray, names: Sequence[str], path: str | Path, *,
+                       title: str | None = None, cluster: bool = True, vmin: float | None = None,
+                       vmax: float | None = 1.0, colorbar_label: str = "cosine similarity") -> np.ndarray:
+    """Draw a square class x class ``matrix`` as a heatmap with ``names`` on both axes and save it.
+
+    With ``cluster`` the classes are reordered by :func:`cluster_order` so that similar classes sit
+    together. The colour scale runs from ``vmin`` (default: the smallest off-diagonal value) to
+    ``vmax``. Returns the order used (row ``i`` of the plot is ``names[order[i]]``). An empty matrix
+    gives a figure that says so.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    count = len(names)
+    if matrix.shape != (count, count):
+        raise ValueError(f"matrix {matrix.shape} does not match {count} names")
+    order = cluster_order(matrix) if cluster else np.arange(count)
+    side, font = label_layout(count)
+    figure, axes = plt.subplots(figsize=(side + 1.2, side))
+    if count == 0:
+        axes.text(0.5, 0.5, "no classes", ha="center", va="center", fontsize=14)
+        axes.set_axis_off()
+    else:
+        shown = matrix[np.ix_(order, order)]
+        if vmin is None:
+            off = matrix[~np.eye(count, dtype=bool)]
+            vmin = float(off.min()) if off.size else 0.0
+        image = axes.imshow(shown, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+        labels = [str(names[i]) for i in order]
+        axes.set_xticks(range(count), labels, rotation=90, fontsize=font)
+        axes.set_yticks(range(count), labels, fontsize=font)
+        axes.tick_params(length=0)
+        bar = figure.colorbar(image, ax=axes, fraction=0.04, pad=0.01)
+        bar.set_label(colorbar_label)
+    if title:
+        axes.set_title(title, fontsize=max(font + 2, 10))
+    save_figure(figure, path)
+    return order
