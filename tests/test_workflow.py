@@ -3,6 +3,7 @@ and end-to-end runs of snakemake to the feature stores on tiny data (sharded, re
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -163,3 +164,21 @@ def test_genuine_cifar100_slice_with_a_real_pretrained_backbone_gives_meaningful
     predicted = np.array([np.bincount(row).argmax() for row in votes])
     accuracy = float(np.mean(predicted == labels))
     assert accuracy > 0.6, accuracy
+
+
+def test_synthetic_look_alikes_are_found_by_the_overlap_stage_with_a_real_backbone(tmp_path):
+    config = {
+        "datasets": [{"name": "shapes", "kind": "synthetic", "num_classes": 8, "image_size": 64,
+                      "images_per_class": {"train": 8, "test": 4}, "overlapping_pairs": 2}],
+        "backbones": [LITE0],
+        "extract": {"shards": 2, "batch_size": 32, "num_workers": 0},
+        "overlap": {"selection": "top_n", "top_n": 2},
+    }
+    snakemake(tmp_path, config=config)
+    results = tmp_path / "results" / "shapes"
+    designed = json.loads((results / "dataset.json").read_text())["designed_overlapping_pairs"]
+    pairs = pd.read_csv(results / "lite0" / "overlap" / "pairs.csv")
+    found = {frozenset(pair) for pair in zip(pairs["class_a"], pairs["class_b"])}
+    assert found == {frozenset(pair) for pair in designed}
+    subset = json.loads((results / "lite0" / "subset.json").read_text())
+    assert subset["images"] == {"train": 4 * 8, "test": 4 * 4}
