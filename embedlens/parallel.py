@@ -46,10 +46,16 @@ def ordered_map(func: Callable[[T], R], tasks: Iterable[T], workers: int,
     stop = threading.Event()
 
     def feed() -> Iterator[T]:
-        # Runs in the pool's task-feeding thread: blocks while max_pending results are unconsumed.
-        for task in tasks:
+        # Runs in the pool's task-feeding thread: blocks while max_pending results are unconsumed, and
+        # only then takes the next task, so ``tasks`` is not advanced ahead of the bound either.
+        iterator = iter(tasks)
+        while True:
             slots.acquire()
             if stop.is_set():
+                return
+            try:
+                task = next(iterator)
+            except StopIteration:
                 return
             yield task
 

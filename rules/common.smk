@@ -37,4 +37,5 @@ def all_targets():
                 f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/classes.json"]
     if config["overlap"]["export"]:
         per_pair.append(f"{RESULTS}/{{dataset}}/{{backbone}}/subset.json")
-    return expand(per_pair, dataset=DATASETS, backbone=BACKBONES)
+    return expand(per_pair, dataset=DATASETS, backbone=BACKBONES) + expand(
+        f"{RESULTS}/imagenet_subset/{{name}}.npz", name=IMAGENET_SUBSET_NAMES)

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from embedlens.datasets.base import DatasetScan, ImageDataset
 from embedlens.datasets.cifar import Cifar100
+from embedlens.datasets.folder import FolderDataset
+from embedlens.datasets.huggingface import HuggingFace
+from embedlens.datasets.imagenet import ImageNet
+from embedlens.datasets.synthetic import SyntheticDataset
 
-KINDS: dict[str, type[ImageDataset]] = {cls.kind: cls for cls in (Cifar100,)}
+KINDS: dict[str, type[ImageDataset]] = {cls.kind: cls for cls in (Cifar100, ImageNet, HuggingFace,
+                                                             FolderDataset, SyntheticDataset)}
 
 
 def open_dataset(spec: dict) -> ImageDataset:
