@@ -10,7 +10,9 @@ from pathlib import Path
 def job_logger(name: str, log_path: str | Path | None = None) -> logging.Logger:
     """A logger named ``embedlens.<name>`` that writes to ``log_path`` (if given) and to stderr.
 
-    Calling it again for the same name replaces the handlers instead of adding more.
+    With a ``log_path``, an exception that ends the job is written to that file too (Snakemake shows
+    a failed job's log), not only to the terminal. Calling it again for the same name replaces the
+    handlers instead of adding more.
     """
     logger = logging.getLogger(f"embedlens.{name}")
     logger.setLevel(logging.INFO)
@@ -26,4 +28,19 @@ def job_logger(name: str, log_path: str | Path | None = None) -> logging.Logger:
     for handler in handlers:
         handler.setFormatter(formatter)
         logger.addHandler(handler)
+    if log_path is not None:
+        _log_uncaught_exceptions(handlers[-1], formatter)
     return logger
+
+
+def _log_uncaught_exceptions(file_handler: logging.Handler, formatter: logging.Formatter) -> None:
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback):
+        record = logging.LogRecord("embedlens", logging.ERROR, "", 0, "the job failed: %s",
+                                   (value,), (kind, value, traceback))
+        file_handler.setFormatter(formatter)
+        file_handler.handle(record)
+        previous(kind, value, traceback)
+
+    sys.excepthook = hook
