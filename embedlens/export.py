@@ -33,20 +33,17 @@ export leaves no half-written subset.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from embedlens.atomic import atomic_directory
 from embedlens.datasets.base import ImageDataset
 from embedlens.manifest import SKIPPED_COLUMNS
 
@@ -85,30 +82,6 @@ def label_map(folders: Sequence[str]) -> dict[str, int]:
     """Folder name -> subset label, as torchvision's ImageFolder assigns them: sorted folder names
     (Python string order), numbered from 0."""
     return {folder: i for i, folder in enumerate(sorted(set(folders)))}
-
-
-@contextmanager
-def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``final``; when the block succeeds it replaces
-    ``final`` (an existing one is moved aside, then deleted). On error the temporary folder goes."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    try:
-        yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_png(dataset: ImageDataset, split: str, source: str, dest: Path) -> None:

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from embedlens.atomic import atomic_directory
 from embedlens.datasets.base import DatasetScan, ImageDataset
 from embedlens.export import (
     METADATA_COLUMNS,
-    atomic_directory,
     class_folders,
     dataset_prefix,
     export_subset,
