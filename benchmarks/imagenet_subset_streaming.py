@@ -92,8 +92,9 @@ def baseline_build(root: str, list_file: str, out: str, size: int = 224, resize:
     Same per-image operations as the streaming builder, so only the approach differs.
     """
     from embedlens.datasets.imagenet import (
-        load_rgb, locate, original_ids, read_synset_mapping, read_wnid_list, train_candidates, val_candidates,
+        locate, original_ids, read_synset_mapping, read_wnid_list, train_candidates, val_candidates,
     )
+    from embedlens.images import open_rgb
     from embedlens.imagenet_subset import resize_crop
 
     layout = locate(root)
@@ -106,7 +107,7 @@ def baseline_build(root: str, list_file: str, out: str, size: int = 224, resize:
         images, labels, ids = [], [], []
         for candidate in found:
             try:
-                images.append(resize_crop(load_rgb(candidate.path), size, resize))
+                images.append(resize_crop(open_rgb(candidate.path, exif_orientation=False), size, resize))
             except Exception:
                 continue
             labels.append(label_of[candidate.wnid])

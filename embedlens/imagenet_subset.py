@@ -70,11 +70,12 @@ from PIL import Image
 
 from embedlens.atomic import atomic_path
 from embedlens.datasets.imagenet import (
-    Candidate, count_train_images, iter_train_candidates, load_rgb, locate, original_ids, read_synset_mapping,
-    read_wnid_list, resolve_wnid_list, unique_class_names, val_candidates,
+    EXIF_ORIENTATION, Candidate, count_train_images, iter_train_candidates, locate, original_ids,
+    read_synset_mapping, read_wnid_list, resolve_wnid_list, unique_class_names, val_candidates,
 )
+from embedlens.images import failure_reason, open_rgb
 from embedlens.manifest import write_table
-from embedlens.parallel import available_cores, ordered_map
+from embedlens.parallel import WorkerDied, available_cores, ordered_map
 
 METADATA_COLUMNS = ["subset_label", "original_id", "WNID", "human_label"]
 SKIPPED_COLUMNS = ["split", "id", "source", "reason"]
@@ -138,18 +139,33 @@ def _reuse_pil_blocks(blocks: int = 8) -> None:
 
 
 def decode_chunk(paths: Sequence[str], size: int, resize: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Decode, convert to RGB, resize and crop ``paths``: the stacked pixels of the readable ones
-    (uint8, (k, size, size, 3)) and ``(position in paths, reason)`` for the others."""
+    """Decode to RGB (:func:`embedlens.images.open_rgb`, as the ``imagenet`` kind reads a file),
+    resize and crop ``paths``: the stacked pixels of the readable ones (uint8, (k, size, size, 3)) and
+    ``(position in paths, reason)`` for the others (reasons as :func:`embedlens.images.unreadable_reason`
+    words them)."""
     _reuse_pil_blocks()
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     kept, failed = 0, []
     for position, path in enumerate(paths):
         try:
-            out[kept] = resize_crop(load_rgb(path), size, resize)
+            out[kept] = resize_crop(open_rgb(path, exif_orientation=EXIF_ORIENTATION), size, resize)
             kept += 1
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ...
-            failed.append((position, f"{type(error).__name__}: {error}"))
+            failed.append((position, failure_reason(error, path)))
     return out[:kept], failed
+
+
+def _naming_a_crash(results, pending: collections.deque, layout, chunk_size: int):
+    """``results`` of :func:`decode_chunk` as they come; a worker killed by its decoder (a crash in C
+    code) becomes an error naming the first file of the first chunk not yet consumed (``pending[0]``)."""
+    try:
+        yield from results
+    except WorkerDied as error:
+        first = layout.source(pending[0][0].path) if pending else "?"
+        raise RuntimeError(
+            f"an image decoder crashed its worker process ({error}) while decoding the images from "
+            f"{first} on (chunks of {chunk_size}); re-encode or replace the offending file and build "
+            f"again (removing a train file would change the ids of the files after it)") from error
 
 
 @dataclass
@@ -247,6 +263,8 @@ class NpyMemberWriter:
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         if rows.shape[1:] != self.row_shape or self.rows + len(rows) > self.max_rows:
             raise ValueError(f"rows of shape {rows.shape} do not fit {self.row_shape} x {self.max_rows}")
+        if not rows.size:  # e.g. a chunk whose every image was unreadable (memoryview cannot cast it)
+            return
         data = memoryview(rows).cast("B")
         self.member.write(data)
         self.data_crc = zlib.crc32(data, self.data_crc)
@@ -353,7 +371,8 @@ def build_imagenet_subset(
                         yield [c.path for c in chunk]
 
                 last_report = time.monotonic()
-                for pixels, failed in ordered_map(task, tasks(), workers):
+                decoded = _naming_a_crash(ordered_map(task, tasks(), workers), pending, layout, chunk_size)
+                for pixels, failed in decoded:
                     chunk = pending.popleft()
                     pixels_out.write(pixels)
                     bad = dict(failed)

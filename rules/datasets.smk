@@ -1,4 +1,5 @@
 # Stage 1: a dataset becomes a manifest (one row per readable image) plus the list of skipped images.
+# File-backed kinds decode every image once here, on all cores, so unreadable ones are known up front.
 
 
 rule manifest:
@@ -8,6 +9,7 @@ rule manifest:
         info=f"{RESULTS}/{{dataset}}/dataset.json",
     params:
         spec=dataset_spec,
+    threads: workflow.cores
     log:
         f"{RESULTS}/logs/manifest/{{dataset}}.log",
     conda:

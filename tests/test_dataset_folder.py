@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from embedlens.datasets import KINDS, open_dataset
-from embedlens.datasets.folder import FolderDataset, check_files
+from embedlens.datasets.folder import FolderDataset
+from embedlens.images import check_files
 from embedlens.manifest import MANIFEST_COLUMNS, SKIPPED_COLUMNS
 
 RNG = np.random.default_rng(0)

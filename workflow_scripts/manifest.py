@@ -9,6 +9,7 @@ from embedlens.manifest import write_table
 
 log = job_logger("manifest", snakemake.log[0])
 dataset = open_dataset(snakemake.params.spec)
+dataset.scan_workers = snakemake.threads
 log.info("scanning dataset %r (kind %s)", dataset.name, dataset.kind)
 scan = dataset.scan()
 summary = scan.summary(dataset)

@@ -47,10 +47,21 @@ class ImageDataset(ABC):
     Subclasses implement :meth:`_scan` (every image of the requested splits) and :meth:`read_image`;
     the class filter (``classes``) and the per-class cap (``max_per_class``) are applied here, the same
     way for every kind.
+
+    Kinds that decode every image at scan time to leave out the unreadable ones (folder, imagenet,
+    huggingface) spread that check over worker processes (:func:`embedlens.images.check_in_chunks`):
+
+    - ``scan_workers``: how many processes a scan uses; None (the default) means all the cores this
+      process may run on (:func:`embedlens.parallel.available_cores`), 1 checks in this process. The
+      workflow sets it to the rule's ``threads``. It is an attribute, not a config key: it changes how
+      fast a scan runs, never what it finds.
+    - ``scan_chunk_size``: images per task; None (the default) picks 16..512 (about 8 tasks per worker).
     """
 
     kind: str = ""
     default_splits: tuple[str, ...] = ()
+    scan_workers: int | None = None
+    scan_chunk_size: int | None = None
 
     def __init__(self, spec: dict):
         self.spec = spec

@@ -20,145 +20,26 @@ Rules, all deterministic:
   before decoding, so a file keeps its index even when a neighbour is skipped as unreadable;
 - ``source`` is the path relative to root in POSIX form (``train/cat/001.jpg`` with splits), so
   manifests are portable; :meth:`FolderDataset.source_file` turns it back into an absolute path;
-- every file is fully decoded and converted at scan time (in parallel); a file that fails is left
-  out of the manifest and listed in ``skipped`` with the decoder's message.
+- every file is fully decoded and converted at scan time (in parallel,
+  :func:`embedlens.images.check_files`); a file that fails is left out of the manifest and listed in
+  ``skipped`` with the decoder's message; pixels are read by :func:`embedlens.images.decode_file`
+  (upright by EXIF orientation; see :func:`embedlens.images.to_rgb` for the colour modes).
 """
 
 from __future__ import annotations
 
-import math
-import multiprocessing
 import os
-import warnings
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from embedlens.datasets.base import DatasetScan, ImageDataset
+from embedlens.images import check_files, decode_file
 from embedlens.manifest import MANIFEST_COLUMNS, SKIPPED_COLUMNS
 
 DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-MAX_REASON_CHARS = 200
-EXIF_ORIENTATION = 0x0112
-ORIENTATION_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
-}
-
-
-def to_rgb(image: Image.Image) -> np.ndarray:
-    """Any PIL image as an RGB uint8 array (H, W, 3), upright by its EXIF orientation.
-
-    Alpha is dropped (as torchvision's loader does); 16-bit and 32-bit integer grey (I;16*, I) is
-    scaled from 0..65535 to 0..255; float grey (F) is read as 0..1. Everything else goes through
-    PIL's ``convert("RGB")`` (L, LA, P, PA, 1, CMYK, YCbCr, LAB, HSV, RGBA, ...).
-    """
-    try:
-        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # a damaged EXIF block does not make the pixels unreadable
-        orientation = 1
-    if orientation in ORIENTATION_TRANSPOSE:
-        image = image.transpose(ORIENTATION_TRANSPOSE[orientation])
-    mode = image.mode
-    if mode.startswith("I") or mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        scale = 255.0 if mode == "F" else 255.0 / 65535.0
-        top = 1.0 if mode == "F" else 65535.0
-        grey = np.rint(np.clip(values, 0.0, top) * scale).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
-    if mode != "RGB":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Palette images with Transparency ..." is noise here
-            image = image.convert("RGB")
-    array = np.array(image, dtype=np.uint8)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"mode {mode} did not convert to RGB (got shape {array.shape})")
-    return array
-
-
-def decode_file(path: str | Path) -> np.ndarray:
-    """Fully decode the image file at ``path`` into RGB uint8; raises on anything unreadable."""
-    with Image.open(path) as image:
-        image.load()
-        return to_rgb(image)
-
-
-def _short_reason(error: BaseException, path: str) -> str:
-    """The decoder's message without the (long, redundant) path, on one line."""
-    message = str(error)
-    for form in (repr(path), f'"{path}"', path):
-        message = message.replace(form, "")
-    message = " ".join(message.split()).strip(" :")
-    if not message:
-        message = type(error).__name__
-    return message[:MAX_REASON_CHARS]
-
-
-def check_file(path: str) -> str | None:
-    """None when the file decodes to RGB, else why not (short)."""
-    try:
-        if os.path.getsize(path) == 0:
-            return "empty file (0 bytes)"
-        decode_file(path)
-    except Exception as error:  # anything the decoder raises means: skip this file
-        return _short_reason(error, path)
-    return None
-
-
-def _check_chunk(paths: list[str]) -> list[str | None]:
-    return [check_file(path) for path in paths]
-
-
-def available_cpus() -> int:
-    """CPUs this process may use (affinity-aware where the OS tells)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
-def check_files(paths: list[str], workers: int | None = None, chunk_size: int | None = None
-                ) -> list[str | None]:
-    """:func:`check_file` for every path, in order, over ``workers`` processes in chunks.
-
-    By default all available CPUs and chunks of 16..512 files (about 8 chunks per worker). One chunk,
-    or one worker, runs in this process. Worker processes are forked where the OS allows (Snakemake
-    runs scripts without a ``__main__`` guard, so spawned workers would re-run the script); elsewhere
-    threads are used (PIL releases the GIL while decoding).
-    """
-    if not paths:
-        return []
-    workers = max(1, workers or available_cpus())
-    if chunk_size is None:
-        chunk_size = min(512, max(16, math.ceil(len(paths) / (workers * 8))))
-    chunks = [paths[i:i + chunk_size] for i in range(0, len(paths), chunk_size)]
-    if workers == 1 or len(chunks) == 1:
-        return _check_chunk(paths)
-    workers = min(workers, len(chunks))
-    if "fork" in multiprocessing.get_all_start_methods():
-        executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-    else:
-        executor = ThreadPoolExecutor(workers)
-    results: list[str | None] = []
-    try:
-        with executor, warnings.catch_warnings():
-            # Python 3.12+ warns about fork() in a multi-threaded process; the workers only decode.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            for chunk_result in executor.map(_check_chunk, chunks):
-                results.extend(chunk_result)
-    except BrokenProcessPool as error:
-        done = len(results)
-        raise RuntimeError(
-            f"an image decoder crashed its worker process while checking the files from "
-            f"{paths[done]} on (chunks of {chunk_size}); move the offending file out of the tree "
-            f"and scan again") from error
-    return results
 
 
 def _is_hidden(name: str) -> bool:
@@ -172,14 +53,12 @@ class FolderDataset(ImageDataset):
     of root, one per split; without it the whole root is the split ``train``), plus the common
     ``classes`` and ``max_per_class``.
 
-    ``scan_workers`` and ``scan_chunk_size`` (attributes, default: all CPUs, automatic) set how the
-    scan's decoding check is spread over processes.
+    The scan's decoding check runs in ``scan_workers`` processes, ``scan_chunk_size`` files per task
+    (attributes of :class:`~embedlens.datasets.base.ImageDataset`).
     """
 
     kind = "folder"
     default_splits = ("train",)
-    scan_workers: int | None = None
-    scan_chunk_size: int | None = None
 
     def __init__(self, spec: dict):
         super().__init__(spec)

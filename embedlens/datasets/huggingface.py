@@ -13,6 +13,10 @@
 ``image_column`` (default ``image``) holds the images, ``label_column`` (default ``label``; null for
 unlabelled data) the classes: names from its ``ClassLabel`` feature when it has one, else the sorted
 distinct values (strings) or ``str(i)`` (integers). ``source`` is the row number in the split.
+
+Pixels go through :func:`embedlens.images.to_rgb` (upright by EXIF orientation, as ``datasets`` itself
+decodes an ``Image`` feature); the scan decodes every row, in ``scan_workers`` processes, and lists the
+rows that fail in ``skipped`` with a reason worded as for files (:func:`embedlens.images.short_reason`).
 """
 
 from __future__ import annotations
@@ -27,12 +31,11 @@ import pandas as pd
 from PIL import Image
 
 from embedlens.datasets.base import DatasetScan, ImageDataset
+from embedlens.images import check_in_chunks, short_reason, to_rgb
 from embedlens.manifest import SKIPPED_COLUMNS
-from embedlens.parallel import available_cores, ordered_map
 
 # Loaded datasets of this process, by spec: workers open a dataset once, not once per task.
 _OPEN: dict = {}
-CHECK_ROWS = 256
 
 
 def _is_saved_to_disk(folder: Path) -> bool:
@@ -60,8 +63,7 @@ def _to_pil(value) -> Image.Image:
 
 
 def _rgb(value) -> np.ndarray:
-    image = _to_pil(value)
-    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    return to_rgb(_to_pil(value))
 
 
 class HuggingFace(ImageDataset):
@@ -81,7 +83,6 @@ class HuggingFace(ImageDataset):
         self.label_column = spec.get("label_column", "label")
         self.data_files = spec.get("data_files")
         self.cache_dir = spec.get("cache_dir")
-        self.workers = int(spec.get("workers") or available_cores())
         self._key = json.dumps([self.path, self.config_name, self.data_files, self.cache_dir],
                                sort_keys=True, default=str)
 
@@ -163,9 +164,10 @@ class HuggingFace(ImageDataset):
         frames, skipped = [], []
         for split, ds in tables.items():
             rows = len(ds)
-            tasks = [(split, start, min(start + CHECK_ROWS, rows)) for start in range(0, rows, CHECK_ROWS)]
-            reasons = [r for chunk in ordered_map(partial(_check_rows, self), tasks, self.workers)
-                       for r in chunk]
+            reasons = check_in_chunks(partial(_check_rows, self, split), range(rows), self.scan_workers,
+                                      self.scan_chunk_size, what=f"rows of split {split!r}",
+                                      describe=lambda row: f"row {row}",
+                                      remedy="filter the offending row out of the dataset and scan again")
             if self.label_column is None:
                 labels = np.full(rows, -1, dtype=np.int64)
             else:
@@ -204,22 +206,22 @@ class HuggingFace(ImageDataset):
         return _rgb(self._cells(split, row, row + 1)[0])
 
 
-def _check_rows(dataset: HuggingFace, task: tuple[str, int, int]) -> list[str | None]:
-    """For rows [start, stop) of a split: None where the image decodes, else why not."""
-    split, start, stop = task
+def _check_rows(dataset: HuggingFace, split: str, rows: range) -> list[str | None]:
+    """For consecutive ``rows`` of a split: None where the image decodes, else why not (short)."""
     try:
-        cells = dataset._cells(split, start, stop)
-    except Exception:
-        cells = [None] * (stop - start)
+        cells = dataset._cells(split, rows.start, rows.stop)
+    except Exception:  # read the rows one by one: the reason lands on the row that has it
+        cells = [None] * len(rows)
     reasons: list[str | None] = []
-    for offset, cell in enumerate(cells):
+    for row, cell in zip(rows, cells):
         try:
             if cell is None:
-                cell = dataset._cells(split, start + offset, start + offset + 1)[0]
+                cell = dataset._cells(split, row, row + 1)[0]
             _rgb(cell)
             reasons.append(None)
-        except Exception as error:
-            reasons.append(f"{type(error).__name__}: {error}")
+        except Exception as error:  # anything the decoder raises means: skip this row
+            path = cell.get("path") if isinstance(cell, dict) else None
+            reasons.append(short_reason(error, path or None))
     return reasons
 
 

@@ -26,6 +26,9 @@ lead back to exactly one file, with no table needed:
 **WNID lists** (one WNID per line; blank lines and lines starting with ``#`` are ignored) restrict and
 order the classes: label = line number (0-based). ``imagenet30``, ``imagenet100`` and
 ``imagenet100_cmc`` name the lists shipped in ``embedlens/imagenet_lists/``; any other value is a path.
+
+**Pixels** come from :mod:`embedlens.images` with ``exif_orientation=False``: as the standard ImageNet
+loaders (torchvision's ``ImageFolder``, timm) read them, ignoring an EXIF orientation tag.
 """
 
 from __future__ import annotations
@@ -39,11 +42,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from embedlens.datasets.base import DatasetScan, ImageDataset
+from embedlens.images import check_files, decode_file
 from embedlens.manifest import SKIPPED_COLUMNS
-from embedlens.parallel import available_cores, ordered_map
 
 SYNSET_MAPPING = "LOC_synset_mapping.txt"
 VAL_SOLUTION = "LOC_val_solution.csv"
@@ -52,6 +54,9 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 TRAIN_ID_STRIDE = 100_000
 SPLITS = ("train", "val")
 SHIPPED_LISTS_DIR = Path(__file__).resolve().parent.parent / "imagenet_lists"
+# Pixels are read as the standard ImageNet loaders read them, ignoring EXIF orientation (see the
+# module docstring); the subset builder reads them the same way.
+EXIF_ORIENTATION = False
 
 
 class WnidListError(ValueError):
@@ -313,32 +318,6 @@ def id_to_source(root: str | os.PathLike, split: str, image_id: int) -> Path:
     raise ValueError(f"ImageNet splits are {', '.join(SPLITS)}, not {split!r}")
 
 
-# --- decoding ---------------------------------------------------------------------------------------
-
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image file fully decoded as RGB (grayscale, CMYK, palette and PNG-named-.JPEG files
-    included). Raises on unreadable or truncated files."""
-    with Image.open(path) as image:
-        image.load()
-        return image.convert("RGB") if image.mode != "RGB" else image.copy()
-
-
-def check_readable(paths: Sequence[str]) -> list[str | None]:
-    """For each file, None when it decodes fully, else the reason it does not (for worker pools)."""
-    reasons: list[str | None] = []
-    for path in paths:
-        try:
-            load_rgb(path)
-            reasons.append(None)
-        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError
-            reasons.append(f"{type(error).__name__}: {error}")
-    return reasons
-
-
-def chunked(items: Sequence, size: int) -> list:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
 # --- the dataset kind -------------------------------------------------------------------------------
 
 class ImageNet(ImageDataset):
@@ -349,7 +328,8 @@ class ImageNet(ImageDataset):
     the synset mapping is a class and label = its standard index (position in the sorted WNIDs).
     ``class_name`` is the synset's first human name, with ``_<wnid>`` appended where two synsets share
     it. ``index_in_split`` is the image id described in the module docstring. Scanning decodes every
-    file (in ``workers`` processes, default: all cores) so that unreadable ones are skipped up front.
+    file (in ``scan_workers`` processes, default: all cores; see
+    :class:`~embedlens.datasets.base.ImageDataset`) so that unreadable ones are skipped up front.
     """
 
     kind = "imagenet"
@@ -364,7 +344,6 @@ class ImageNet(ImageDataset):
             raise ValueError(f"dataset {self.name!r}: kind imagenet needs root")
         self.root = Path(spec["root"])
         self.wnids_file = resolve_wnid_list(spec["wnids"]) if spec.get("wnids") else None
-        self.workers = int(spec.get("workers") or available_cores())
 
     def classes(self) -> tuple[ImagenetLayout, list[str], list[str]]:
         """The layout, the WNIDs in label order and their class names; checks the WNID list first."""
@@ -391,8 +370,7 @@ class ImageNet(ImageDataset):
             found = (train_candidates(layout, wnids, ids) if split == "train"
                      else val_candidates(layout, wnids))
             paths = [str(c.path) for c in found]
-            reasons = [r for chunk in ordered_map(check_readable, chunked(paths, 32), self.workers)
-                       for r in chunk]
+            reasons = check_files(paths, self.scan_workers, self.scan_chunk_size)
             keep = [c for c, r in zip(found, reasons) if r is None]
             skipped += [(split, layout.source(c.path), r) for c, r in zip(found, reasons) if r is not None]
             frames.append(pd.DataFrame({
@@ -409,12 +387,12 @@ class ImageNet(ImageDataset):
         return Path(os.path.abspath(self.root / source))
 
     def read_image(self, split: str, source: str) -> np.ndarray:
-        return np.asarray(load_rgb(self.root / source), dtype=np.uint8)
+        return decode_file(self.root / source, exif_orientation=EXIF_ORIENTATION)
 
 
 __all__ = [
-    "Candidate", "ImageNet", "ImagenetLayout", "TRAIN_ID_STRIDE", "WnidListError", "check_readable",
-    "count_train_images", "id_to_source", "iter_train_candidates", "list_image_files", "load_rgb", "locate",
+    "Candidate", "EXIF_ORIENTATION", "ImageNet", "ImagenetLayout", "TRAIN_ID_STRIDE", "WnidListError",
+    "count_train_images", "id_to_source", "iter_train_candidates", "list_image_files", "locate",
     "original_ids", "read_synset_mapping", "read_val_labels", "read_wnid_list", "resolve_wnid_list",
     "shipped_lists", "train_candidates", "unique_class_names", "val_candidates", "val_index",
 ]

@@ -1,0 +1,222 @@
+"""Decoding image files to RGB, and checking many files in parallel: what every file-backed kind shares.
+
+- :func:`to_rgb` / :func:`rgb_image`: any PIL image as RGB (an array / a PIL image), one set of rules;
+- :func:`decode_file` / :func:`open_rgb`: a file fully decoded to RGB; raise on anything unreadable;
+- :func:`unreadable_reason`: None when a file decodes, else a short one-line reason (no path in it);
+- :func:`short_reason`: how a decoder's exception becomes such a reason (also for images that are not
+  files, e.g. a Hugging Face row);
+- :func:`check_files`: :func:`unreadable_reason` for many files, in order, over forked worker
+  processes (:func:`embedlens.parallel.ordered_map` over chunks); :func:`check_in_chunks` is the same
+  for any chunked check.
+
+**EXIF orientation.** By default the pixels are turned upright by the file's EXIF orientation tag, as
+a photo viewer shows them (and as ``datasets`` decodes a Hugging Face ``Image``). ImageNet is read
+with ``exif_orientation=False``: the standard ImageNet loaders (torchvision's ``ImageFolder``, timm)
+ignore the tag, so a pretrained model saw those files unrotated. Orientation never makes a file
+unreadable, so the readability check is the same either way.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image
+
+from embedlens.parallel import WorkerDied, available_cores, ordered_map
+
+T = TypeVar("T")
+
+MAX_REASON_CHARS = 200
+EMPTY_FILE = "empty file (0 bytes)"
+EXIF_ORIENTATION = 0x0112
+ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
+# PIL names in-memory files by their repr ("<_io.BytesIO object at 0x7f...>"): different every run.
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+# --- converting ------------------------------------------------------------------------------------
+
+def _upright(image: Image.Image) -> Image.Image:
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block does not make the pixels unreadable
+        orientation = 1
+    if orientation in ORIENTATION_TRANSPOSE:
+        return image.transpose(ORIENTATION_TRANSPOSE[orientation])
+    return image
+
+
+def _is_deep_grey(mode: str) -> bool:
+    return mode.startswith("I") or mode == "F"
+
+
+def _grey_levels(image: Image.Image) -> np.ndarray:
+    """16/32-bit integer grey scaled from 0..65535, float grey read as 0..1, to uint8 (H, W)."""
+    is_float = image.mode == "F"
+    values = np.asarray(image, dtype=np.float64)
+    top = 1.0 if is_float else 65535.0
+    scale = 255.0 if is_float else 255.0 / 65535.0
+    return np.rint(np.clip(values, 0.0, top) * scale).astype(np.uint8)
+
+
+def _converted(image: Image.Image) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Palette images with Transparency ..." is noise here
+        return image.convert("RGB")
+
+
+def rgb_image(image: Image.Image, *, exif_orientation: bool = True) -> Image.Image:
+    """Any PIL image as an RGB PIL image, by the rules of :func:`to_rgb` (for resizing with PIL).
+
+    Returns ``image`` itself when it is already RGB and upright."""
+    if exif_orientation:
+        image = _upright(image)
+    if _is_deep_grey(image.mode):
+        return Image.fromarray(_grey_levels(image), "L").convert("RGB")
+    return image if image.mode == "RGB" else _converted(image)
+
+
+def to_rgb(image: Image.Image, *, exif_orientation: bool = True) -> np.ndarray:
+    """Any PIL image as an RGB uint8 array (H, W, 3), C-contiguous and writeable.
+
+    Upright by its EXIF orientation (unless ``exif_orientation=False``); alpha is dropped (as
+    torchvision's loader does); 16-bit and 32-bit integer grey (I;16*, I) is scaled from 0..65535 to
+    0..255 and float grey (F) is read as 0..1 (PIL's own ``convert`` would clip them); everything else
+    goes through PIL's ``convert("RGB")`` (L, LA, P, PA, 1, CMYK, YCbCr, LAB, HSV, RGBA, ...).
+    """
+    mode = image.mode
+    if exif_orientation:
+        image = _upright(image)
+    if _is_deep_grey(mode):
+        return np.ascontiguousarray(np.repeat(_grey_levels(image)[:, :, None], 3, axis=2))
+    array = np.array(image if mode == "RGB" else _converted(image), dtype=np.uint8)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"mode {mode} did not convert to RGB (got shape {array.shape})")
+    return array
+
+
+# --- decoding files --------------------------------------------------------------------------------
+
+def decode_file(path: str | os.PathLike, *, exif_orientation: bool = True) -> np.ndarray:
+    """Fully decode the image file at ``path`` into RGB uint8 (H, W, 3) (see :func:`to_rgb`); raises on
+    anything unreadable, truncated files included."""
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(image, exif_orientation=exif_orientation)
+
+
+def open_rgb(path: str | os.PathLike, *, exif_orientation: bool = True) -> Image.Image:
+    """Fully decode the image file at ``path`` into an RGB PIL image (see :func:`rgb_image`); raises
+    on anything unreadable. The image no longer depends on the (closed) file."""
+    with Image.open(path) as image:
+        image.load()
+        rgb = rgb_image(image, exif_orientation=exif_orientation)
+        return image.copy() if rgb is image else rgb
+
+
+def short_reason(error: BaseException, path: str | os.PathLike | None = None) -> str:
+    """The decoder's message on one line, without ``path`` (long and redundant) or object addresses;
+    the exception's type name when nothing is left. At most 200 characters."""
+    message = _OBJECT_REPR.sub("", str(error))
+    if path is not None:
+        path = str(path)
+        for form in (repr(path), f'"{path}"', path):
+            message = message.replace(form, "")
+    message = " ".join(message.split()).strip(" :")
+    if not message:
+        message = type(error).__name__
+    return message[:MAX_REASON_CHARS]
+
+
+def failure_reason(error: BaseException, path: str | os.PathLike) -> str:
+    """Why decoding the file at ``path`` raised ``error``: :data:`EMPTY_FILE` for a zero-byte file,
+    else :func:`short_reason`."""
+    try:
+        if os.path.getsize(path) == 0:
+            return EMPTY_FILE
+    except OSError:
+        pass
+    return short_reason(error, path)
+
+
+def unreadable_reason(path: str | os.PathLike) -> str | None:
+    """None when the file at ``path`` fully decodes to RGB, else a short one-line reason without the
+    path ("empty file (0 bytes)", "cannot identify image file", "image file is truncated ...",
+    "[Errno 2] No such file or directory", ...)."""
+    try:
+        if os.path.getsize(path) == 0:
+            return EMPTY_FILE
+        decode_file(path)
+    except Exception as error:  # anything the decoder raises means: the file is unreadable
+        return failure_reason(error, path)
+    return None
+
+
+# --- checking many -----------------------------------------------------------------------------------
+
+def default_chunk_size(count: int, workers: int) -> int:
+    """Items per task: about 8 chunks per worker, 16..512 items each."""
+    return min(512, max(16, math.ceil(count / (workers * 8))))
+
+
+def check_in_chunks(check_chunk: Callable[[Sequence[T]], list[str | None]], items: Sequence[T],
+                    workers: int | None = None, chunk_size: int | None = None, *, what: str = "items",
+                    describe: Callable[[T], str] = str, remedy: str = "") -> list[str | None]:
+    """``check_chunk`` over consecutive chunks (slices) of ``items``, flattened: one reason (or None)
+    per item, in order.
+
+    ``workers`` forked processes (default: all available cores, :func:`available_cores`) run the
+    chunks through :func:`embedlens.parallel.ordered_map`, a bounded number in flight; ``chunk_size``
+    items per chunk (default :func:`default_chunk_size`). One worker, or one chunk, runs in this
+    process. ``check_chunk`` must be picklable and return one entry per item of its chunk. A decoder
+    that kills its worker process (a crash in C code, a signal) raises RuntimeError naming the first
+    of the ``what`` not yet checked (``describe(item)``), then ``remedy``.
+    """
+    if not len(items):
+        return []
+    workers = max(1, workers or available_cores())
+    chunk_size = max(1, chunk_size or default_chunk_size(len(items), workers))
+    starts = range(0, len(items), chunk_size)
+    if workers == 1 or len(starts) == 1:
+        return list(check_chunk(items))
+    chunks = (items[start:start + chunk_size] for start in starts)
+    results: list[str | None] = []
+    try:
+        for reasons in ordered_map(check_chunk, chunks, min(workers, len(starts))):
+            results.extend(reasons)
+    except WorkerDied as error:
+        first = starts[error.index]
+        raise RuntimeError(
+            f"an image decoder crashed its worker process ({error}) while checking the {what} from "
+            f"{describe(items[first])} on (chunks of {chunk_size}){'; ' + remedy if remedy else ''}"
+        ) from error
+    return results
+
+
+def _check_paths(paths: Sequence[str]) -> list[str | None]:
+    return [unreadable_reason(path) for path in paths]
+
+
+def check_files(paths: Sequence[str], workers: int | None = None, chunk_size: int | None = None
+                ) -> list[str | None]:
+    """:func:`unreadable_reason` for every path, in order (see :func:`check_in_chunks` for ``workers``,
+    ``chunk_size`` and what happens when a decoder crashes its worker)."""
+    return check_in_chunks(_check_paths, paths, workers, chunk_size, what="files",
+                           remedy="move the offending file out of the tree and scan again")
+
+
+__all__ = [
+    "EMPTY_FILE", "MAX_REASON_CHARS", "check_files", "check_in_chunks", "decode_file", "default_chunk_size",
+    "failure_reason", "open_rgb", "rgb_image", "short_reason", "to_rgb", "unreadable_reason",
+]
