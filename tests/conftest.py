@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
@@ -17,3 +21,17 @@ def cifar100_root() -> Path:
     if not (CIFAR100_ROOT / "cifar-100-python" / "test").is_file():
         pytest.skip("the genuine CIFAR-100 is not in ../shared/datasets")
     return CIFAR100_ROOT
+
+
+def run_snakemake(workdir: Path, *args: str, config: dict | None = None) -> subprocess.CompletedProcess:
+    """Run this checkout's Snakefile inside ``workdir`` (with ``config`` written there as its config
+    file, when given), as a user would: ``args`` are targets and flags. GPU locks stay in ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "snakemake", *args, "--snakefile", str(REPO / "Snakefile"),
+               "--directory", str(workdir), "--cores", "2", "--resources", "gpu=1"]
+    if config is not None:
+        path = workdir / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        command += ["--configfile", str(path)]
+    env = {**os.environ, "EMBEDLENS_GPU_LOCK_DIR": str(workdir / "gpu-locks")}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)

@@ -168,7 +168,7 @@ def test_file_backed_export_copies_png_bytes_and_reencodes_jpeg_losslessly(tmp_p
     rng = np.random.default_rng(3)
     src = tmp_path / "src"
     src.mkdir()
-    files, pixels = [], {}
+    files = []
     rgba = rng.integers(0, 256, size=(10, 12, 4), dtype=np.uint8)
     Image.fromarray(rgba).save(src / "one.png")
     Image.fromarray(rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)).save(src / "two.jpg", quality=80)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -14,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from imagenet_tree import NO_TRAIN_FOLDER, make_tree
 from PIL import Image
 
@@ -24,7 +20,8 @@ from embedlens.imagenet_subset import (
 )
 from embedlens.parallel import ordered_map
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import run_snakemake
+
 WNIDS = ["n03126707", "n01440764", "n02012849", "n01443537"]  # not sorted: labels follow this order
 KEYS = ["X_train", "y_train", "train_id", "X_val", "y_val", "val_id"]
 
@@ -242,7 +239,7 @@ def test_ordered_map_keeps_order_and_bounds_pending():
 
 @pytest.mark.workflow
 def test_rule_builds_targets(tree, wnid_file, tmp_path):
-    """The rule on its own: a Snakefile with the workflow's preamble, common.smk and imagenet_subset.smk."""
+    """The imagenet_subset rule of the workflow, on a small ILSVRC-like tree."""
     results = tmp_path / "results"
     config = {
         "results": str(results),
@@ -251,28 +248,14 @@ def test_rule_builds_targets(tree, wnid_file, tmp_path):
         "imagenet_subsets": {"root": str(tree["root"]), "workers": 2,
                              "subsets": [{"name": "four", "list": str(wnid_file)}, {"name": "imagenet30"}]},
     }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    (tmp_path / "Snakefile").write_text(f"""
-import sys
-sys.path.insert(0, {str(REPO)!r})
-from embedlens.config import validate_config
-configfile: {str(tmp_path / 'config.yaml')!r}
-validate_config(config)
-include: {str(REPO / 'rules' / 'common.smk')!r}
-include: {str(REPO / 'rules' / 'imagenet_subset.smk')!r}
-""")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(tmp_path / "Snakefile"), "--cores", "2",
-               "--directory", str(tmp_path), f"{results}/imagenet_subset/four.npz"]
-    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    run = run_snakemake(tmp_path, f"{results}/imagenet_subset/four.npz", config=config)
     assert run.returncode == 0, run.stderr[-3000:]
     for suffix in (".npz", "_cls_metadata.csv", "_skipped.csv", "_files.csv"):
         assert (results / "imagenet_subset" / f"four{suffix}").is_file()
     log = (results / "logs" / "imagenet_subset" / "four.log").read_text()
     assert "skipped" in log and "train" in log
     # imagenet30 names classes this tree does not have: reported by name before any work
-    run = subprocess.run(command[:-1] + [f"{results}/imagenet_subset/imagenet30.npz"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    run = run_snakemake(tmp_path, f"{results}/imagenet_subset/imagenet30.npz", config=config)
     assert run.returncode != 0
     assert "not in the synset mapping: n12267677" in run.stderr
     assert not (results / "imagenet_subset" / "imagenet30.npz").exists()

@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
 from embedlens.config import ConfigError, validate_config
@@ -46,8 +41,9 @@ from embedlens.overlap import (
 from embedlens.plots import cluster_order, label_layout, similarity_heatmap
 from embedlens.store import SplitFeatures, read_attrs, read_split, store_splits, write_store
 
+from conftest import run_snakemake
+
 NAMES = ["a", "b", "c", "d"]
-REPO = Path(__file__).resolve().parents[1]
 
 
 def hand_made():
@@ -416,21 +412,8 @@ def test_look_alike_cifar100_classes_overlap_with_efficientnet_lite0(cifar100_ro
 # --- the rules ------------------------------------------------------------------------------------
 
 def run_rules(tmp_path, config: dict, targets: list[str]):
-    """Run rules/overlap.smk on its own: a Snakefile with the workflow's preamble and common.smk."""
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    (tmp_path / "Snakefile").write_text(f"""
-import sys
-sys.path.insert(0, {str(REPO)!r})
-from embedlens.config import validate_config
-configfile: {str(tmp_path / 'config.yaml')!r}
-validate_config(config)
-include: {str(REPO / 'rules' / 'common.smk')!r}
-include: {str(REPO / 'rules' / 'overlap.smk')!r}
-""")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(tmp_path / "Snakefile"), "--cores", "2",
-               "--directory", str(tmp_path), *targets]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    """Run the workflow on ``targets``, where the manifest and feature store are already made."""
+    return run_snakemake(tmp_path, *targets, config=config)
 
 
 @pytest.fixture(scope="module")
@@ -510,7 +493,7 @@ def test_rules_with_refinement_and_with_an_empty_overlap_set(cifar_results, tmp_
     assert meta.columns[-1] == "partner_similarity" and len(meta) == 4 * 2  # ceil(0.4 * 5) per class
     # An empty overlap set: headers only, no crash.
     config = rules_config(tmp_path, spec, threshold=1.0)
-    run = run_rules(tmp_path, config, [f"{out}/subset.json", "--forceall"])
+    run = run_rules(tmp_path, config, [f"{out}/subset.json", "--forcerun", "overlap"])
     assert run.returncode == 0, run.stderr[-3000:]
     assert len(read_pairs_csv(out / "overlap" / "pairs.csv")) == 0
     assert json.loads((out / "overlap" / "classes.json").read_text())["classes"] == []

@@ -4,9 +4,6 @@ and end-to-end runs of snakemake to the feature stores on tiny data (sharded, re
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -17,7 +14,7 @@ import yaml
 
 from embedlens.store import read_attrs, read_split
 
-from conftest import REPO
+from conftest import REPO, run_snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -28,16 +25,8 @@ TINY_BACKBONE = {  # a random-weight timm model on 32 px inputs: fast, and no do
 
 
 def snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True):
-    """Run snakemake on this checkout's Snakefile inside ``workdir``; returns the CompletedProcess."""
-    command = [sys.executable, "-m", "snakemake", *args, "--snakefile", str(REPO / "Snakefile"),
-               "--directory", str(workdir), "--cores", "2", "--resources", "gpu=1"]
-    if config is not None:
-        path = workdir / "config.yaml"
-        workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config))
-        command += ["--configfile", str(path)]
-    env = {**os.environ, "EMBEDLENS_GPU_LOCK_DIR": str(workdir / "gpu-locks")}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    """:func:`run_snakemake`, failing the test with snakemake's output when ``check`` and it fails."""
+    result = run_snakemake(workdir, *args, config=config)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
