@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 CIFAR100_ROOT = SHARED_DATASETS
+RNG = np.random.default_rng(0)
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +38,16 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None) -> subp
         command += ["--configfile", str(path)]
     env = {**os.environ, "EMBEDLENS_GPU_LOCK_DIR": str(workdir / "gpu-locks")}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+
+
+def pixels(h: int = 6, w: int = 5, channels: int = 3) -> np.ndarray:
+    """Random uint8 pixels, (h, w, channels) or (h, w) for one channel."""
+    shape = (h, w, channels) if channels > 1 else (h, w)
+    return RNG.integers(0, 256, shape, dtype=np.uint8)
+
+
+def save(path: Path, image: Image.Image, **kwargs) -> Path:
+    """Save ``image`` at ``path``, making its folder; returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **kwargs)
+    return path

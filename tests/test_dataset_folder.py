@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,18 +15,7 @@ from embedlens.datasets.folder import FolderDataset
 from embedlens.images import check_files
 from embedlens.manifest import MANIFEST_COLUMNS, SKIPPED_COLUMNS
 
-RNG = np.random.default_rng(0)
-
-
-def pixels(h: int = 6, w: int = 5, channels: int = 3) -> np.ndarray:
-    shape = (h, w, channels) if channels > 1 else (h, w)
-    return RNG.integers(0, 256, shape, dtype=np.uint8)
-
-
-def save(path: Path, image: Image.Image, **kwargs) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, **kwargs)
-    return path
+from conftest import pixels, save
 
 
 def spec(root, **extra) -> dict:

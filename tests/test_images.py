@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,18 +21,7 @@ from embedlens.images import (
 )
 from embedlens.parallel import WorkerDied, ordered_map
 
-RNG = np.random.default_rng(0)
-
-
-def pixels(h: int = 6, w: int = 5, channels: int = 3) -> np.ndarray:
-    shape = (h, w, channels) if channels > 1 else (h, w)
-    return RNG.integers(0, 256, shape, dtype=np.uint8)
-
-
-def save(path: Path, image: Image.Image, **kwargs) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, **kwargs)
-    return path
+from conftest import pixels, save
 
 
 def check_rgb(array: np.ndarray, shape: tuple[int, int]) -> None:
