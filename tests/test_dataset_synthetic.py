@@ -185,7 +185,9 @@ def test_classes_and_max_per_class_filters_keep_labels_and_extras():
     assert train["label"].tolist() == [0, 8, 0, 8, 0, 8]
     assert train["index_in_split"].tolist() == [0, 8, 10, 18, 20, 28]
     assert len(scan.manifest[scan.manifest["split"] == "test"]) == 6
-    assert scan.extras["designed_overlapping_pairs"][0] == ["red_circle_solid", "crimson_circle_solid"]
+    assert scan.extras["designed_overlapping_pairs"] == [["red_circle_solid", "crimson_circle_solid"]]
+    one_side = SyntheticDataset(spec(classes=["crimson_circle_solid", "green_square_dotted"])).scan()
+    assert one_side.extras["designed_overlapping_pairs"] == []
     image = dataset.read_image("train", "18")
     np.testing.assert_array_equal(image, SyntheticDataset(spec()).read_image("train", "18"))
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -295,6 +295,14 @@ class SyntheticDataset(ImageDataset):
     def designed_overlapping_pairs(self) -> list[list[str]]:
         """``[[base class, look-alike class], ...]`` in label order of the base classes."""
         return [[d.twin_of, d.name] for d in self.designs if d.twin_of is not None]
+
+    def scan(self) -> DatasetScan:
+        """The base scan, with ``designed_overlapping_pairs`` cut to the pairs whose classes both
+        survive the ``classes`` filter."""
+        scan = super().scan()
+        kept = set(scan.manifest["class_name"])
+        pairs = [pair for pair in self.designed_overlapping_pairs() if set(pair) <= kept]
+        return replace(scan, extras={**scan.extras, "designed_overlapping_pairs": pairs})
 
     def split_size(self, split: str) -> int:
         return self.images_per_class[split] * self.num_classes
