@@ -144,7 +144,7 @@ def test_genuine_cifar100_slice_with_a_real_pretrained_backbone_gives_meaningful
     features = np.concatenate([train.features, test.features])
     labels = np.concatenate([train.labels, test.labels])
     assert len(labels) == 2 * 12 * len(DISTINCT_CLASSES)
-    # leave-one-out 5-NN on cosine similarity: far above the 1/6 of chance
+    # leave-one-out 5-NN on cosine similarity, far above chance
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
     similarity = unit @ unit.T
     np.fill_diagonal(similarity, -np.inf)
@@ -152,7 +152,7 @@ def test_genuine_cifar100_slice_with_a_real_pretrained_backbone_gives_meaningful
     votes = labels[neighbours]
     predicted = np.array([np.bincount(row).argmax() for row in votes])
     accuracy = float(np.mean(predicted == labels))
-    assert accuracy > 0.6, accuracy
+    assert accuracy > 0.8, accuracy  # 0.93 measured; chance is 1/6
 
 
 def test_synthetic_look_alikes_are_found_by_the_overlap_stage_with_a_real_backbone(tmp_path):
