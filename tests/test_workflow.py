@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from embedlens.store import read_attrs, read_split
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, pixels, run_snakemake, save
 
 pytestmark = pytest.mark.workflow
 
@@ -171,3 +172,23 @@ def test_synthetic_look_alikes_are_found_by_the_overlap_stage_with_a_real_backbo
     assert found == {frozenset(pair) for pair in designed}
     subset = json.loads((results / "lite0" / "subset.json").read_text())
     assert subset["images"] == {"train": 4 * 8, "test": 4 * 4}
+
+
+def test_a_folder_dataset_with_broken_files_is_scanned_and_the_skips_are_listed(tmp_path):
+    root = tmp_path / "pictures"
+    for class_name, count in (("cats", 3), ("dogs", 2)):
+        for i in range(count):
+            save(root / class_name / f"{i}.png", Image.fromarray(pixels(12, 10)))
+    (root / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is no JPEG")
+    (root / "cats" / "empty.png").write_bytes(b"")
+    config = {"datasets": [{"name": "pets", "kind": "folder", "root": str(root)}], "backbones": [TINY_BACKBONE]}
+    snakemake(tmp_path / "run", "results/pets/manifest.csv", config=config)
+    results = tmp_path / "run" / "results" / "pets"
+    manifest = pd.read_csv(results / "manifest.csv")
+    assert manifest["class_name"].value_counts().to_dict() == {"cats": 3, "dogs": 2}
+    skipped = pd.read_csv(results / "skipped.csv")
+    assert sorted(skipped["source"]) == ["cats/empty.png", "dogs/broken.jpg"]
+    assert skipped["reason"].str.len().min() > 0
+    assert json.loads((results / "dataset.json").read_text())["skipped"] == 2
+    assert "skipped 2 unreadable images" in (tmp_path / "run" / "results" / "logs" / "manifest" / "pets.log").read_text()
+    assert (root / "dogs" / "broken.jpg").read_bytes().startswith(b"\xff\xd8")  # inputs are left as they were
