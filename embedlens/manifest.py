@@ -24,12 +24,6 @@ MANIFEST_COLUMNS = ["index_in_split", "split", "label", "class_name", "source"]
 SKIPPED_COLUMNS = ["split", "source", "reason"]
 
 
-def empty_manifest() -> pd.DataFrame:
-    """A manifest with the right columns and no rows."""
-    return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("index_in_split", "label") else "object")
-                         for c in MANIFEST_COLUMNS})
-
-
 def empty_skipped() -> pd.DataFrame:
     """A skipped-images table with the right columns and no rows."""
     return pd.DataFrame({c: pd.Series(dtype="object") for c in SKIPPED_COLUMNS})

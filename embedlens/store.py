@@ -79,10 +79,3 @@ def read_split(path: str | Path, split: str) -> SplitFeatures:
         group = handle[split]
         return SplitFeatures(group["features"][:], group["labels"][:], group["index"][:])
 
-
-def read_splits(path: str | Path, splits: list[str]) -> SplitFeatures:
-    """Load several splits stacked in the order given (e.g. train and test for class centroids)."""
-    parts = [read_split(path, split) for split in splits]
-    return SplitFeatures(np.concatenate([p.features for p in parts]),
-                         np.concatenate([p.labels for p in parts]),
-                         np.concatenate([p.index for p in parts]))

@@ -11,17 +11,13 @@ from embedlens.store import read_attrs, read_split, store_splits
 log = job_logger("overlap", snakemake.log[0])
 dataset, backbone = snakemake.params.dataset["name"], snakemake.params.backbone["name"]
 store = snakemake.input.features
-try:
-    settings = OverlapSettings.from_config(snakemake.params.overlap)
-    manifest = read_manifest(snakemake.input.manifest)
-    attrs = read_attrs(store)
-    check_store_dataset(attrs, dataset, store)
-    splits = {split: read_split(store, split) for split in store_splits(store)}
-    check_store_matches_manifest(splits, manifest, store)
-    result = compute_overlap(splits, attrs["class_names"], settings)
-except ValueError as error:
-    log.error("%s", error)
-    raise
+settings = OverlapSettings.from_config(snakemake.params.overlap)
+manifest = read_manifest(snakemake.input.manifest)
+attrs = read_attrs(store)
+check_store_dataset(attrs, dataset, store)
+splits = {split: read_split(store, split) for split in store_splits(store)}
+check_store_matches_manifest(splits, manifest, store)
+result = compute_overlap(splits, attrs["class_names"], settings)
 
 log.info("%s x %s: centroids of %d classes from %s (%s)", dataset, backbone, len(result.centroids),
          "+".join(result.splits), settings.centroid)
