@@ -1,5 +1,6 @@
 # Stage 1: a dataset becomes a manifest (one row per readable image) plus the list of skipped images.
-# File-backed kinds decode every image once here, on all cores, so unreadable ones are known up front.
+# File-backed kinds read every image's header here, on all cores, so files that are not images are known
+# up front; the pixels are decoded once, by extraction.
 
 
 rule manifest:
