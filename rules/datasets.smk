@@ -1,4 +1,6 @@
 # Stage 1: a dataset becomes a manifest (one row per image) plus the list of images that could not be read.
+# File-backed kinds read every image's header here, on all cores, so files that are not images are known
+# up front; the pixels are decoded once, by extraction, which skips and lists those that fail.
 
 
 rule manifest:
