@@ -51,3 +51,11 @@ def save(path: Path, image: Image.Image, **kwargs) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, **kwargs)
     return path
+
+
+def garbled_jpeg(jpeg: bytes) -> bytes:
+    """``jpeg`` with every header intact and its compressed pixel data replaced by stray SOF markers,
+    which libjpeg rejects (plain random bytes there decode to noise without an error)."""
+    scan = jpeg.index(b"\xff\xda")  # start of scan: its header, then the compressed data
+    data = scan + 2 + int.from_bytes(jpeg[scan + 2:scan + 4], "big")
+    return jpeg[:data] + b"\xff\xc0" * ((len(jpeg) - data) // 2) + b"\xff\xd9"

@@ -21,7 +21,7 @@ from embedlens.images import (
 )
 from embedlens.parallel import WorkerDied, ordered_map
 
-from conftest import pixels, save
+from conftest import garbled_jpeg, pixels, save
 
 
 def check_rgb(array: np.ndarray, shape: tuple[int, int]) -> None:
@@ -130,14 +130,6 @@ def test_damaged_exif_is_ignored(monkeypatch):
 
 
 # --- files and reasons ---------------------------------------------------------------------------------
-
-def garbled_jpeg(jpeg: bytes) -> bytes:
-    """``jpeg`` with every header intact and its compressed pixel data replaced by stray SOF markers,
-    which libjpeg rejects (plain random bytes there decode to noise without an error)."""
-    scan = jpeg.index(b"\xff\xda")  # start of scan: its header, then the compressed data
-    data = scan + 2 + int.from_bytes(jpeg[scan + 2:scan + 4], "big")
-    return jpeg[:data] + b"\xff\xc0" * ((len(jpeg) - data) // 2) + b"\xff\xd9"
-
 
 @pytest.fixture()
 def files(tmp_path):

@@ -15,9 +15,9 @@ import torch
 import yaml
 from PIL import Image
 
-from embedlens.store import read_attrs, read_split
+from embedlens.store import FeatureStore, read_attrs, read_split
 
-from conftest import REPO, pixels, run_snakemake, save
+from conftest import REPO, garbled_jpeg, pixels, run_snakemake, save
 
 pytestmark = pytest.mark.workflow
 
@@ -256,3 +256,35 @@ def test_a_folder_dataset_with_broken_files_is_scanned_and_the_skips_are_listed(
     assert json.loads((results / "dataset.json").read_text())["skipped"] == 2
     assert "skipped 2 unreadable images" in (tmp_path / "run" / "results" / "logs" / "manifest" / "pets.log").read_text()
     assert (root / "dogs" / "broken.jpg").read_bytes().startswith(b"\xff\xd8")  # inputs are left as they were
+
+
+def test_images_that_pass_the_header_check_but_fail_to_decode_are_skipped_at_extraction(tmp_path):
+    root = tmp_path / "pictures"
+    for class_name in ("cats", "dogs"):
+        for i in range(3):
+            save(root / class_name / f"{i}.png", Image.fromarray(pixels(12, 10)))
+    jpeg = save(tmp_path / "whole.jpg", Image.fromarray(pixels(64, 64)), quality=90).read_bytes()
+    (root / "cats" / "1a_truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (root / "dogs" / "0a_garbled.jpg").write_bytes(garbled_jpeg(jpeg))
+    config = {"datasets": [{"name": "pets", "kind": "folder", "root": str(root)}], "backbones": [TINY_BACKBONE],
+              "extract": {"shards": 2, "batch_size": 4, "num_workers": 1}}
+    snakemake(tmp_path / "run", "results/pets/tiny/features.h5", config=config)
+    results = tmp_path / "run" / "results" / "pets"
+    manifest = pd.read_csv(results / "manifest.csv")
+    assert len(manifest) == 8 and pd.read_csv(results / "skipped.csv").empty  # headers are fine
+    store = FeatureStore(results / "tiny" / "features.h5")
+    assert len(store) == 6
+    skipped = store.skipped()
+    assert sorted(skipped["source"]) == ["cats/1a_truncated.jpg", "dogs/0a_garbled.jpg"]
+    reasons = dict(zip(skipped["source"], skipped["reason"]))
+    assert "truncated" in reasons["cats/1a_truncated.jpg"] and "broken data stream" in reasons["dogs/0a_garbled.jpg"]
+    listed = pd.read_csv(results / "tiny" / "features" / "skipped.csv")
+    assert sorted(listed["source"]) == sorted(skipped["source"])
+    # rows stay aligned with the manifest through index_in_split
+    joined = store.join_manifest("train", manifest)
+    assert not joined["source"].str.endswith(".jpg").any() and len(joined) == 6
+    summary = json.loads((results / "tiny" / "features" / "summary.json").read_text())
+    assert summary["headline"]["skipped"] == 2 and summary["headline"]["images"] == 6
+    logs = "".join(p.read_text() for p in (tmp_path / "run" / "results" / "logs" / "extract").rglob("*.log"))
+    assert "skipped train image" in logs and "0a_garbled.jpg" in logs
+    assert (root / "dogs" / "0a_garbled.jpg").read_bytes() == garbled_jpeg(jpeg)  # inputs untouched
