@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 from sklearn.metrics.pairwise import cosine_similarity
 
 
@@ -64,8 +65,10 @@ class CentroidAccumulator:
         values = features[keep]
         values = l2_normalize(values) if self.normalized else values.astype(np.float64)
         present, inverse = np.unique(labels[keep], return_inverse=True)
-        sums = np.zeros((len(present), self.dim), dtype=np.float64)
-        np.add.at(sums, inverse, values)
+        # A sparse one-hot (classes x rows) times the rows: per-class sums in one pass, no dense one-hot.
+        one_hot = sparse.csr_matrix((np.ones(len(inverse)), (inverse, np.arange(len(inverse)))),
+                                    shape=(len(present), len(inverse)))
+        sums = np.asarray(one_hot @ values)
         counts = np.bincount(inverse, minlength=len(present))
         for label, total, count in zip(present.tolist(), sums, counts.tolist()):
             if label in self._sums:

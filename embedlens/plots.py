@@ -33,10 +33,18 @@ def save_figure(figure: plt.Figure, path: str | Path, dpi: int = DPI) -> None:
         plt.close(figure)
 
 
+MAX_NAMED = 250       # beyond this many classes names would be under 3 pt: the CSVs hold them instead
+UNNAMED_SIDE = 14.0   # inches, for a heatmap too large to name its rows
+
+
 def label_layout(count: int, *, min_side: float = 5.0, max_side: float = 40.0,
                  per_label: float = 0.16) -> tuple[float, float]:
     """Figure side (inches) and tick-label font size (points) for a square plot with ``count`` labels
-    on each axis: about ``per_label`` inches per label, the font filling ~80% of a label's row."""
+    on each axis: about ``per_label`` inches per label, the font filling ~80% of a label's row. Above
+    :data:`MAX_NAMED` labels the font is 0 (no labels) and the side :data:`UNNAMED_SIDE`, which
+    also keeps the figure's memory bounded (1,000 named classes took 1.4 GB and 30 s)."""
+    if count > MAX_NAMED:
+        return UNNAMED_SIDE, 0.0
     side = float(np.clip(per_label * count + 2.5, min_side, max_side))
     cell_points = 72.0 * (side - 2.5) / max(count, 1)
     font = float(np.clip(0.8 * cell_points, 3.0, 10.0))
@@ -81,9 +89,14 @@ def similarity_heatmap(matrix: np.ndarray, names: Sequence[str], path: str | Pat
             off = matrix[~np.eye(count, dtype=bool)]
             vmin = float(off.min()) if off.size else 0.0
         image = axes.imshow(shown, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
-        labels = [str(names[i]) for i in order]
-        axes.set_xticks(range(count), labels, rotation=90, fontsize=font)
-        axes.set_yticks(range(count), labels, fontsize=font)
+        if font:
+            labels = [str(names[i]) for i in order]
+            axes.set_xticks(range(count), labels, rotation=90, fontsize=font)
+            axes.set_yticks(range(count), labels, fontsize=font)
+        else:
+            axes.set_xticks([])
+            axes.set_yticks([])
+            axes.set_xlabel(f"{count} classes in clustered order, too many to name here; the CSV has the values")
         axes.tick_params(length=0)
         bar = figure.colorbar(image, ax=axes, fraction=0.04, pad=0.01)
         bar.set_label(colorbar_label)

@@ -36,8 +36,13 @@ from embedlens.recipe import file_digest, recipe_differences
 JSON_ATTRS = ("splits", "preprocessing", "class_names", "versions", "recipe", "extraction")
 SKIPPED_GROUP = "skipped"
 SKIPPED_FIELDS = ("split", "index_in_split", "source", "reason")
-CHUNK_BYTES = 4 << 20  # HDF5 chunks of about 4 MB of feature rows
-READ_ROWS = 65536      # rows per chunk when a stage streams a split
+CHUNK_BYTES = 4 << 20   # HDF5 chunks of about 4 MB of feature rows
+READ_BYTES = 64 << 20   # a streamed chunk holds about 64 MB of float32 features
+
+
+def chunk_rows_for(dim: int) -> int:
+    """Rows per streamed chunk of ``dim``-wide float32 features: about 64 MB, at least 1,024 rows."""
+    return max(1024, READ_BYTES // (4 * max(int(dim), 1)))
 
 
 class StoreMismatch(ValueError):
@@ -149,10 +154,12 @@ class FeatureStore:
             group = self._group(handle, split)
             return SplitFeatures(group["features"][:], group["labels"][:], group["index"][:])
 
-    def iter_chunks(self, splits: Sequence[str] | None = None, chunk_rows: int = READ_ROWS
+    def iter_chunks(self, splits: Sequence[str] | None = None, chunk_rows: int | None = None
                     ) -> Iterator[FeatureChunk]:
         """The rows of ``splits`` (default: all, in store order) as chunks of at most ``chunk_rows``
-        rows: memory stays one chunk, whatever the store's size."""
+        rows (default :func:`chunk_rows_for` the store's dimension): memory stays one chunk, whatever
+        the store's size."""
+        chunk_rows = chunk_rows or chunk_rows_for(self.dim)
         with h5py.File(self.path, "r") as handle:
             for split in splits if splits is not None else self.splits:
                 group = self._group(handle, split)

@@ -1,4 +1,5 @@
-"""Shards, batch preprocessing against the notebooks' PIL path, and merging shards into a store."""
+"""Extraction (decode failures, the PIL mode), batch preprocessing against the notebooks' PIL path, and
+shard files merged into a store."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from torchvision import transforms
 
 from embedlens.backbones import load_backbone
 from embedlens.datasets import ImageDataset
-from embedlens.extract import Progress, collate_images, extract_features, merge_shards, open_shard, shard_rows
+from embedlens.extract import Progress, collate_images, extract_features
 from embedlens.preprocess import Preprocessing, preprocess_batch
 from embedlens.recipe import job_recipe, requested_recipe
+from embedlens.shards import merge_shards, open_shard, shard_rows
 from embedlens.store import FeatureStore, StoreMismatch, read_attrs, read_split, store_splits
 
 DINO = Preprocessing(resize=256, crop=224, interpolation="bicubic")

@@ -330,6 +330,14 @@ def test_heatmap_for_100_classes_is_readable(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
 
 
+def test_heatmap_of_a_thousand_classes_stays_small_and_unnamed(tmp_path):
+    s = similarity_matrix(np.random.default_rng(2).normal(size=(1000, 16)))
+    similarity_heatmap(s, [f"class_{i:04d}" for i in range(1000)], tmp_path / "similarity.png")
+    assert label_layout(1000)[1] == 0
+    with Image.open(tmp_path / "similarity.png") as image:
+        assert max(image.size) < 20 * 150
+
+
 @pytest.mark.parametrize("count", [0, 1, 2])
 def test_heatmap_of_tiny_matrices(tmp_path, count):
     similarity_heatmap(np.eye(count), [str(i) for i in range(count)], tmp_path / "s.png")

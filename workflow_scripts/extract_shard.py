@@ -7,10 +7,11 @@ import torch
 from embedlens.backbones import load_backbone
 from embedlens.datasets import open_dataset
 from embedlens.devices import acquire_device
-from embedlens.extract import Progress, extract_features, open_shard, shard_rows
+from embedlens.extract import Progress, extract_features
 from embedlens.logs import job_logger
 from embedlens.manifest import read_manifest
 from embedlens.recipe import file_digest, job_recipe
+from embedlens.shards import open_shard, shard_rows
 
 shard = snakemake.wildcards.scatteritem
 recipe = snakemake.params.recipe

@@ -4,10 +4,10 @@ refusing shards made with another feature recipe; write the stage's summary and 
 import json
 from pathlib import Path
 
-from embedlens.extract import features_summary, merge_shards
 from embedlens.logs import job_logger
 from embedlens.manifest import read_manifest, write_table
 from embedlens.recipe import file_digest
+from embedlens.shards import features_summary, merge_shards
 from embedlens.store import FeatureStore
 
 log = job_logger("merge_features", snakemake.log[0])
