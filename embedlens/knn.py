@@ -47,11 +47,14 @@ def cosine_topk(queries: Any, reference: Any = None, k: int = 10, *, block_size:
     ``device``: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or a ``torch.device``.
 
     Returns :class:`Neighbours`, sorted by similarity from high to low in each row. Cosine similarity
-    is the dot product of the L2-normalised rows, computed in float32; a zero row has similarity 0 to
-    every row. Equal similarities are ranked by lower reference index first, also where they compete
-    for the k-th place, so results do not depend on ``block_size``. Exact duplicates of a row may
-    still differ in the last bit of their similarity (float32 sums in another order), which then
-    decides their ranking.
+    is the dot product of the L2-normalised rows, computed in float32; a zero row (norm below
+    float32's smallest normal number, 1.2e-38) has similarity 0 to every row. Equal similarities are
+    ranked by lower reference index first, also where they compete for the k-th place. Duplicate rows
+    can still differ in the last bit of their similarity (float32 sums taken in another order, which
+    may depend on ``block_size`` and the device), and that difference then decides their order.
+
+    On CUDA each query block fetches the reference blocks from host memory again; a larger
+    ``block_size`` means fewer such passes.
 
     Raises ``ValueError`` for ``k`` larger than the number of candidate rows, for mismatched
     dimensions and for NaN or infinite values.
@@ -80,6 +83,9 @@ def cosine_topk(queries: Any, reference: Any = None, k: int = 10, *, block_size:
     indices = np.empty((n_queries, k), dtype=np.int64)
     similarities = np.empty((n_queries, k), dtype=np.float32)
     with torch.inference_mode():
+        # One buffer for every tile: a fresh block x block allocation per tile would keep two tiles
+        # alive at once (the old one until the new one is assigned) and fault in new pages each time.
+        tile_buffer = torch.empty(min(block_size, n_queries) * min(block_size, n_reference), device=device)
         for q_start in range(0, n_queries, block_size):
             q_stop = min(q_start + block_size, n_queries)
             first_pass = q_start == 0
@@ -93,7 +99,8 @@ def cosine_topk(queries: Any, reference: Any = None, k: int = 10, *, block_size:
                 reference_block = (query_block if within_set and r_start == q_start else
                                    _normalised_block(reference, r_start, r_stop, device, reference_name,
                                                      check_finite=first_pass))
-                tile = query_block @ reference_block.T
+                tile = tile_buffer[:len(query_block) * len(reference_block)].view(len(query_block), -1)
+                torch.matmul(query_block, reference_block.T, out=tile)
                 if within_set:
                     _exclude_self(tile, q_start, r_start)
                 tile_similarities, tile_positions = _top_k_lowest_position_first(tile, min(k, r_stop - r_start))
@@ -131,7 +138,8 @@ def _compute_device(device: str | torch.device) -> torch.device:
 
 def _normalised_block(rows: Any, start: int, stop: int, device: torch.device, name: str,
                       check_finite: bool = True) -> torch.Tensor:
-    """Rows ``start:stop`` as float32 on ``device``, each scaled to unit length (zero rows stay zero)."""
+    """Rows ``start:stop`` as float32 on ``device``, each scaled to unit length (zero rows stay zero);
+    non-finite values raise when ``check_finite``."""
     block = rows[start:stop]
     if isinstance(block, np.ndarray):
         block = np.ascontiguousarray(block)  # torch refuses negative strides
@@ -141,7 +149,9 @@ def _normalised_block(rows: Any, start: int, stop: int, device: torch.device, na
         raise ValueError(f"{name} row {bad} holds NaN or infinite values; cosine similarity needs "
                          "finite features")
     norms = torch.linalg.vector_norm(block, dim=1, keepdim=True)
-    return torch.where(norms > 0, block / norms, 0.0)
+    # Below float32's smallest normal number the reciprocal would overflow; such rows count as zero.
+    inverse_norms = torch.where(norms >= torch.finfo(torch.float32).tiny, norms.reciprocal(), 0.0)
+    return block * inverse_norms
 
 
 def _exclude_self(tile: torch.Tensor, q_start: int, r_start: int) -> None:
@@ -156,13 +166,16 @@ def _exclude_self(tile: torch.Tensor, q_start: int, r_start: int) -> None:
 def _top_k_lowest_position_first(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` largest scores of each row, from high to low, and their column positions; equal
     scores are ranked by lower position first, also where they compete for the k-th place."""
-    values, positions = torch.topk(scores, k, dim=1)
-    # topk breaks ties arbitrarily. Where the k-th score is shared with a column it left out, only a
-    # stable sort of the whole row picks the lowest positions; such rows are rare (duplicates).
-    crowded = ((scores >= values[:, -1:]).sum(dim=1) > k).nonzero().squeeze(1)
-    if crowded.numel():
-        row_values, row_positions = torch.sort(scores[crowded], dim=1, descending=True, stable=True)
-        values[crowded], positions[crowded] = row_values[:, :k], row_positions[:, :k]
+    values, positions = torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)
+    if values.shape[1] > k:
+        # topk breaks ties arbitrarily. Where the (k+1)-th score equals the k-th, the k-th place is
+        # contested and only a stable sort of the whole row picks the lowest positions; such rows are
+        # rare (duplicates, zero rows).
+        contested = (values[:, k] == values[:, k - 1]).nonzero().squeeze(1)
+        if contested.numel():
+            row_values, row_positions = torch.sort(scores[contested], dim=1, descending=True, stable=True)
+            values[contested], positions[contested] = row_values[:, :k + 1], row_positions[:, :k + 1]
+        values, positions = values[:, :k], positions[:, :k]
     positions, order = positions.sort(dim=1)
     values, order = values.gather(1, order).sort(dim=1, descending=True, stable=True)
     return values, positions.gather(1, order)

@@ -132,6 +132,7 @@ def test_h5py_datasets_and_lists_are_accepted(tmp_path):
 def test_k_beyond_the_available_neighbours_is_named():
     rows = gaussian(5, 4, seed=11)
     assert cosine_topk(rows, k=4, device="cpu").indices.shape == (5, 4)
+    assert cosine_topk(np.empty((0, 4)), rows, k=5, device="cpu").indices.shape == (0, 5)
     with pytest.raises(ValueError, match=r"k=5 but only 4 neighbours are available \(5 rows less the row itself\)"):
         cosine_topk(rows, k=5, device="cpu")
     with pytest.raises(ValueError, match="k=6 but only 5 neighbours are available .the reference has 5 rows"):
