@@ -37,8 +37,8 @@ def cosine_topk(queries: Any, reference: Any = None, k: int = 10, *, block_size:
                 device: str | torch.device = "auto") -> Neighbours:
     """The ``k`` reference rows most cosine-similar to each query row, exactly.
 
-    ``queries``: (n, d) array-like of real numbers (numpy arrays of any float dtype, memmaps and h5py
-    datasets are read block by block; anything else goes through ``np.asarray``).
+    ``queries``: (n, d) array-like of real numbers (numpy arrays of any float dtype, memmaps, h5py
+    datasets and torch tensors are read block by block; anything else goes through ``np.asarray``).
     ``reference``: (m, d) array-like to search in, or ``None`` to search within ``queries``: then a
     row never returns itself, while exact duplicates of it at other positions are returned like any
     other row. Pass the same array as ``reference`` to let each row find itself.
@@ -53,8 +53,8 @@ def cosine_topk(queries: Any, reference: Any = None, k: int = 10, *, block_size:
     can still differ in the last bit of their similarity (float32 sums taken in another order, which
     may depend on ``block_size`` and the device), and that difference then decides their order.
 
-    On CUDA each query block fetches the reference blocks from host memory again; a larger
-    ``block_size`` means fewer such passes.
+    On CUDA each query block copies the reference blocks from host memory again (unless they are
+    CUDA tensors already); a larger ``block_size`` means fewer such passes.
 
     Raises ``ValueError`` for ``k`` larger than the number of candidate rows, for mismatched
     dimensions and for NaN or infinite values.

@@ -116,7 +116,7 @@ def test_float16_and_float64_inputs_are_computed_in_float32():
         np.testing.assert_allclose(result.similarities, expected_similarities, atol=1e-5)
 
 
-def test_h5py_datasets_and_lists_are_accepted(tmp_path):
+def test_h5py_datasets_tensors_and_lists_are_accepted(tmp_path):
     rows = gaussian(50, 10, seed=10)
     with h5py.File(tmp_path / "features.h5", "w") as store:
         store["train/features"] = rows
@@ -124,7 +124,8 @@ def test_h5py_datasets_and_lists_are_accepted(tmp_path):
     with h5py.File(tmp_path / "features.h5") as store:
         from_store = cosine_topk(store["train/features"], k=3, block_size=16, device="cpu")
     from_list = cosine_topk(rows.tolist(), k=3, device="cpu")
-    for result in (from_store, from_list):
+    from_tensor = cosine_topk(torch.from_numpy(rows), k=3, block_size=16, device="cpu")
+    for result in (from_store, from_list, from_tensor):
         np.testing.assert_array_equal(result.indices, expected.indices)
         np.testing.assert_allclose(result.similarities, expected.similarities, atol=1e-6)
 
