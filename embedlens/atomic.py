@@ -66,7 +66,7 @@ def _remove_stale_temporaries(final: Path) -> None:
 
 
 def _fsync(path: Path) -> None:
-    """Flush a file's or a folder's (its entries') data from the page cache to the disk."""
+    """Flush a file's data, or a folder's entries, from the page cache to the disk."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
