@@ -17,8 +17,8 @@ Pass criteria (exit status 1 otherwise): cosine_topk takes at most 2x the bare p
 row count, and its working set grows at most linearly with the rows (an n x n similarity matrix would
 be 14.4 GB at 60,000 rows).
 
-    python benchmarks/knn.py                                   # 30,000 and 60,000 random rows; ~5 min on 2 cores
-    python benchmarks/knn.py --rows 10000 20000                # quicker
+    python benchmarks/knn.py                    # 30,000 and 60,000 random rows: ~5 min on an idle 2-core CPU, more with faiss
+    python benchmarks/knn.py --rows 15000 30000 # quicker
     python benchmarks/knn.py --store results/cifar100/dino_vits16/features.h5
 """
 
