@@ -57,11 +57,18 @@ def extract_threads():
     return max(1, workflow.cores // gpus) if isinstance(workflow.cores, int) else 1
 
 
+# Every analysis stage registers here the summary.json it writes for each dataset x backbone (a path
+# with {dataset} and {backbone}), when the config enables it; the report renders each one, and
+# `snakemake` without a target builds them all.
+STAGE_SUMMARIES = {}
+
+
 def all_targets():
     """What `snakemake` builds without a target: every stage's outputs for dataset x backbone."""
     per_pair = [f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
                 f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/classes.json"]
     if config["overlap"]["export"]:
         per_pair.append(f"{RESULTS}/{{dataset}}/{{backbone}}/subset.json")
+    per_pair.extend(STAGE_SUMMARIES.values())
     return expand(per_pair, dataset=DATASETS, backbone=BACKBONES) + expand(
         f"{RESULTS}/imagenet_subset/{{name}}.npz", name=IMAGENET_SUBSET_NAMES)
