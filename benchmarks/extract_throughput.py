@@ -34,14 +34,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
 from embedlens.backbones import load_backbone
 from embedlens.datasets import open_dataset
 from embedlens.devices import resolve_device
 from embedlens.extract import extract_features
+from embedlens.preprocess import pil_transform
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
@@ -57,7 +56,7 @@ class NotebookImages(Dataset):
 
     def __getitem__(self, i):
         row = self.rows.iloc[i]
-        return self.transform(Image.fromarray(self.dataset.read_image(row["split"], row["source"])))
+        return self.transform(self.dataset.read_image(row["split"], row["source"]))
 
 
 def autocast_for(precision: str):
@@ -71,15 +70,7 @@ def notebook_features(backbone, dataset, rows, device, batch_size: int, workers:
                       precision: str = "fp32") -> np.ndarray:
     """The notebooks' path, given the loader settings embedlens's extraction uses (pinned memory and
     asynchronous copies on CUDA) so that only the preprocessing differs."""
-    prep = backbone.preprocessing
-    transform = transforms.Compose([
-        transforms.Resize(prep.resize, interpolation=getattr(transforms.InterpolationMode,
-                                                             prep.interpolation.upper())),
-        transforms.CenterCrop(prep.crop),
-        transforms.ToTensor(),
-        transforms.Normalize(prep.mean, prep.std),
-    ])
-    loader = DataLoader(NotebookImages(dataset, rows, transform), batch_size=batch_size,
+    loader = DataLoader(NotebookImages(dataset, rows, pil_transform(backbone.preprocessing)), batch_size=batch_size,
                         num_workers=workers, pin_memory=device.type == "cuda")
     out = []
     with torch.inference_mode(), autocast_for(precision):
@@ -164,7 +155,7 @@ def main() -> None:
     print(f"notebooks' path ({args.precision}): {notebook_rate:8.1f} images/s")
     disagree, rates = [], []
     for amp in amp_settings:
-        ours, ours_seconds = timed(lambda amp=amp: extract_features(
+        (ours, _), ours_seconds = timed(lambda amp=amp: extract_features(
             backbone, dataset, rows, device=device, batch_size=args.batch_size, num_workers=args.workers,
             amp=amp))
         rates.append(len(rows) / ours_seconds)

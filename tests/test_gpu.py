@@ -53,8 +53,10 @@ def extract(backbone, images, device: str, amp: bool) -> np.ndarray:
     """Features through embedlens's extraction: batches of 16 (the last one partial), 2 workers, and on
     CUDA pinned memory, as the workflow runs it."""
     dataset, rows = images
-    return extract_features(backbone, dataset, rows, device=torch.device(device), batch_size=16, num_workers=2,
-                            amp=amp)
+    features, failed = extract_features(backbone, dataset, rows, device=torch.device(device), batch_size=16,
+                                        num_workers=2, amp=amp)
+    assert not failed
+    return features
 
 
 @pytest.fixture(scope="module")
