@@ -8,6 +8,7 @@
 #     {RESULTS}/{dataset}/{backbone}/overlap/pairs.csv        class_a, class_b, similarity, label_a, label_b
 #     {RESULTS}/{dataset}/{backbone}/overlap/classes.json     the overlap set: labels and names, settings
 #     {RESULTS}/{dataset}/{backbone}/overlap/centroids.npz    labels, names, vectors, counts
+#     {RESULTS}/{dataset}/{backbone}/overlap/summary.json     the stage summary the report renders
 #     {RESULTS}/{dataset}/{backbone}/subset/                  train/, test/, metadata_*.csv, label_map.json
 #     {RESULTS}/{dataset}/{backbone}/subset.json              counts per split and class (depend on this)
 #
@@ -25,6 +26,7 @@ rule overlap:
         pairs=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/pairs.csv",
         classes=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/classes.json",
         centroids=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/centroids.npz",
+        summary=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/summary.json",
     params:
         dataset=dataset_spec,
         backbone=backbone_spec,

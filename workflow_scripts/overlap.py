@@ -3,7 +3,7 @@
 from embedlens.logs import job_logger
 from embedlens.manifest import read_manifest
 from embedlens.overlap import (OverlapSettings, check_store_dataset, check_store_matches_manifest, classes_document,
-                               compute_overlap, describe_result, save_centroids, write_classes_json,
+                               compute_overlap, describe_result, overlap_summary, save_centroids, write_classes_json,
                                write_pairs_csv, write_similarity_csv)
 from embedlens.plots import similarity_heatmap
 from embedlens.store import read_attrs, read_split, store_splits
@@ -29,3 +29,4 @@ similarity_heatmap(result.similarity, result.centroids.names, snakemake.output.h
                    title=f"{dataset} x {backbone}: cosine similarity of class centroids")
 write_classes_json(classes_document(result, dataset=dataset, backbone=backbone, model=attrs.get("model"),
                                     summary=describe_result(result)), snakemake.output.classes)
+overlap_summary(result, dataset=dataset, backbone=backbone).write(snakemake.output.summary)
