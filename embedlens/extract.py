@@ -1,8 +1,20 @@
 """Feature extraction: run a frozen backbone over manifest rows, in shards that merge into one store.
 
 A shard is a contiguous slice of the manifest (all splits, in manifest order). Each shard job writes
-its rows' features to its own small HDF5 file; :func:`merge_shards` joins them into the feature store
-(see :mod:`embedlens.store`). A killed run loses at most the shards in progress.
+its rows' features to its own HDF5 file, batch by batch, with the job's feature recipe
+(:mod:`embedlens.recipe`); :func:`merge_shards` streams them into the feature store (see
+:mod:`embedlens.store`). A killed run loses at most the shards in progress.
+
+Shard layout::
+
+    attrs: recipe (JSON), seconds (extraction time)
+    rows      int64   (n,)    manifest row numbers
+    features  float32 (n, D)  one row per manifest row; zeros where the image failed to decode
+    failed    int64   (m,)    positions in ``rows`` of the images that failed to decode
+    reasons   str     (m,)    why each failed
+
+An image that fails to decode at extraction (the manifest step reads headers only) is skipped and
+recorded; the store lists it under ``/skipped`` and has no row for it.
 """
 
 from __future__ import annotations
@@ -11,11 +23,11 @@ import contextlib
 import json
 import logging
 import re
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import h5py
@@ -26,8 +38,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from embedlens.atomic import atomic_path
 from embedlens.datasets import ImageDataset
-from embedlens.preprocess import preprocess_batch
-from embedlens.store import SplitFeatures, write_store
+from embedlens.images import short_reason
+from embedlens.preprocess import pil_transform, preprocess_batch
+from embedlens.recipe import recipe_differences
+from embedlens.store import READ_ROWS, FeatureStore, StoreMismatch, create_store, write_skipped
+from embedlens.summary import Artifact, StageSummary
 
 SHARD_NAME = re.compile(r"^(\d+)-of-(\d+)$")
 
@@ -45,30 +60,49 @@ def shard_rows(total: int, shard: str) -> np.ndarray:
 
 
 class ManifestImages(Dataset):
-    """The images of some manifest rows as uint8 tensors (H, W, 3), decoded by the dataset kind."""
+    """The images of some manifest rows, decoded by the dataset kind: item ``i`` is ``(i, image)``,
+    or ``(i, reason)`` when the image cannot be decoded (the batch goes on without it).
 
-    def __init__(self, dataset: ImageDataset, rows: pd.DataFrame):
-        self.dataset = dataset
+    ``image`` is uint8 (H, W, 3) for batch preprocessing on the device, or, with ``transform`` (the
+    notebooks' per-image PIL path, :func:`embedlens.preprocess.pil_transform`), its float output."""
+
+    def __init__(self, dataset: ImageDataset, rows: pd.DataFrame,
+                 transform: Callable[[np.ndarray], torch.Tensor] | None = None):
+        self.dataset, self.transform = dataset, transform
         self.splits = rows["split"].tolist()
         self.sources = rows["source"].tolist()
 
     def __len__(self) -> int:
         return len(self.sources)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
         try:
             pixels = self.dataset.read_image(self.splits[i], self.sources[i])
-        except Exception as error:
-            raise RuntimeError(f"dataset {self.dataset.name!r}: cannot read {self.splits[i]} image "
-                               f"{self.sources[i]!r}: {error}") from error
-        return torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C"))  # writable, contiguous
+        except Exception as error:  # a file that passed the header check but does not decode
+            return i, short_reason(error, self.dataset.source_file(self.splits[i], self.sources[i]))
+        if self.transform is not None:
+            return i, self.transform(pixels)
+        return i, torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C"))  # writable, contiguous
 
 
-def collate_images(batch: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-    """Stack equally sized images into one (N, H, W, 3) tensor; keep mixed sizes as a list."""
-    if all(image.shape == batch[0].shape for image in batch):
-        return torch.stack(batch)
-    return batch
+@dataclass
+class ImageBatch:
+    """A loader batch: ``positions`` of the decoded images and their ``images`` (one stacked tensor
+    when all have one size, else a list), plus ``failed`` (position, reason) pairs."""
+
+    positions: list[int]
+    images: torch.Tensor | list[torch.Tensor]
+    failed: list[tuple[int, str]]
+
+
+def collate_images(batch: list[tuple[int, torch.Tensor | str]]) -> ImageBatch:
+    """Stack equally sized images into one tensor; keep mixed sizes as a list; set failures apart."""
+    decoded = [(i, image) for i, image in batch if isinstance(image, torch.Tensor)]
+    failed = [(i, reason) for i, reason in batch if isinstance(reason, str)]
+    images = [image for _, image in decoded]
+    if images and all(image.shape == images[0].shape for image in images):
+        images = torch.stack(images)
+    return ImageBatch([i for i, _ in decoded], images, failed)
 
 
 class Progress:
@@ -96,72 +130,154 @@ class Progress:
                 f"{rate:.1f} images/s, {left_text} left")
 
 
-def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, device: torch.device,
-                     batch_size: int = 64, num_workers: int = 2, amp: bool = True,
-                     progress: Progress | None = None) -> np.ndarray:
-    """Embed the images of ``rows`` (manifest rows) with ``backbone``; returns float32 (len(rows), dim).
+PREPROCESS_MODES = ("device", "pil")
 
-    Workers only decode; resizing and normalisation run on ``device`` for whole batches. On CUDA with
-    ``amp`` the model runs under bfloat16 autocast.
+
+def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, device: torch.device,
+                     batch_size: int = 64, num_workers: int = 2, amp: bool = True, preprocess: str = "device",
+                     out: np.ndarray | h5py.Dataset | None = None, progress: Progress | None = None
+                     ) -> tuple[np.ndarray | h5py.Dataset, dict[int, str]]:
+    """Embed the images of ``rows`` (manifest rows) with ``backbone``.
+
+    Returns ``(features, failed)``: features float32 (len(rows), dim), row ``i`` for ``rows.iloc[i]``
+    (written into ``out`` when given, e.g. a shard's HDF5 dataset, so memory stays one batch), with
+    zeros for the images that failed to decode; ``failed`` maps their positions to the reason.
+
+    ``preprocess="device"``: workers only decode; resizing and normalisation run on ``device`` for
+    whole batches. ``preprocess="pil"``: the replaced notebooks' path, torchvision's PIL transforms per
+    image in the workers (bit for bit what they computed). On CUDA with ``amp`` the model runs under
+    bfloat16 autocast. The loaders pin memory on CUDA.
     """
-    loader = DataLoader(ManifestImages(dataset, rows), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate_images, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+    if preprocess not in PREPROCESS_MODES:
+        raise ValueError(f"extract.preprocess {preprocess!r}; allowed values: {', '.join(PREPROCESS_MODES)}")
+    transform = pil_transform(backbone.preprocessing) if preprocess == "pil" else None
+    loader = DataLoader(ManifestImages(dataset, rows, transform), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=collate_images,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
     backbone.to(device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and amp
                 else contextlib.nullcontext())
-    out = np.empty((len(rows), backbone.dim), dtype=np.float32)
-    start = 0
+    if out is None:
+        out = np.zeros((len(rows), backbone.dim), dtype=np.float32)
+    failed: dict[int, str] = {}
     with torch.inference_mode(), autocast:
-        for images in loader:
-            batch = preprocess_batch(images, backbone.preprocessing, device)
-            embeddings = backbone.embed(batch).float().cpu().numpy()
-            out[start:start + len(embeddings)] = embeddings
-            start += len(embeddings)
+        for batch in loader:
+            failed.update(batch.failed)
+            if batch.positions:
+                pixels = (batch.images.to(device, non_blocking=True) if transform is not None
+                          else preprocess_batch(batch.images, backbone.preprocessing, device))
+                embeddings = backbone.embed(pixels).float().cpu().numpy()
+                _write_rows(out, batch.positions, embeddings)
             if progress is not None:
-                progress.update(len(embeddings))
-    return out
+                progress.update(len(batch.positions) + len(batch.failed))
+    return out, failed
 
 
-def write_shard(path: str | Path, rows: np.ndarray, features: np.ndarray, backbone: dict) -> None:
-    """Write one shard atomically: ``rows`` (manifest row numbers), their ``features``, and the
-    backbone's description (``Backbone.describe()``) that the merged store records."""
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as handle:
-            handle.attrs["backbone"] = json.dumps(backbone)
-            handle.create_dataset("rows", data=np.asarray(rows, dtype=np.int64))
-            handle.create_dataset("features", data=np.asarray(features, dtype=np.float32))
+def _write_rows(out, positions: list[int], values: np.ndarray) -> None:
+    """``out[positions] = values``, as one slice when the positions are consecutive (HDF5 writes
+    slices much faster than lists)."""
+    first, last = positions[0], positions[-1]
+    if last - first + 1 == len(positions):
+        out[first:last + 1] = values
+    else:
+        for position, value in zip(positions, values):
+            out[position] = value
 
 
-def package_versions(names: Sequence[str] = ("embedlens", "torch", "torchvision", "timm", "transformers",
-                                             "numpy", "h5py", "pillow")) -> dict[str, str]:
-    """Installed versions of the packages that shape the features, plus Python's."""
-    versions = {"python": sys.version.split()[0]}
-    for name in names:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return versions
+@dataclass
+class ShardFile:
+    """An open shard being written: fill ``features`` (row ``i`` for ``rows[i]``), then :meth:`finish`."""
+
+    handle: h5py.File
+    features: h5py.Dataset
+
+    def finish(self, failed: Mapping[int, str], seconds: float) -> None:
+        """Record the failed positions with their reasons and the extraction time."""
+        positions = sorted(failed)
+        self.handle.create_dataset("failed", data=np.asarray(positions, dtype=np.int64))
+        self.handle.create_dataset("reasons", data=np.asarray([failed[p] for p in positions], dtype=object),
+                                   dtype=h5py.string_dtype())
+        self.handle.attrs["seconds"] = float(seconds)
+
+
+@contextmanager
+def open_shard(path: str | Path, rows: np.ndarray, dim: int, recipe: Mapping) -> Iterator[ShardFile]:
+    """Write a shard atomically: yields a :class:`ShardFile` whose ``features`` (len(rows), dim) the
+    caller fills; the file appears under ``path`` only when the block ends without error and
+    :meth:`ShardFile.finish` was called."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
+        handle.attrs["recipe"] = json.dumps(recipe)
+        handle.create_dataset("rows", data=np.asarray(rows, dtype=np.int64))
+        chunk = (max(1, min(len(rows), (4 << 20) // (4 * dim))), dim) if len(rows) else None
+        shard = ShardFile(handle, handle.create_dataset("features", shape=(len(rows), dim), dtype=np.float32,
+                                                        chunks=chunk))
+        yield shard
+        if "failed" not in handle:
+            raise RuntimeError(f"shard {path}: finish() was not called; the shard is incomplete")
+
+
+@dataclass
+class ShardHeader:
+    """What a shard file says about itself, without its features."""
+
+    path: Path
+    recipe: dict
+    rows: np.ndarray
+    failed: np.ndarray
+    reasons: list[str]
+    seconds: float
+
+
+def read_shard_header(path: str | Path) -> ShardHeader:
+    with h5py.File(path, "r") as handle:
+        if "recipe" not in handle.attrs or "failed" not in handle:
+            raise ValueError(f"{path}: not a complete embedlens shard (no recipe or no failure list); "
+                             f"delete it and run the workflow again")
+        return ShardHeader(Path(path), json.loads(handle.attrs["recipe"]), handle["rows"][:],
+                           handle["failed"][:], list(handle["reasons"].asstr()[:]),
+                           float(handle.attrs["seconds"]))
+
+
+def check_shard_recipes(headers: Sequence[ShardHeader], expected: Mapping | None = None) -> None:
+    """Raise :class:`StoreMismatch` when shards were made with different recipes, or with another
+    requested recipe or manifest than ``expected`` (a requested recipe plus ``manifest_digest``),
+    naming the shard and the differing keys."""
+    problems = []
+    first = headers[0]
+    for header in headers[1:]:
+        differences = recipe_differences(header.recipe, first.recipe)
+        if differences:
+            problems.append(f"{header.path} differs from {first.path}: " + "; ".join(differences))
+    if expected is not None:
+        for header in headers:
+            differences = recipe_differences(header.recipe, expected, keys=list(expected))
+            if differences:
+                problems.append(f"{header.path} differs from the config: " + "; ".join(differences))
+    if problems:
+        raise StoreMismatch("shards made with different feature recipes cannot be merged:\n  " +
+                            "\n  ".join(problems) + "\nDelete the shards folder and run the workflow again "
+                            "(Snakemake recomputes them with the current config).")
 
 
 def merge_shards(shard_paths: Sequence[str | Path], manifest: pd.DataFrame, store_path: str | Path,
-                 attrs: dict) -> None:
-    """Join shard files into the feature store at ``store_path``, one group per split in manifest order.
+                 attrs: Mapping, *, expected: Mapping | None = None, chunk_rows: int = READ_ROWS) -> dict:
+    """Stream shard files into the feature store at ``store_path``, one group per split in manifest
+    order; peak memory is about one chunk of ``chunk_rows`` rows plus the row bookkeeping.
 
     Every manifest row must be covered exactly once; the error names the missing or repeated rows.
-    The store's attributes are ``attrs`` (dataset, class names, ...), the backbone description the
-    shards recorded (backbone, backbone_kind, model, weights, preprocessing), the feature dimension,
-    package versions and creation time.
+    Shards must share one recipe, equal to ``expected`` on its keys (see :func:`check_shard_recipes`).
+    The store's attributes are ``attrs`` (dataset, class names, ...), the shards' recipe and what
+    it resolved (backbone, model, weights, dim, preprocessing, versions), and the extraction figures.
+    Images that failed to decode get no row and are listed under ``/skipped``.
+    Returns the extraction figures: images, skipped, seconds (summed over shards), images_per_second
+    (per job), shards.
     """
     if not shard_paths:
         raise ValueError("no shard files to merge")
-    rows_parts, feature_parts = [], []
-    for path in shard_paths:
-        with h5py.File(path, "r") as handle:
-            rows_parts.append(handle["rows"][:])
-            feature_parts.append(handle["features"][:])
-            described = json.loads(handle.attrs["backbone"])
-    rows = np.concatenate(rows_parts) if rows_parts else np.empty(0, dtype=np.int64)
-    features = np.concatenate([part.reshape(-1, described["dim"]) for part in feature_parts])
+    headers = [read_shard_header(path) for path in shard_paths]
+    check_shard_recipes(headers, expected)
+    recipe = headers[0].recipe
+    rows = np.concatenate([header.rows for header in headers])
     counts = np.bincount(rows, minlength=len(manifest)) if len(rows) else np.zeros(len(manifest), int)
     if len(counts) != len(manifest) or not np.all(counts == 1):
         missing = np.flatnonzero(counts[:len(manifest)] == 0)[:10].tolist()
@@ -169,15 +285,85 @@ def merge_shards(shard_paths: Sequence[str | Path], manifest: pd.DataFrame, stor
         raise ValueError(f"shards {list(map(str, shard_paths))} do not cover the {len(manifest)} manifest "
                          f"rows once each (missing e.g. {missing}, repeated e.g. {repeated}, "
                          f"out of range: {max(0, len(counts) - len(manifest))})")
-    features = features[np.argsort(rows, kind="stable")]
-    splits = {}
-    for split in dict.fromkeys(manifest["split"]):
-        mask = (manifest["split"] == split).to_numpy()
-        splits[split] = SplitFeatures(features[mask], manifest["label"].to_numpy()[mask],
-                                      manifest["index_in_split"].to_numpy()[mask])
-    backbone = {"backbone": described["name"], "backbone_kind": described["kind"],
-                "model": described["model"], "weights": described["weights"],
-                "preprocessing": described["preprocessing"]}
-    write_store(store_path, splits, {**attrs, **backbone, "dim": int(described["dim"]),
-                                     "versions": package_versions(),
-                                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+    failed_rows = np.concatenate([header.rows[header.failed] for header in headers]).astype(np.int64)
+    reasons = [reason for header in headers for reason in header.reasons]
+    good = np.ones(len(manifest), dtype=bool)
+    good[failed_rows] = False
+    split_of = manifest["split"].to_numpy()
+    # Each manifest row's position in its split of the store (-1 for a failed image).
+    destination = np.full(len(manifest), -1, dtype=np.int64)
+    split_rows = {}
+    for split in dict.fromkeys(split_of):
+        members = np.flatnonzero((split_of == split) & good)
+        destination[members] = np.arange(len(members))
+        split_rows[split] = (manifest["label"].to_numpy()[members], manifest["index_in_split"].to_numpy()[members])
+
+    resolved = recipe["resolved"]
+    backbone = recipe["backbone"]
+    images = int(good.sum())
+    seconds = float(sum(header.seconds for header in headers))
+    extraction = {"images": images, "skipped": int(len(failed_rows)), "seconds": round(seconds, 3),
+                  "images_per_second": round(images / seconds, 3) if seconds > 0 else None,
+                  "shards": len(headers), "device": resolved["device"], "precision": resolved["precision"],
+                  "preprocess": recipe["extract"]["preprocess"]}
+    store_attrs = {**attrs, "backbone": backbone["name"], "backbone_kind": backbone["kind"],
+                   "model": resolved["model"], "weights": resolved["weights"],
+                   "preprocessing": resolved["preprocessing"], "versions": resolved["versions"],
+                   "recipe": recipe, "manifest_digest": recipe["manifest_digest"], "extraction": extraction,
+                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    failed_frame = manifest.iloc[failed_rows][["split", "index_in_split", "source"]].assign(reason=reasons)
+    with atomic_path(store_path) as tmp, h5py.File(tmp, "w", track_order=True) as handle:
+        datasets = create_store(handle, store_attrs, split_rows, resolved["dim"])
+        for header in headers:
+            with h5py.File(header.path, "r") as shard:
+                for start in range(0, len(header.rows), chunk_rows):
+                    part = header.rows[start:start + chunk_rows]
+                    values = shard["features"][start:start + len(part)]
+                    _copy_chunk(datasets, split_of, destination, part, values)
+        write_skipped(handle, failed_frame.sort_values(["split", "index_in_split"]))
+    return extraction
+
+
+def _copy_chunk(datasets: Mapping[str, h5py.Dataset], split_of: np.ndarray, destination: np.ndarray,
+                rows: np.ndarray, values: np.ndarray) -> None:
+    """Write the shard rows ``rows`` (their features ``values``) to their places in the store."""
+    where = destination[rows]
+    for split in dict.fromkeys(split_of[rows]):
+        take = (split_of[rows] == split) & (where >= 0)
+        if not take.any():
+            continue
+        positions, part = where[take], values[take]
+        order = np.argsort(positions, kind="stable")
+        positions, part = positions[order], part[order]
+        if positions[-1] - positions[0] + 1 == len(positions):
+            datasets[split][positions[0]:positions[-1] + 1] = part
+        else:
+            datasets[split][positions] = part
+
+
+def features_summary(store: FeatureStore, skipped_table: str = "skipped.csv") -> StageSummary:
+    """The features stage's summary for the report: images, dimension, device, precision, time and
+    speed of the extraction, and the table of images that failed to decode (``skipped_table``, a
+    path relative to the summary)."""
+    extraction = store.attrs["extraction"]
+    recipe = store.recipe
+    notes = [f"{recipe['backbone']['model']} ({recipe['backbone']['kind']}), weights: "
+             f"{recipe['resolved']['weights']}; preprocessing {json.dumps(recipe['resolved']['preprocessing'])}."]
+    if extraction["precision"] == "bfloat16":
+        notes.append("The model ran under bfloat16 autocast on CUDA (extract.amp). Its effect on the "
+                     "results against float32 has not been measured on a GPU yet; set extract.amp: "
+                     "false for float32 features.")
+    if extraction["skipped"]:
+        notes.append(f"{extraction['skipped']} images passed the manifest's header check but failed to "
+                     f"decode at extraction; they have no features and are listed in {skipped_table}.")
+    return StageSummary(
+        stage="features", title="Feature extraction", dataset=str(store.attrs["dataset"]),
+        backbone=str(store.attrs["backbone"]),
+        headline={"images": extraction["images"], "skipped": extraction["skipped"], "dim": store.dim,
+                  "device": extraction["device"], "precision": extraction["precision"],
+                  "preprocess": extraction["preprocess"], "seconds": extraction["seconds"],
+                  "images_per_second": extraction["images_per_second"]},
+        tables=[Artifact(skipped_table, "Images that failed to decode during extraction, with the "
+                                        "decoder's reason (split, index_in_split, source, reason).")],
+        notes=notes, settings=recipe)

@@ -141,7 +141,7 @@ def _reuse_pil_blocks(blocks: int = 8) -> None:
 def decode_chunk(paths: Sequence[str], size: int, resize: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Decode to RGB (:func:`embedlens.images.open_rgb`, as the ``imagenet`` kind reads a file),
     resize and crop ``paths``: the stacked pixels of the readable ones (uint8, (k, size, size, 3)) and
-    ``(position in paths, reason)`` for the others (reasons as :func:`embedlens.images.unreadable_reason`
+    ``(position in paths, reason)`` for the others (reasons as :func:`embedlens.images.failure_reason`
     words them)."""
     _reuse_pil_blocks()
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)

@@ -2,10 +2,13 @@
 
 - :func:`to_rgb` / :func:`rgb_image`: any PIL image as RGB (an array / a PIL image), one set of rules;
 - :func:`decode_file` / :func:`open_rgb`: a file fully decoded to RGB; raise on anything unreadable;
-- :func:`unreadable_reason`: None when a file decodes, else a short one-line reason (no path in it);
-- :func:`short_reason`: how a decoder's exception becomes such a reason (also for images that are not
-  files, e.g. a Hugging Face row);
-- :func:`check_files`: :func:`unreadable_reason` for many files, in order, over forked worker
+- :func:`header_reason`: None when PIL identifies a file from its header (format and size, no pixels
+  decoded), else a short one-line reason (no path in it). This is what a dataset scan checks: a file
+  that passes can still fail to decode (a truncated JPEG, corrupt data after a valid header);
+  extraction finds those when it decodes the file, the one time it is decoded;
+- :func:`failure_reason` / :func:`short_reason`: how an exception becomes such a reason (the latter
+  also for images that are not files, e.g. a Hugging Face row);
+- :func:`check_headers`: :func:`header_reason` for many files, in order, over forked worker
   processes (:func:`embedlens.parallel.ordered_map` over chunks); :func:`check_in_chunks` is the same
   for any chunked check.
 
@@ -13,7 +16,7 @@
 a photo viewer shows them (and as ``datasets`` decodes a Hugging Face ``Image``). ImageNet is read
 with ``exif_orientation=False``: the standard ImageNet loaders (torchvision's ``ImageFolder``, timm)
 ignore the tag, so a pretrained model saw those files unrotated. Orientation never makes a file
-unreadable, so the readability check is the same either way.
+unreadable, so the header check is the same either way.
 """
 
 from __future__ import annotations
@@ -139,8 +142,8 @@ def short_reason(error: BaseException, path: str | os.PathLike | None = None) ->
 
 
 def failure_reason(error: BaseException, path: str | os.PathLike) -> str:
-    """Why decoding the file at ``path`` raised ``error``: :data:`EMPTY_FILE` for a zero-byte file,
-    else :func:`short_reason`."""
+    """Why opening or decoding the file at ``path`` raised ``error``: :data:`EMPTY_FILE` for a
+    zero-byte file, else :func:`short_reason`."""
     try:
         if os.path.getsize(path) == 0:
             return EMPTY_FILE
@@ -149,15 +152,18 @@ def failure_reason(error: BaseException, path: str | os.PathLike) -> str:
     return short_reason(error, path)
 
 
-def unreadable_reason(path: str | os.PathLike) -> str | None:
-    """None when the file at ``path`` fully decodes to RGB, else a short one-line reason without the
-    path ("empty file (0 bytes)", "cannot identify image file", "image file is truncated ...",
-    "[Errno 2] No such file or directory", ...)."""
+def header_reason(path: str | os.PathLike) -> str | None:
+    """None when PIL identifies the file at ``path`` as an image from its header alone (format, mode
+    and size; no pixels decoded, so a few KB read, not the whole file), else a short one-line reason
+    without the path ("empty file (0 bytes)", "cannot identify image file", "Truncated File Read",
+    "[Errno 2] No such file or directory", ...).
+
+    PIL refuses a zero width or height when it opens a file, so an identified image has pixels.
+    """
     try:
-        if os.path.getsize(path) == 0:
-            return EMPTY_FILE
-        decode_file(path)
-    except Exception as error:  # anything the decoder raises means: the file is unreadable
+        with Image.open(path):
+            pass
+    except Exception as error:  # anything PIL raises while identifying means: not an image we can read
         return failure_reason(error, path)
     return None
 
@@ -203,19 +209,19 @@ def check_in_chunks(check_chunk: Callable[[Sequence[T]], list[str | None]], item
     return results
 
 
-def _check_paths(paths: Sequence[str]) -> list[str | None]:
-    return [unreadable_reason(path) for path in paths]
+def _header_reasons(paths: Sequence[str]) -> list[str | None]:
+    return [header_reason(path) for path in paths]
 
 
-def check_files(paths: Sequence[str], workers: int | None = None, chunk_size: int | None = None
-                ) -> list[str | None]:
-    """:func:`unreadable_reason` for every path, in order (see :func:`check_in_chunks` for ``workers``,
+def check_headers(paths: Sequence[str], workers: int | None = None, chunk_size: int | None = None
+                  ) -> list[str | None]:
+    """:func:`header_reason` for every path, in order (see :func:`check_in_chunks` for ``workers``,
     ``chunk_size`` and what happens when a decoder crashes its worker)."""
-    return check_in_chunks(_check_paths, paths, workers, chunk_size, what="files",
+    return check_in_chunks(_header_reasons, paths, workers, chunk_size, what="files",
                            remedy="move the offending file out of the tree and scan again")
 
 
 __all__ = [
-    "EMPTY_FILE", "MAX_REASON_CHARS", "check_files", "check_in_chunks", "decode_file", "default_chunk_size",
-    "failure_reason", "open_rgb", "rgb_image", "short_reason", "to_rgb", "unreadable_reason",
+    "EMPTY_FILE", "MAX_REASON_CHARS", "check_headers", "check_in_chunks", "decode_file", "default_chunk_size",
+    "failure_reason", "header_reason", "open_rgb", "rgb_image", "short_reason", "to_rgb",
 ]

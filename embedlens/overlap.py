@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics.pairwise import cosine_similarity
 
 from embedlens.atomic import atomic_path, write_text_atomic
-from embedlens.store import SplitFeatures
+from embedlens.geometry import Centroids, l2_normalize, similarity_matrix, streamed_class_centroids
+from embedlens.store import FeatureStore
 from embedlens.summary import Artifact, StageSummary
 
 CENTROIDS = ("mean", "normalized_mean")
@@ -174,106 +174,6 @@ def resolve_classes(wanted: Sequence[str] | None, class_names: Sequence[str],
     return labels
 
 
-def check_store_dataset(attrs: Mapping, dataset: str, store_path: str | Path = "feature store") -> None:
-    """Raise ValueError when the store's ``dataset`` attribute is not ``dataset`` (or is missing)."""
-    built_from = attrs.get("dataset")
-    if built_from is None:
-        raise ValueError(f"{store_path}: the feature store has no 'dataset' attribute; cannot tell "
-                         f"whether it belongs to dataset {dataset!r}. Rebuild it with the workflow")
-    if str(built_from) != str(dataset):
-        raise ValueError(f"{store_path}: the feature store was built from dataset {built_from!r}, not "
-                         f"{dataset!r} (the dataset of the manifest); rebuild its features")
-
-
-def check_store_matches_manifest(splits: Mapping[str, SplitFeatures], manifest: pd.DataFrame,
-                                 store_path: str | Path = "feature store") -> None:
-    """Raise ValueError unless every store split has exactly the manifest's rows of that split
-    (same ``index_in_split`` in the same order, same labels): a store from another dataset, or from
-    an older manifest, is caught here."""
-    for split, data in splits.items():
-        rows = manifest[manifest["split"] == split]
-        if len(rows) == 0:
-            raise ValueError(f"{store_path}: split {split!r} is not in the manifest "
-                             f"(manifest splits: {sorted(manifest['split'].unique())})")
-        if len(rows) != len(data.index):
-            raise ValueError(f"{store_path}: split {split!r} has {len(data.index)} rows; the manifest "
-                             f"has {len(rows)}. The store belongs to another dataset or an older manifest")
-        if not np.array_equal(rows["index_in_split"].to_numpy(np.int64), data.index):
-            raise ValueError(f"{store_path}: split {split!r}: image indices differ from the manifest's. "
-                             f"The store belongs to another dataset or an older manifest")
-        if not np.array_equal(rows["label"].to_numpy(np.int64), data.labels):
-            raise ValueError(f"{store_path}: split {split!r}: labels differ from the manifest's. "
-                             f"The store belongs to another dataset or an older manifest")
-
-
-# --------------------------------------------------------------------------------------------------
-# centroids and similarity
-
-
-@dataclass
-class Centroids:
-    """One centroid per class, classes in ascending label order."""
-
-    labels: np.ndarray   # int64 (K,) dataset labels
-    names: list[str]     # K class names
-    vectors: np.ndarray  # float64 (K, D)
-    counts: np.ndarray   # int64 (K,) images that fed each centroid
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def position(self) -> dict[int, int]:
-        """label -> row of ``vectors``."""
-        return {int(label): i for i, label in enumerate(self.labels)}
-
-
-def l2_normalize(features: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float64); all-zero rows stay zero."""
-    features = np.asarray(features, dtype=np.float64)
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.where(norms > 0, norms, 1.0)
-
-
-def class_centroids(features: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None = None,
-                    *, normalized: bool = False, classes: Sequence[int] | None = None) -> Centroids:
-    """Per-class centroids.
-
-    ``features`` (N, D) and ``labels`` (N,) are the rows of one or more splits; rows labelled -1 (no
-    class) are ignored. A centroid is the mean feature of its class (float64 arithmetic), or with
-    ``normalized`` the mean of the L2-normalised features (not re-normalised; cosine does not care).
-    ``classes`` restricts to these labels. ``class_names[label]`` names each class (default: the
-    label as text). Classes without rows get no centroid.
-    """
-    features = np.asarray(features)
-    labels = np.asarray(labels, dtype=np.int64)
-    if features.ndim != 2 or len(features) != len(labels):
-        raise ValueError(f"features {features.shape} and labels {labels.shape} do not match")
-    keep = labels >= 0
-    if classes is not None:
-        keep &= np.isin(labels, np.asarray(list(classes), dtype=np.int64))
-    features, labels = features[keep], labels[keep]
-    values = l2_normalize(features) if normalized else features.astype(np.float64)
-    present, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    sums = np.zeros((len(present), features.shape[1]), dtype=np.float64)
-    np.add.at(sums, inverse, values)
-    vectors = sums / counts[:, None] if len(present) else sums
-    names = [class_names[label] if class_names is not None else str(label) for label in present]
-    return Centroids(present.astype(np.int64), names, vectors, counts.astype(np.int64))
-
-
-def similarity_matrix(vectors: np.ndarray) -> np.ndarray:
-    """The K x K cosine similarity between the rows of ``vectors`` (float64, clipped to [-1, 1]).
-    A zero row has similarity 0 to everything."""
-    vectors = np.asarray(vectors, dtype=np.float64)
-    if len(vectors) == 0:
-        return np.zeros((0, 0))
-    return np.clip(cosine_similarity(vectors), -1.0, 1.0)
-
-
-# --------------------------------------------------------------------------------------------------
-# pairs and the overlap set
-
-
 def _empty_pairs() -> pd.DataFrame:
     return pd.DataFrame({"class_a": pd.Series(dtype="object"), "class_b": pd.Series(dtype="object"),
                          "similarity": pd.Series(dtype="float64"), "label_a": pd.Series(dtype="int64"),
@@ -357,21 +257,20 @@ class OverlapResult:
     splits: list[str]
 
 
-def compute_overlap(splits: Mapping[str, SplitFeatures], class_names: Sequence[str],
-                    settings: OverlapSettings = OverlapSettings()) -> OverlapResult:
-    """Centroids over ``settings.splits`` (default: every split given), the cosine matrix, the pairs
-    and the overlap set. ``splits`` maps split name to its rows (e.g. from :func:`read_split`)."""
-    use = list(settings.splits) if settings.splits is not None else list(splits)
-    absent = [s for s in use if s not in splits]
+def compute_overlap(store: FeatureStore, settings: OverlapSettings = OverlapSettings()) -> OverlapResult:
+    """Centroids over ``settings.splits`` (default: every split of the store), streamed chunk by chunk
+    so memory stays bounded, then the cosine matrix, the pairs and the overlap set."""
+    use = list(settings.splits) if settings.splits is not None else list(store.splits)
+    absent = [s for s in use if s not in store.splits]
     if absent:
-        raise ValueError(f"overlap.splits: {absent} are not in the feature store; it has {list(splits)}")
+        raise ValueError(f"overlap.splits: {absent} are not in the feature store; it has {store.splits}")
     if not use:
         raise ValueError("overlap.splits is empty; name at least one split")
-    features = np.concatenate([splits[s].features for s in use])
-    labels = np.concatenate([splits[s].labels for s in use])
-    wanted = resolve_classes(settings.classes, class_names, present=np.unique(labels))
-    centroids = class_centroids(features, labels, class_names, normalized=settings.centroid == "normalized_mean",
-                                classes=wanted)
+    present = np.unique(np.concatenate([store.labels(split) for split in use]))
+    wanted = resolve_classes(settings.classes, store.class_names, present=present)
+    centroids = streamed_class_centroids(((chunk.features, chunk.labels) for chunk in store.iter_chunks(use)),
+                                         store.dim, store.class_names,
+                                         normalized=settings.centroid == "normalized_mean", classes=wanted)
     similarity = similarity_matrix(centroids.vectors)
     pairs = select_pairs(similarity, centroids.names, centroids.labels, selection=settings.selection,
                          threshold=settings.threshold, inclusive=settings.inclusive, top_n=settings.top_n)
@@ -419,33 +318,34 @@ def refine_keep(scores: np.ndarray, groups: np.ndarray | Sequence, refine: Refin
     return keep
 
 
-def subset_rows(manifest: pd.DataFrame, classes: Sequence[int], *,
-                splits: Mapping[str, SplitFeatures] | None = None, centroids: Centroids | None = None,
-                pairs: pd.DataFrame | None = None, refine: RefineSettings = RefineSettings()) -> pd.DataFrame:
+def subset_rows(manifest: pd.DataFrame, classes: Sequence[int], *, store: FeatureStore | None = None,
+                centroids: Centroids | None = None, pairs: pd.DataFrame | None = None,
+                refine: RefineSettings = RefineSettings()) -> pd.DataFrame:
     """The manifest rows to export: every image of ``classes`` (labels), in manifest order; with
     refinement on, only the images close to a partner class, plus a ``partner_similarity`` column.
-    Refinement needs ``splits`` (the store's rows, for each image's feature), ``centroids`` and
-    ``pairs``."""
+    Refinement needs the feature ``store`` (streamed split by split), ``centroids`` and ``pairs``;
+    an image without features (it failed to decode at extraction) is never kept."""
     rows = manifest[manifest["label"].isin([int(c) for c in classes])].reset_index(drop=True)
     if not refine.enabled:
         return rows
-    if splits is None or centroids is None or pairs is None:
-        raise ValueError("refinement needs the feature store's splits, the centroids and the pairs")
-    scores = np.full(len(rows), np.nan)
+    if store is None or centroids is None or pairs is None:
+        raise ValueError("refinement needs the feature store, the centroids and the pairs")
     partner_map = partners(pairs)
+    paired = np.fromiter(partner_map, dtype=np.int64)
+    scores = np.full(len(rows), np.nan)
     for split, part in rows.groupby("split", sort=False):
-        if split not in splits:
+        if split not in store.splits:
             raise ValueError(f"refinement: split {split!r} of the manifest is not in the feature store "
-                             f"(it has {list(splits)})")
-        data = splits[split]
-        position = pd.Series(np.arange(len(data.index)), index=data.index)
-        found = position.reindex(part["index_in_split"].to_numpy())
-        if found.isna().any():
-            raise ValueError(f"refinement: {int(found.isna().sum())} images of split {split!r} have no "
-                             f"features in the store; rebuild it from this manifest")
-        at = found.to_numpy(np.int64)
-        scores[part.index.to_numpy()] = partner_similarity(data.features[at], part["label"].to_numpy(),
-                                                           centroids, partner_map)
+                             f"(it has {store.splits})")
+        index_parts, score_parts = [], []
+        for chunk in store.iter_chunks([split]):
+            take = np.isin(chunk.labels, paired)
+            index_parts.append(chunk.index[take])
+            score_parts.append(partner_similarity(chunk.features[take], chunk.labels[take], centroids,
+                                                  partner_map))
+        by_index = pd.Series(np.concatenate(score_parts) if score_parts else np.empty(0),
+                             index=np.concatenate(index_parts) if index_parts else np.empty(0, np.int64))
+        scores[part.index.to_numpy()] = by_index.reindex(part["index_in_split"].to_numpy()).to_numpy()
     groups = rows["split"].astype(str) + "/" + rows["label"].astype(str)
     keep = refine_keep(scores, groups, refine)
     rows = rows.assign(**{SIMILARITY_COLUMN: scores})

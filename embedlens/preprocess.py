@@ -1,9 +1,10 @@
-"""Batch preprocessing on the model's device: resize, centre crop, scale and normalise.
+"""Preprocessing: resize, centre crop, scale and normalise, on the model's device or with PIL.
 
 The replaced notebooks ran PIL transforms image by image in DataLoader workers, which starves a GPU.
-Here workers only decode to uint8; whole batches move to the device as uint8 (a quarter of the bytes
-of float32) and are resized there with antialiasing, matching PIL's resampling closely (the
-benchmark checks the features agree, cosine >= 0.99).
+By default workers only decode to uint8; whole batches move to the device as uint8 (a quarter of the
+bytes of float32) and are resized there with antialiasing, matching PIL's resampling closely (the
+benchmark checks the features agree, cosine >= 0.99). :func:`pil_transform` is the notebooks' exact
+per-image path, for users who must reproduce their numbers (``extract.preprocess: pil``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
@@ -85,3 +88,16 @@ def preprocess_batch(images: torch.Tensor | Sequence[torch.Tensor], prep: Prepro
     batch = torch.cat(out) if len(out) > 1 else out[0]
     # Resampling overshoots near edges; PIL clips to [0, 255] when it writes uint8, so do the same.
     return (batch.clamp_(0.0, 255.0) - mean) / std
+
+
+def pil_transform(prep: Preprocessing) -> transforms.Compose:
+    """The replaced notebooks' per-image path as a callable on an RGB uint8 array (H, W, 3):
+    ``Image.fromarray`` -> Resize(resize, interpolation) -> CenterCrop(crop) -> ToTensor ->
+    Normalize(mean, std), torchvision's PIL transforms; returns float32 (3, crop, crop)."""
+    return transforms.Compose([
+        Image.fromarray,
+        transforms.Resize(prep.resize, interpolation=transforms.InterpolationMode[prep.interpolation.upper()]),
+        transforms.CenterCrop(prep.crop),
+        transforms.ToTensor(),
+        transforms.Normalize(prep.mean, prep.std),
+    ])

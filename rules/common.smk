@@ -1,6 +1,9 @@
 # Shared names and input functions for every stage.
 
+import os
+
 from embedlens.config import entry
+from embedlens.recipe import requested_recipe
 
 RESULTS = config["results"]
 DATASETS = [dataset["name"] for dataset in config["datasets"]]
@@ -26,6 +29,29 @@ def dataset_spec(wildcards):
 def backbone_spec(wildcards):
     """The config entry of the {backbone} wildcard."""
     return entry(config, "backbones", wildcards.backbone)
+
+
+def feature_recipe(wildcards):
+    """What the config asks of the {dataset} x {backbone} features (embedlens.recipe): rules that make
+    or read a feature store carry it in params, so changing any part of it rebuilds the store."""
+    return requested_recipe(dataset_spec(wildcards), backbone_spec(wildcards), config["extract"])
+
+
+def manifest_mb(input):
+    """Size of the job's manifest in MB: memory and time of the per-image bookkeeping grow with it."""
+    return os.path.getsize(input.manifest) / 1e6 if os.path.exists(input.manifest) else 0.0
+
+
+def table_mem_mb(wildcards, input, attempt):
+    """Memory of a job that holds the manifest in pandas (about 5x its CSV size) and streams the rest."""
+    return int((1500 + 5 * manifest_mb(input)) * attempt)
+
+
+def extract_runtime(wildcards, input, attempt):
+    """Minutes for one extraction shard: its images at a CPU's pace (~10 images/s) plus start-up."""
+    rows_per_mb = 15000  # a manifest line is ~60-70 bytes
+    images = manifest_mb(input) * rows_per_mb / config["extract"]["shards"]
+    return int((20 + images / 10 / 60) * attempt)
 
 
 def extract_threads():

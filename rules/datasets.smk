@@ -1,5 +1,6 @@
-# Stage 1: a dataset becomes a manifest (one row per readable image) plus the list of skipped images.
-# File-backed kinds decode every image once here, on all cores, so unreadable ones are known up front.
+# Stage 1: a dataset becomes a manifest (one row per image) plus the list of images that could not be read.
+# File-backed kinds read every image's header here, on all cores, so files that are not images are known
+# up front; the pixels are decoded once, by extraction, which skips and lists those that fail.
 
 
 rule manifest:
@@ -11,6 +12,9 @@ rule manifest:
     params:
         spec=dataset_spec,
     threads: workflow.cores
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
     log:
         f"{RESULTS}/logs/manifest/{{dataset}}.log",
     conda:

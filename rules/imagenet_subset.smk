@@ -37,6 +37,7 @@ rule imagenet_subset:
     threads: IMAGENET_SUBSETS.get("workers", 1)
     resources:
         mem_mb=2048,
+        runtime=lambda wildcards, attempt: 240 * attempt,
     log:
         f"{RESULTS}/logs/imagenet_subset/{{name}}.log",
     conda:

@@ -34,9 +34,11 @@ rule overlap:
         centroids=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/centroids.npz",
         summary=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/summary.json",
     params:
-        dataset=dataset_spec,
-        backbone=backbone_spec,
         overlap=config["overlap"],
+        recipe=feature_recipe,
+    resources:
+        mem_mb=table_mem_mb,
+        runtime=lambda wildcards, input, attempt: int((10 + manifest_mb(input) / 2) * attempt),
     log:
         f"{RESULTS}/logs/overlap/{{dataset}}/{{backbone}}.log",
     conda:
@@ -58,7 +60,11 @@ rule export_subset:
     params:
         dataset=dataset_spec,
         overlap=config["overlap"],
+        recipe=feature_recipe,
     threads: 4
+    resources:
+        mem_mb=table_mem_mb,
+        runtime=lambda wildcards, input, attempt: int((20 + 2 * manifest_mb(input)) * attempt),
     log:
         f"{RESULTS}/logs/export_subset/{{dataset}}/{{backbone}}.log",
     conda:

@@ -17,6 +17,7 @@ rule explore:
                labels={"dataset": "{dataset}", "backbone": "{backbone}", "output": "embedding map"}),
     params:
         dataset=dataset_spec,
+        recipe=feature_recipe,
         report=config["report"],
     threads: 4
     resources:

@@ -48,7 +48,8 @@ def make_tree(root: Path, seed: int = 0) -> dict:
     """Write the tree; return what a test needs to know about it.
 
     Returned keys: ``root``, ``images`` (folder with train/ and val/), ``wnids`` (those with train
-    folders, sorted), ``bad`` ({relative path: kind} of files that must be skipped), ``special``
+    folders, sorted), ``bad`` ({relative path: kind} of files that do not decode: "truncated" ones
+    have whole headers, so only decoding finds them; "empty" and "missing" ones), ``special``
     ({kind: relative path} of the awkward but readable files), ``val_labels`` ({ImageId: wnid}).
     """
     rng = np.random.default_rng(seed)

@@ -12,7 +12,7 @@ from embedlens.overlap import (OverlapSettings, compute_overlap, overlap_summary
                                write_similarity_csv)
 from embedlens.plots import similarity_heatmap
 from embedlens.report.page import DatasetFiles, PairFiles
-from embedlens.store import SplitFeatures
+from embedlens.store import FeatureStore, SplitFeatures, write_store
 from embedlens.summary import Artifact, StageSummary
 
 CLASSES = ["cat", "lynx", "truck", "car"]
@@ -36,8 +36,9 @@ def overlap_files(dataset: str, backbone: str, folder: Path, threshold: float) -
     base = np.array([[1.0, 0.1, 0], [1.0, 0, 0.1], [0, 1.0, 0.3], [0.1, 1.0, 0.35]])
     labels = np.repeat(np.arange(4), 4)
     features = (base[labels] + 0.01 * rng.normal(size=(16, 3))).astype(np.float32)
-    result = compute_overlap({"train": SplitFeatures(features, labels, np.arange(16))}, CLASSES,
-                             OverlapSettings(threshold=threshold))
+    write_store(folder / "features.h5", {"train": SplitFeatures(features, labels, np.arange(16))},
+                {"dataset": dataset, "class_names": CLASSES})
+    result = compute_overlap(FeatureStore(folder / "features.h5"), OverlapSettings(threshold=threshold))
     write_pairs_csv(result.pairs, folder / "pairs.csv")
     write_similarity_csv(result.similarity, result.centroids.names, folder / "similarity.csv")
     similarity_heatmap(result.similarity, result.centroids.names, folder / "similarity.png")

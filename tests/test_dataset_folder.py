@@ -12,7 +12,7 @@ from PIL import Image
 
 from embedlens.datasets import KINDS, open_dataset
 from embedlens.datasets.folder import FolderDataset
-from embedlens.images import check_files
+from embedlens.images import check_headers
 from embedlens.manifest import MANIFEST_COLUMNS, SKIPPED_COLUMNS
 
 from conftest import pixels, save
@@ -66,8 +66,9 @@ EXPECTED_ROWS = [
     (6, "train", 1, "dog", "dog/i16.png"),
     (7, "train", 1, "dog", "dog/pal.png"),
     (8, "train", 1, "dog", "dog/rgba.png"),
-    # 9 dog/trunc.jpg, 11 dog/zero.png: skipped
+    (9, "train", 1, "dog", "dog/trunc.jpg"),   # its header is whole: extraction, not the scan, finds it
     (10, "train", 1, "dog", "dog/w.webp"),
+    # 11 dog/zero.png: skipped
     (12, "train", -1, "", "loose.png"),
 ]
 
@@ -89,10 +90,9 @@ def test_manifest_labels_and_skipped_rows_are_exact(tree):
 
     assert list(scan.skipped.columns) == SKIPPED_COLUMNS
     skipped = {row.source: row.reason for row in scan.skipped.itertuples(index=False)}
-    assert list(skipped) == ["dog/fake.png", "dog/trunc.jpg", "dog/zero.png"]
+    assert list(skipped) == ["dog/fake.png", "dog/zero.png"]
     assert set(scan.skipped["split"]) == {"train"}
     assert skipped["dog/fake.png"] == "cannot identify image file"
-    assert skipped["dog/trunc.jpg"].startswith("image file is truncated")
     assert skipped["dog/zero.png"] == "empty file (0 bytes)"
     assert all(str(root) not in reason and len(reason) <= 200 for reason in skipped.values())
 
@@ -101,7 +101,10 @@ def test_read_image_gives_rgb_uint8_equal_to_the_source(tree):
     root, src = tree
     dataset = FolderDataset(spec(root))
     manifest = dataset.scan().manifest
-    images = {row.source: dataset.read_image(row.split, row.source) for row in manifest.itertuples()}
+    with pytest.raises(OSError, match="image file is truncated"):
+        dataset.read_image("train", "dog/trunc.jpg")
+    images = {row.source: dataset.read_image(row.split, row.source) for row in manifest.itertuples()
+              if row.source != "dog/trunc.jpg"}
     for source, image in images.items():
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, source
         assert image.flags.c_contiguous and image.flags.writeable
@@ -198,8 +201,8 @@ def test_parallel_check_equals_serial_check(tree):
     pd.testing.assert_frame_equal(a.manifest, b.manifest)
     pd.testing.assert_frame_equal(a.skipped, b.skipped)
     paths = [str(root / "dog/fake.png"), str(root / "cat/a.png"), str(root / "dog/zero.png")] * 3
-    assert check_files(paths, workers=2, chunk_size=2) == ["cannot identify image file", None,
-                                                           "empty file (0 bytes)"] * 3
+    assert check_headers(paths, workers=2, chunk_size=2) == ["cannot identify image file", None,
+                                                             "empty file (0 bytes)"] * 3
 
 
 def test_picklable_for_loader_workers(tree):

@@ -27,16 +27,24 @@ def _jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def _cut_in_pixel_data(jpeg: bytes) -> bytes:
+    """``jpeg`` with its headers whole and half of its compressed pixel data cut off."""
+    data = jpeg.index(b"\xff\xda")  # start of scan: the compressed data follows
+    return jpeg[: data + (len(jpeg) - data) // 2]
+
+
 @pytest.fixture(scope="module")
 def images():
-    """Eight train and three test images of several modes and sizes; train row 5 is a truncated JPEG."""
+    """Eight train and three test images of several modes and sizes. Train row 5 is a JPEG cut in its
+    pixel data (whole header: the scan keeps it, decoding fails), row 6 one cut inside its header."""
     rng = np.random.default_rng(0)
     train = [Image.fromarray(rng.integers(0, 256, (8 + i, 12, 3), dtype=np.uint8)) for i in range(8)]
     train[1] = Image.fromarray(rng.integers(0, 256, (9, 7), dtype=np.uint8), mode="L")
     train[2] = Image.fromarray(rng.integers(0, 256, (6, 5, 4), dtype=np.uint8), mode="RGBA")
     test = [Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)) for _ in range(3)]
     cells = [{"bytes": _png(image), "path": None} for image in train]
-    cells[5] = {"bytes": _jpeg(train[5])[:60], "path": None}
+    cells[5] = {"bytes": _cut_in_pixel_data(_jpeg(train[5])), "path": None}
+    cells[6] = {"bytes": _jpeg(train[6])[:60], "path": None}
     return {"train": cells, "test": [{"bytes": _png(image), "path": None} for image in test],
             "train_pixels": [np.asarray(i.convert("RGB")) for i in train],
             "test_pixels": [np.asarray(i.convert("RGB")) for i in test],
@@ -87,12 +95,13 @@ def check_scan(dataset, images, splits=("train", "test")):
     assert list(manifest["split"].unique()) == list(splits)
     if "train" in splits:
         train = manifest[manifest["split"] == "train"]
-        assert train["index_in_split"].tolist() == [0, 1, 2, 3, 4, 6, 7]  # row 5 is truncated
+        assert train["index_in_split"].tolist() == [0, 1, 2, 3, 4, 5, 7]  # row 6 has no whole header
         assert train["label"].tolist() == [images["train_labels"][i] for i in train["index_in_split"]]
         assert train["class_name"].tolist() == [NAMES[x] for x in train["label"]]
-        assert scan.skipped[["split", "source"]].values.tolist() == [["train", "5"]]
-        assert scan.skipped["reason"].iloc[0]
-        for row in train.itertuples():
+        assert scan.skipped.values.tolist() == [["train", "6", "Truncated File Read"]]
+        with pytest.raises(OSError, match="image file is truncated"):
+            dataset.read_image("train", "5")  # the header passed the scan; decoding finds the damage
+        for row in train[train["source"] != "5"].itertuples():
             pixels = dataset.read_image("train", row.source)
             assert pixels.dtype == np.uint8 and pixels.shape[2] == 3
             assert np.array_equal(pixels, images["train_pixels"][int(row.source)])

@@ -12,9 +12,12 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from embedlens.extract import Progress, collate_images, merge_shards, shard_rows, write_shard
+from embedlens.backbones import load_backbone
+from embedlens.datasets import ImageDataset
+from embedlens.extract import Progress, collate_images, extract_features, merge_shards, open_shard, shard_rows
 from embedlens.preprocess import Preprocessing, preprocess_batch
-from embedlens.store import read_attrs, read_split, store_splits
+from embedlens.recipe import job_recipe, requested_recipe
+from embedlens.store import FeatureStore, StoreMismatch, read_attrs, read_split, store_splits
 
 DINO = Preprocessing(resize=256, crop=224, interpolation="bicubic")
 
@@ -34,11 +37,12 @@ def test_bad_shard_names_are_refused(name):
         shard_rows(10, name)
 
 
-def test_collate_stacks_equal_sizes_and_keeps_mixed_sizes_apart():
-    same = [torch.zeros(4, 5, 3, dtype=torch.uint8)] * 3
-    assert collate_images(same).shape == (3, 4, 5, 3)
-    mixed = [torch.zeros(4, 5, 3, dtype=torch.uint8), torch.zeros(6, 5, 3, dtype=torch.uint8)]
-    assert isinstance(collate_images(mixed), list)
+def test_collate_stacks_equal_sizes_keeps_mixed_sizes_apart_and_sets_failures_aside():
+    same = collate_images([(i, torch.zeros(4, 5, 3, dtype=torch.uint8)) for i in range(3)])
+    assert same.images.shape == (3, 4, 5, 3) and same.positions == [0, 1, 2] and same.failed == []
+    mixed = collate_images([(0, torch.zeros(4, 5, 3, dtype=torch.uint8)), (1, "truncated"),
+                            (2, torch.zeros(6, 5, 3, dtype=torch.uint8))])
+    assert isinstance(mixed.images, list) and mixed.positions == [0, 2] and mixed.failed == [(1, "truncated")]
 
 
 def _notebook_transform(prep: Preprocessing):
@@ -85,8 +89,26 @@ def test_progress_reports_images_rate_and_time_left(caplog):
     assert "images/s" in caplog.text and "left" in caplog.text
 
 
-BACKBONE = {"name": "tiny", "kind": "timm", "model": "tiny_vit", "weights": "random", "dim": 4,
-            "preprocessing": DINO.as_dict()}
+TINY = {"name": "tiny", "kind": "timm", "model": "resnet10t", "pretrained": False,
+        "preprocessing": {"resize": 32, "crop": 32}}
+EXTRACT = {"device": "cpu", "amp": True, "preprocess": "device"}
+
+
+def recipe_for(dim: int = 4, **extract) -> dict:
+    """A complete job recipe as an extraction job records it, for a toy manifest."""
+    requested = requested_recipe({"name": "toy"}, TINY, {**EXTRACT, **extract})
+    described = {"model": "resnet10t", "weights": "random", "dim": dim, "preprocessing": DINO.as_dict()}
+    return job_recipe(requested, manifest_digest="sha256:toy", described=described, device_type="cpu",
+                      amp=requested["extract"]["amp"])
+
+
+def make_shard(path, rows, features, recipe=None, failed=None, seconds=1.0):
+    """A shard file as an extraction job writes it."""
+    features = np.asarray(features, dtype=np.float32)
+    with open_shard(path, np.asarray(rows), features.shape[1], recipe or recipe_for(features.shape[1])) as shard:
+        shard.features[...] = features
+        shard.finish(failed or {}, seconds)
+    return path
 
 
 def _manifest():
@@ -95,14 +117,15 @@ def _manifest():
                          "source": ["0", "1", "2", "0", "1"]})
 
 
-def test_merge_orders_rows_by_manifest_and_groups_by_split(tmp_path):
+@pytest.mark.parametrize("chunk_rows", [1, 2, 1000])
+def test_merge_orders_rows_by_manifest_and_groups_by_split(tmp_path, chunk_rows):
     manifest = _manifest()
     features = np.arange(20, dtype=np.float32).reshape(5, 4)
-    shards = [tmp_path / "2-of-2.h5", tmp_path / "1-of-2.h5"]
-    write_shard(shards[0], np.array([3, 4]), features[[3, 4]], BACKBONE)
-    write_shard(shards[1], np.array([0, 1, 2]), features[[0, 1, 2]], BACKBONE)
+    shards = [make_shard(tmp_path / "2-of-2.h5", [3, 4], features[[3, 4]], seconds=2.0),
+              make_shard(tmp_path / "1-of-2.h5", [0, 1, 2], features[[0, 1, 2]], seconds=3.0)]
     store = tmp_path / "features.h5"
-    merge_shards(shards, manifest, store, {"dataset": "toy", "class_names": ["a", "b", "c", "d"]})
+    extraction = merge_shards(shards, manifest, store, {"dataset": "toy", "class_names": ["a", "b", "c", "d"]},
+                              chunk_rows=chunk_rows)
     assert store_splits(store) == ["train", "test"]
     train, test = read_split(store, "train"), read_split(store, "test")
     assert np.array_equal(train.features, features[:3]) and np.array_equal(test.features, features[3:])
@@ -111,14 +134,135 @@ def test_merge_orders_rows_by_manifest_and_groups_by_split(tmp_path):
     assert attrs["dataset"] == "toy" and attrs["backbone"] == "tiny" and attrs["dim"] == 4
     assert attrs["preprocessing"]["resize"] == 256 and attrs["class_names"][2] == "c"
     assert {"torch", "numpy", "h5py", "python"} <= set(attrs["versions"])
+    assert attrs["recipe"]["extract"] == EXTRACT and attrs["recipe"]["resolved"]["precision"] == "float32"
+    assert extraction == {**attrs["extraction"], "images": 5, "skipped": 0, "seconds": 5.0,
+                          "images_per_second": 1.0, "shards": 2}
     with h5py.File(store) as handle:  # plain h5py users see the same layout
         assert handle["train/features"].shape == (3, 4)
 
 
+def test_images_that_failed_to_decode_have_no_row_and_are_listed(tmp_path):
+    manifest = _manifest()
+    features = np.arange(20, dtype=np.float32).reshape(5, 4)
+    features[[1, 3]] = 0  # an extraction job leaves failed rows at zero
+    shards = [make_shard(tmp_path / "1.h5", [0, 1, 2], features[:3], failed={1: "image file is truncated"}),
+              make_shard(tmp_path / "2.h5", [3, 4], features[3:], failed={0: "broken data stream"})]
+    store = tmp_path / "features.h5"
+    extraction = merge_shards(shards, manifest, store, {"dataset": "toy"}, chunk_rows=2)
+    assert extraction["images"] == 3 and extraction["skipped"] == 2
+    reader = FeatureStore(store)
+    train, test = reader.read_split("train"), reader.read_split("test")
+    assert train.index.tolist() == [0, 2] and train.labels.tolist() == [3, 3]
+    assert np.array_equal(train.features, features[[0, 2]])
+    assert test.index.tolist() == [1] and np.array_equal(test.features, features[[4]])
+    skipped = reader.skipped()
+    assert skipped.to_dict("records") == [
+        {"split": "test", "index_in_split": 0, "source": "0", "reason": "broken data stream"},
+        {"split": "train", "index_in_split": 1, "source": "1", "reason": "image file is truncated"}]
+    joined = reader.join_manifest("train", manifest)
+    assert joined["index_in_split"].tolist() == [0, 2] and joined["class_name"].tolist() == ["c", "c"]
+
+
 def test_merge_refuses_shards_that_miss_or_repeat_rows(tmp_path):
     manifest = _manifest()
-    write_shard(tmp_path / "a.h5", np.array([0, 1, 1]), np.zeros((3, 4)), BACKBONE)
-    write_shard(tmp_path / "b.h5", np.array([3]), np.zeros((1, 4)), BACKBONE)
+    make_shard(tmp_path / "a.h5", [0, 1, 1], np.zeros((3, 4)))
+    make_shard(tmp_path / "b.h5", [3], np.zeros((1, 4)))
     with pytest.raises(ValueError, match=r"missing e.g. \[2, 4\], repeated e.g. \[1\]"):
         merge_shards([tmp_path / "a.h5", tmp_path / "b.h5"], manifest, tmp_path / "f.h5", {})
     assert not (tmp_path / "f.h5").exists()
+
+
+def test_merge_refuses_shards_of_different_recipes_naming_shard_and_key(tmp_path):
+    manifest = _manifest()
+    first = make_shard(tmp_path / "1-of-2.h5", [0, 1, 2], np.zeros((3, 4)))
+    other = make_shard(tmp_path / "2-of-2.h5", [3, 4], np.zeros((2, 4)), recipe=recipe_for(amp=False))
+    with pytest.raises(StoreMismatch, match=r"2-of-2.h5 differs from .*1-of-2.h5: extract.amp: false here, "
+                                            r"true expected"):
+        merge_shards([first, other], manifest, tmp_path / "f.h5", {})
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_merge_refuses_shards_made_for_another_config_or_manifest(tmp_path):
+    manifest = _manifest()
+    shards = [make_shard(tmp_path / "1.h5", [0, 1, 2, 3, 4], np.zeros((5, 4)))]
+    good = {**requested_recipe({"name": "toy"}, TINY, EXTRACT), "manifest_digest": "sha256:toy"}
+    merge_shards(shards, manifest, tmp_path / "f.h5", {}, expected=good)
+    changed = {**good, "extract": {**EXTRACT, "preprocess": "pil"}}
+    with pytest.raises(StoreMismatch, match=r"1.h5 differs from the config: extract.preprocess: \"device\" "
+                                            r"here, \"pil\" expected"):
+        merge_shards(shards, manifest, tmp_path / "g.h5", {}, expected=changed)
+    with pytest.raises(StoreMismatch, match="manifest_digest"):
+        merge_shards(shards, manifest, tmp_path / "g.h5", {}, expected={**good, "manifest_digest": "sha256:new"})
+    assert not (tmp_path / "g.h5").exists()
+
+
+def test_an_unfinished_shard_never_appears(tmp_path):
+    path = tmp_path / "1-of-1.h5"
+    with pytest.raises(RuntimeError, match="finish"):
+        with open_shard(path, np.arange(3), 4, recipe_for()):
+            pass
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+class ToyImages(ImageDataset):
+    """Smooth random images of mixed sizes held in memory; sources named "bad" fail to decode."""
+
+    kind = "toy"
+    default_splits = ("train",)
+
+    def __init__(self):
+        super().__init__({"name": "toy"})
+        rng = np.random.default_rng(3)
+        self.images = {str(i): np.asarray(Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+                                          .resize(size, Image.BILINEAR))
+                       for i, size in enumerate([(40, 30), (40, 30), (64, 48), (31, 57), (40, 30)])}
+
+    def _scan(self):
+        raise NotImplementedError
+
+    def read_image(self, split, source):
+        if source == "bad":
+            raise OSError("image file is truncated (3 bytes not processed)")
+        return self.images[source]
+
+
+def _rows(sources):
+    return pd.DataFrame({"index_in_split": range(len(sources)), "split": "train", "label": 0,
+                         "class_name": "a", "source": sources})
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone():
+    return load_backbone(TINY)
+
+
+def test_an_image_that_fails_to_decode_is_skipped_with_its_reason_and_the_rest_embedded(tiny_backbone):
+    dataset = ToyImages()
+    rows = _rows(["0", "bad", "1", "2", "bad", "3"])
+    features, failed = extract_features(tiny_backbone, dataset, rows, device=torch.device("cpu"), batch_size=4,
+                                        num_workers=0)
+    assert failed == {1: "image file is truncated (3 bytes not processed)", 4: failed[1]}
+    assert np.all(features[[1, 4]] == 0) and np.all(np.abs(features[[0, 2, 3, 5]]).sum(axis=1) > 0)
+    alone, none_failed = extract_features(tiny_backbone, dataset, _rows(["0", "1", "2", "3"]),
+                                          device=torch.device("cpu"), batch_size=4, num_workers=0)
+    assert none_failed == {}
+    np.testing.assert_allclose(features[[0, 2, 3, 5]], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_pil_mode_reproduces_the_notebooks_per_image_path_exactly(tiny_backbone):
+    dataset = ToyImages()
+    rows = _rows(["0", "1", "2", "3", "4"])
+    ours, _ = extract_features(tiny_backbone, dataset, rows, device=torch.device("cpu"), batch_size=5,
+                               num_workers=1, preprocess="pil")
+    transform = _notebook_transform(tiny_backbone.preprocessing)
+    batch = torch.stack([transform(Image.fromarray(dataset.read_image("train", s))) for s in rows["source"]])
+    notebooks = tiny_backbone.embed(batch).numpy()
+    assert np.array_equal(ours, notebooks)
+    device_path, _ = extract_features(tiny_backbone, dataset, rows, device=torch.device("cpu"), batch_size=5,
+                                      num_workers=0)
+    assert not np.array_equal(device_path, notebooks)  # the modes really differ
+
+
+def test_an_unknown_preprocess_mode_is_refused(tiny_backbone):
+    with pytest.raises(ValueError, match="extract.preprocess 'gpu'; allowed values: device, pil"):
+        extract_features(tiny_backbone, ToyImages(), _rows(["0"]), device=torch.device("cpu"), preprocess="gpu")

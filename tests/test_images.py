@@ -1,4 +1,4 @@
-"""The shared decoder and parallel scan (embedlens.images): modes, EXIF, reasons, parallel == serial."""
+"""embedlens.images: colour modes, EXIF, reasons, and the parallel header check (parallel == serial)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from embedlens.datasets.base import ImageDataset
 from embedlens.datasets.folder import FolderDataset
 from embedlens.datasets.imagenet import ImageNet
 from embedlens.images import (
-    EMPTY_FILE, check_files, check_in_chunks, decode_file, open_rgb, rgb_image, short_reason, to_rgb,
-    unreadable_reason,
+    EMPTY_FILE, check_headers, check_in_chunks, decode_file, header_reason, open_rgb, rgb_image, short_reason,
+    to_rgb,
 )
 from embedlens.parallel import WorkerDied, ordered_map
 
@@ -131,6 +131,14 @@ def test_damaged_exif_is_ignored(monkeypatch):
 
 # --- files and reasons ---------------------------------------------------------------------------------
 
+def garbled_jpeg(jpeg: bytes) -> bytes:
+    """``jpeg`` with every header intact and its compressed pixel data replaced by stray SOF markers,
+    which libjpeg rejects (plain random bytes there decode to noise without an error)."""
+    scan = jpeg.index(b"\xff\xda")  # start of scan: its header, then the compressed data
+    data = scan + 2 + int.from_bytes(jpeg[scan + 2:scan + 4], "big")
+    return jpeg[:data] + b"\xff\xc0" * ((len(jpeg) - data) // 2) + b"\xff\xd9"
+
+
 @pytest.fixture()
 def files(tmp_path):
     """Readable and unreadable files; {name: path}."""
@@ -141,12 +149,19 @@ def files(tmp_path):
     jpeg = save(tmp_path / "trunc.jpg", Image.fromarray(pixels(64, 64)), quality=90).read_bytes()
     (tmp_path / "trunc.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     made["trunc.jpg"] = tmp_path / "trunc.jpg"
+    made["garbled.jpg"] = tmp_path / "garbled.jpg"
+    made["garbled.jpg"].write_bytes(garbled_jpeg(jpeg))
+    made["cut_header.jpg"] = tmp_path / "cut_header.jpg"
+    made["cut_header.jpg"].write_bytes(jpeg[:60])  # ends inside the quantisation tables
     made["zero.png"] = tmp_path / "zero.png"
     made["zero.png"].write_bytes(b"")
-    made["text.png"] = tmp_path / "text.png"
-    made["text.png"].write_text("not an image at all")
+    made["text.jpg"] = tmp_path / "text.jpg"
+    made["text.jpg"].write_text("not an image at all")
     made["missing.png"] = tmp_path / "missing.png"
     return made
+
+
+PASS_THE_HEADER_CHECK = ("ok.png", "ok.jpg", "cmyk.jpg", "trunc.jpg", "garbled.jpg")
 
 
 def test_decode_file_and_open_rgb_agree_and_outlive_the_file(files):
@@ -161,20 +176,29 @@ def test_decode_file_and_open_rgb_agree_and_outlive_the_file(files):
 
 
 def test_unreadable_files_raise(files):
-    for name in ("trunc.jpg", "zero.png", "text.png", "missing.png"):
+    for name in ("trunc.jpg", "garbled.jpg", "cut_header.jpg", "zero.png", "text.jpg", "missing.png"):
         with pytest.raises(Exception):
             decode_file(files[name])
         with pytest.raises(Exception):
             open_rgb(files[name])
 
 
-def test_unreadable_reasons_are_short_and_name_no_path(files):
-    reasons = {name: unreadable_reason(path) for name, path in files.items()}
-    assert reasons["ok.png"] is None and reasons["ok.jpg"] is None and reasons["cmyk.jpg"] is None
+def test_damaged_pixel_data_passes_the_header_check_but_does_not_decode(files):
+    for name, error in (("trunc.jpg", "image file is truncated"), ("garbled.jpg", "broken data stream")):
+        assert header_reason(files[name]) is None, name
+        with Image.open(files[name]) as image:
+            assert image.format == "JPEG" and image.size == (64, 64)
+        with pytest.raises(OSError, match=error):
+            decode_file(files[name])
+
+
+def test_header_reasons_are_short_and_name_no_path(files):
+    reasons = {name: header_reason(path) for name, path in files.items()}
+    assert [name for name, reason in reasons.items() if reason is None] == list(PASS_THE_HEADER_CHECK)
     assert reasons["zero.png"] == EMPTY_FILE == "empty file (0 bytes)"
-    assert reasons["text.png"] == "cannot identify image file"
-    assert reasons["trunc.jpg"].startswith("image file is truncated")
+    assert reasons["text.jpg"] == "cannot identify image file"
     assert reasons["missing.png"] == "[Errno 2] No such file or directory"
+    assert reasons["cut_header.jpg"] == "Truncated File Read"
     folder = str(files["ok.png"].parent)
     for reason in filter(None, reasons.values()):
         assert folder not in reason and "\n" not in reason and len(reason) <= 200
@@ -204,12 +228,12 @@ def test_hugging_face_style_bytes_reason():
 def test_parallel_check_equals_serial_check_in_order(files):
     names = list(files) * 7
     paths = [str(files[name]) for name in names]
-    serial = check_files(paths, workers=1)
-    assert serial == [unreadable_reason(path) for path in paths]
-    assert [r is None for r in serial] == [name.startswith(("ok", "cmyk")) for name in names]
+    serial = check_headers(paths, workers=1)
+    assert serial == [header_reason(path) for path in paths]
+    assert [r is None for r in serial] == [name in PASS_THE_HEADER_CHECK for name in names]
     for workers, chunk_size in ((2, 1), (2, 3), (3, 5), (2, None), (None, 4)):
-        assert check_files(paths, workers=workers, chunk_size=chunk_size) == serial, (workers, chunk_size)
-    assert check_files([]) == []
+        assert check_headers(paths, workers=workers, chunk_size=chunk_size) == serial, (workers, chunk_size)
+    assert check_headers([]) == []
 
 
 def test_one_worker_or_one_chunk_runs_in_this_process(files, monkeypatch):
@@ -218,8 +242,8 @@ def test_one_worker_or_one_chunk_runs_in_this_process(files, monkeypatch):
 
     monkeypatch.setattr(images, "ordered_map", no_pool)
     paths = [str(path) for path in files.values()]
-    assert check_files(paths, workers=1, chunk_size=1)[0] is None
-    assert check_files(paths, workers=4)[0] is None  # 7 files: one automatic chunk (16 at least)
+    assert check_headers(paths, workers=1, chunk_size=1)[0] is None
+    assert check_headers(paths, workers=4)[0] is None  # 9 files: one automatic chunk (16 at least)
 
 
 def _reason_or_die(path: str) -> str | None:
@@ -231,9 +255,9 @@ def _reason_or_die(path: str) -> str | None:
 def test_a_decoder_that_kills_its_worker_is_an_error_naming_where(tmp_path, monkeypatch):
     paths = [str(tmp_path / f"{i}.png") for i in range(6)] + [str(tmp_path / "die.png")]
     paths += [str(tmp_path / f"{i}.png") for i in range(6, 12)]
-    monkeypatch.setattr(images, "unreadable_reason", _reason_or_die)  # inherited by the forked workers
+    monkeypatch.setattr(images, "header_reason", _reason_or_die)  # inherited by the forked workers
     with pytest.raises(RuntimeError) as error:
-        check_files(paths, workers=2, chunk_size=2)
+        check_headers(paths, workers=2, chunk_size=2)
     message = str(error.value)
     assert "crashed its worker process" in message and "killed by signal 9" in message
     assert "move the offending file out of the tree" in message and "(chunks of 2)" in message

@@ -17,10 +17,7 @@ from embedlens.overlap import (
     PAIR_COLUMNS,
     OverlapSettings,
     RefineSettings,
-    check_store_dataset,
-    check_store_matches_manifest,
     check_threshold,
-    class_centroids,
     classes_document,
     compute_overlap,
     load_centroids,
@@ -33,17 +30,24 @@ from embedlens.overlap import (
     resolve_classes,
     save_centroids,
     select_pairs,
-    similarity_matrix,
     subset_rows,
     write_pairs_csv,
     write_similarity_csv,
 )
+from embedlens.geometry import class_centroids, similarity_matrix
 from embedlens.plots import cluster_order, label_layout, similarity_heatmap
-from embedlens.store import SplitFeatures, read_attrs, read_split, store_splits, write_store
+from embedlens.recipe import file_digest, job_recipe, requested_recipe
+from embedlens.store import FeatureStore, SplitFeatures, read_attrs, read_split, store_splits, write_store
 
 from conftest import run_snakemake
 
 NAMES = ["a", "b", "c", "d"]
+
+
+def store_of(path, splits: dict, names) -> FeatureStore:
+    """A feature store at ``path`` holding ``splits`` (split -> SplitFeatures), classes ``names``."""
+    write_store(path, splits, {"dataset": "toy", "class_names": list(names)})
+    return FeatureStore(path)
 
 
 def hand_made():
@@ -145,20 +149,19 @@ def test_overlap_set_is_the_union_with_indices_and_partners():
     assert partners(pairs) == {10: [11], 11: [10, 12], 12: [11]}
 
 
-def test_compute_overlap_uses_every_store_split_by_default():
+def test_compute_overlap_uses_every_store_split_by_default(tmp_path):
     features, labels = hand_made()
-    splits = {"train": SplitFeatures(features[:3], labels[:3], np.arange(3)),
-              "test": SplitFeatures(features[3:], labels[3:], np.arange(3))}
-    result = compute_overlap(splits, NAMES, OverlapSettings(threshold=0.8))
+    splits = store_of(tmp_path / "f.h5", {"train": SplitFeatures(features[:3], labels[:3], np.arange(3)),
+                                          "test": SplitFeatures(features[3:], labels[3:], np.arange(3))}, NAMES)
+    result = compute_overlap(splits, OverlapSettings(threshold=0.8))
     assert result.splits == ["train", "test"]
     np.testing.assert_array_equal(result.centroids.vectors, [[1, 1], [2, 0.5], [-1, 0]])
     assert result.pairs[["class_a", "class_b"]].values.tolist() == [["a", "b"]]
-    only_train = compute_overlap(splits, NAMES, OverlapSettings(splits=("train",), threshold=0.8))
+    only_train = compute_overlap(splits, OverlapSettings(splits=("train",), threshold=0.8))
     assert only_train.centroids.labels.tolist() == [0, 1]
     np.testing.assert_array_equal(only_train.centroids.vectors, [[1, 1], [4, 0]])
     assert len(only_train.pairs) == 0
-    restricted = compute_overlap(splits, NAMES, OverlapSettings(classes=("a", "c"), threshold=-1,
-                                                                inclusive=True))
+    restricted = compute_overlap(splits, OverlapSettings(classes=("a", "c"), threshold=-1, inclusive=True))
     assert restricted.centroids.names == ["a", "c"] and len(restricted.pairs) == 1
     document = classes_document(result, dataset="toy", backbone="bb")
     assert document["num_pairs"] == 1 and document["classes"][0] == {"label": 0, "name": "a"}
@@ -192,23 +195,24 @@ def test_refine_threshold_and_top_fraction():
     assert refine_keep(scores, groups, RefineSettings("top_fraction", fraction=0.01)).sum() == 2
 
 
-def test_subset_rows_refines_with_store_features():
-    manifest = pd.DataFrame({"index_in_split": [0, 1, 2, 0, 1], "split": ["train"] * 3 + ["test"] * 2,
-                             "label": [0, 0, 1, 0, 2], "class_name": ["a", "a", "b", "a", "c"],
-                             "source": ["0", "1", "2", "0", "1"]})
-    splits = {"train": SplitFeatures(np.array([[1.0, 0.1], [0.1, 1.0], [0.0, 1.0]]), np.array([0, 0, 1]),
-                                     np.arange(3)),
-              "test": SplitFeatures(np.array([[0.2, 1.0], [-1.0, 0]]), np.array([0, 2]), np.arange(2))}
-    result = compute_overlap(splits, ["a", "b", "c"], OverlapSettings(threshold=0.0))
+def test_subset_rows_refines_with_store_features(tmp_path):
+    manifest = pd.DataFrame({"index_in_split": [0, 1, 2, 3, 0, 1], "split": ["train"] * 4 + ["test"] * 2,
+                             "label": [0, 0, 1, 1, 0, 2], "class_name": ["a", "a", "b", "b", "a", "c"],
+                             "source": ["0", "1", "2", "3", "0", "1"]})
+    # train image 3 failed to decode at extraction: it has no row in the store.
+    splits = store_of(tmp_path / "f.h5", {
+        "train": SplitFeatures(np.array([[1.0, 0.1], [0.1, 1.0], [0.0, 1.0]]), np.array([0, 0, 1]), np.arange(3)),
+        "test": SplitFeatures(np.array([[0.2, 1.0], [-1.0, 0]]), np.array([0, 2]), np.arange(2))}, ["a", "b", "c"])
+    result = compute_overlap(splits, OverlapSettings(threshold=0.0))
     assert result.pairs[["class_a", "class_b"]].values.tolist() == [["a", "b"]]
     plain = subset_rows(manifest, [0, 1])
-    assert len(plain) == 4 and "partner_similarity" not in plain
-    refined = subset_rows(manifest, [0, 1], splits=splits, centroids=result.centroids, pairs=result.pairs,
+    assert len(plain) == 5 and "partner_similarity" not in plain
+    refined = subset_rows(manifest, [0, 1], store=splits, centroids=result.centroids, pairs=result.pairs,
                           refine=RefineSettings("threshold", threshold=0.9))
     # Images of a close to b's centroid (y axis), and b's image close to a's centroid.
     assert refined[["split", "index_in_split"]].values.tolist() == [["train", 1], ["test", 0]]
     assert (refined["partner_similarity"] >= 0.9).all()
-    top = subset_rows(manifest, [0, 1], splits=splits, centroids=result.centroids, pairs=result.pairs,
+    top = subset_rows(manifest, [0, 1], store=splits, centroids=result.centroids, pairs=result.pairs,
                       refine=RefineSettings("top_fraction", fraction=0.5))
     assert top[["split", "index_in_split"]].values.tolist() == [["train", 1], ["train", 2], ["test", 0]]
 
@@ -247,37 +251,13 @@ def test_configured_classes_the_dataset_lacks_are_named():
     assert resolve_classes(None, NAMES) is None
 
 
-def test_compute_overlap_names_missing_classes_and_splits():
+def test_compute_overlap_names_missing_classes_and_splits(tmp_path):
     features, labels = hand_made()
-    splits = {"train": SplitFeatures(features, labels, np.arange(len(labels)))}
+    splits = store_of(tmp_path / "f.h5", {"train": SplitFeatures(features, labels, np.arange(len(labels)))}, NAMES)
     with pytest.raises(ValueError, match="unicorn"):
-        compute_overlap(splits, NAMES, OverlapSettings(classes=("a", "unicorn")))
+        compute_overlap(splits, OverlapSettings(classes=("a", "unicorn")))
     with pytest.raises(ValueError, match=r"overlap\.splits: \['test'\] are not in the feature store"):
-        compute_overlap(splits, NAMES, OverlapSettings(splits=("train", "test")))
-
-
-def test_store_from_another_dataset_is_refused(tmp_path):
-    path = tmp_path / "features.h5"
-    write_store(path, {"train": SplitFeatures(np.ones((2, 3)), np.array([0, 1]), np.array([0, 1]))},
-                {"dataset": "cifar100", "class_names": ["a", "b"]})
-    attrs = read_attrs(path)
-    check_store_dataset(attrs, "cifar100", path)
-    with pytest.raises(ValueError, match=r"built from dataset 'cifar100', not 'imagenet100'"):
-        check_store_dataset(attrs, "imagenet100", path)
-    with pytest.raises(ValueError, match="no 'dataset' attribute"):
-        check_store_dataset({}, "cifar100", path)
-    manifest = pd.DataFrame({"index_in_split": [0, 1], "split": ["train"] * 2, "label": [0, 1],
-                             "class_name": ["a", "b"], "source": ["0", "1"]})
-    splits = {s: read_split(path, s) for s in store_splits(path)}
-    check_store_matches_manifest(splits, manifest, path)
-    with pytest.raises(ValueError, match="labels differ"):
-        check_store_matches_manifest(splits, manifest.assign(label=[1, 0]), path)
-    with pytest.raises(ValueError, match="indices differ"):
-        check_store_matches_manifest(splits, manifest.assign(index_in_split=[0, 5]), path)
-    with pytest.raises(ValueError, match="has 2 rows; the manifest has 1"):
-        check_store_matches_manifest(splits, manifest.iloc[:1], path)
-    with pytest.raises(ValueError, match="split 'train' is not in the manifest"):
-        check_store_matches_manifest(splits, manifest.assign(split="val"), path)
+        compute_overlap(splits, OverlapSettings(splits=("train", "test")))
 
 
 # --- config ---------------------------------------------------------------------------------------
@@ -364,7 +344,7 @@ PER_CLASS = 16
 
 
 @pytest.mark.realdata
-def test_look_alike_cifar100_classes_overlap_with_efficientnet_lite0(cifar100_root):
+def test_look_alike_cifar100_classes_overlap_with_efficientnet_lite0(cifar100_root, tmp_path):
     """Issue 3, point 5: with a real ImageNet-pretrained backbone the known look-alike pairs of
     CIFAR-100 rank above pairs with unrelated classes (16 test images per class, 176 images; the
     margins stay ~0.1 from 10 to 50 images per class)."""
@@ -390,8 +370,9 @@ def test_look_alike_cifar100_classes_overlap_with_efficientnet_lite0(cifar100_ro
                           for i in range(0, len(images), 55)]).numpy()
     assert features.shape == (len(rows), 1280)
 
-    splits = {"test": SplitFeatures(features, rows["label"].to_numpy(), rows["index_in_split"].to_numpy())}
-    result = compute_overlap(splits, scan.class_names, OverlapSettings(selection="top_n", top_n=3))
+    store = store_of(tmp_path / "f.h5", {"test": SplitFeatures(features, rows["label"].to_numpy(),
+                                                               rows["index_in_split"].to_numpy())}, scan.class_names)
+    result = compute_overlap(store, OverlapSettings(selection="top_n", top_n=3))
     frame = pd.DataFrame(result.similarity, index=result.centroids.names, columns=result.centroids.names)
     measured = {f"{a}-{b}": round(float(frame.loc[a, b]), 3) for a, b in LOOK_ALIKES}
     measured["maple_tree-rocket"] = round(float(frame.loc["maple_tree", "rocket"]), 3)
@@ -441,13 +422,23 @@ def cifar_results(tmp_path_factory, cifar100_root):
         splits[split] = SplitFeatures(vectors.astype(np.float32), part["label"].to_numpy(),
                                       part["index_in_split"].to_numpy())
     write_store(results / "cifar100" / "bb" / "features.h5", splits,
-                {"dataset": "cifar100", "dataset_kind": "cifar100", "class_names": names})
+                {"dataset": "cifar100", "dataset_kind": "cifar100", "class_names": names,
+                 "recipe": recipe_of(rules_config(base, spec), results / "cifar100" / "manifest.csv")})
     return base, spec
 
 
-def rules_config(base, spec, **overlap):
+def rules_config(base, spec, model="m", **overlap):
     return {"results": str(base / "results"), "datasets": [spec],
-            "backbones": [{"name": "bb", "kind": "timm", "model": "m"}], "overlap": overlap}
+            "backbones": [{"name": "bb", "kind": "timm", "model": model}], "overlap": overlap}
+
+
+def recipe_of(config: dict, manifest) -> dict:
+    """The recipe an extraction job of ``config``'s only dataset x backbone records."""
+    config = validate_config(config)
+    requested = requested_recipe(config["datasets"][0], config["backbones"][0], config["extract"])
+    described = {"model": "m", "weights": "hub", "dim": 16, "preprocessing": {}}
+    return job_recipe(requested, manifest_digest=file_digest(manifest), described=described, device_type="cpu",
+                      amp=True)
 
 
 @pytest.mark.workflow
@@ -504,17 +495,23 @@ def test_rules_with_refinement_and_with_an_empty_overlap_set(cifar_results, tmp_
 
 @pytest.mark.workflow
 @pytest.mark.realdata
-def test_rule_refuses_a_store_of_another_dataset(cifar_results, tmp_path):
+def test_rules_refuse_a_store_of_another_dataset_or_backbone(cifar_results, tmp_path):
     base, spec = cifar_results
     results = tmp_path / "results"
     (results / "cifar100" / "bb").mkdir(parents=True)
     shutil.copy(base / "results" / "cifar100" / "manifest.csv", results / "cifar100")
     source = base / "results" / "cifar100" / "bb" / "features.h5"
     attrs = read_attrs(source)
-    write_store(results / "cifar100" / "bb" / "features.h5", {s: read_split(source, s) for s in store_splits(source)},
-                {**attrs, "dataset": "imagenet100"})
-    run = run_rules(tmp_path, rules_config(tmp_path, spec), [f"{results}/cifar100/bb/overlap/pairs.csv"])
+    store = results / "cifar100" / "bb" / "features.h5"
+    write_store(store, {s: read_split(source, s) for s in store_splits(source)}, {**attrs, "dataset": "imagenet100"})
+    pairs = f"{results}/cifar100/bb/overlap/pairs.csv"
+    log = results / "logs" / "overlap" / "cifar100" / "bb.log"
+    run = run_rules(tmp_path, rules_config(tmp_path, spec), [pairs])
     assert run.returncode != 0
-    log = (results / "logs" / "overlap" / "cifar100" / "bb.log").read_text()
-    assert "built from dataset 'imagenet100', not 'cifar100'" in log
+    assert 'dataset: "imagenet100" here, "cifar100" expected' in log.read_text()
+    # The store of another backbone of the same dimension under this backbone's name.
+    write_store(store, {s: read_split(source, s) for s in store_splits(source)}, attrs)
+    run = run_rules(tmp_path, rules_config(tmp_path, spec, model="other_model_16d"), [pairs])
+    assert run.returncode != 0
+    assert 'backbone.model: "m" here, "other_model_16d" expected' in log.read_text()
     assert not (results / "cifar100" / "bb" / "overlap" / "pairs.csv").exists()

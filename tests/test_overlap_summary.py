@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from embedlens.overlap import OverlapSettings, compute_overlap, overlap_summary
-from embedlens.store import SplitFeatures
+from embedlens.store import FeatureStore, SplitFeatures, write_store
 from embedlens.summary import StageSummary
 
 NAMES = ["cat", "lynx", "truck", "car"]
@@ -13,14 +14,17 @@ NAMES = ["cat", "lynx", "truck", "car"]
 VECTORS = np.array([[1.0, 0.05, 0.0], [1.0, 0.0, 0.05], [0.0, 1.0, 0.3], [0.05, 1.0, 0.35]])
 
 
-def splits():
+@pytest.fixture
+def store(tmp_path) -> FeatureStore:
     labels = np.repeat(np.arange(4), 2)
     features = (VECTORS[labels] + 0.001 * np.arange(8)[:, None]).astype(np.float32)
-    return {"train": SplitFeatures(features, labels, np.arange(8))}
+    write_store(tmp_path / "features.h5", {"train": SplitFeatures(features, labels, np.arange(8))},
+                {"dataset": "toy", "class_names": NAMES})
+    return FeatureStore(tmp_path / "features.h5")
 
 
-def test_threshold_summary_names_pairs_rule_and_most_similar_pair(tmp_path):
-    result = compute_overlap(splits(), NAMES, OverlapSettings(threshold=0.99))
+def test_threshold_summary_names_pairs_rule_and_most_similar_pair(store, tmp_path):
+    result = compute_overlap(store, OverlapSettings(threshold=0.99))
     path = tmp_path / "overlap" / "summary.json"
     overlap_summary(result, dataset="toy", backbone="bb").write(path)
     summary = StageSummary.read(path)
@@ -37,11 +41,11 @@ def test_threshold_summary_names_pairs_rule_and_most_similar_pair(tmp_path):
     assert summary.settings["threshold"] == 0.99 and summary.settings["selection"] == "threshold"
 
 
-def test_top_n_summary_names_n_and_an_empty_result_still_names_the_closest_pair():
-    top = overlap_summary(compute_overlap(splits(), NAMES, OverlapSettings(selection="top_n", top_n=1)),
+def test_top_n_summary_names_n_and_an_empty_result_still_names_the_closest_pair(store):
+    top = overlap_summary(compute_overlap(store, OverlapSettings(selection="top_n", top_n=1)),
                           dataset="toy", backbone="bb")
     assert top.headline["top_n"] == 1 and "threshold" not in top.headline and len(top.notes) == 1
-    empty = overlap_summary(compute_overlap(splits(), NAMES, OverlapSettings(threshold=1.0, inclusive=False)),
+    empty = overlap_summary(compute_overlap(store, OverlapSettings(threshold=1.0, inclusive=False)),
                             dataset="toy", backbone="bb")
     assert empty.headline["pairs"] == 0 and empty.headline["threshold"] == "> 1"
     assert " - " in empty.headline["most similar pair"] and "overlap set is empty" in empty.notes[0]

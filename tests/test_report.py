@@ -18,7 +18,7 @@ from embedlens.report.explore import build_explore_page, colourings, read_map_co
 from embedlens.report.media import embed_figure, thumbnail, thumbnail_sheets
 from embedlens.report.page import build_report
 from embedlens.report.render import number, script_json
-from embedlens.store import SplitFeatures, write_store
+from embedlens.store import FeatureStore, SplitFeatures, write_store
 from embedlens.summary import Artifact, StageSummary
 
 from report_fixtures import results_tree
@@ -192,7 +192,7 @@ def test_explore_page_samples_projects_and_embeds_every_thumbnail(tmp_path):
               for split, part in manifest.groupby("split", sort=False)}
     write_store(tmp_path / "features.h5", splits, {"dataset": "shapes", "model": "m", "class_names": ["w", "x", "y", "z"]})
     output = tmp_path / "explore.html"
-    drawn = build_explore_page(tmp_path / "features.h5", manifest, dataset, output, backbone="bb", max_points=50,
+    drawn = build_explore_page(FeatureStore(tmp_path / "features.h5"), manifest, dataset, output, backbone="bb", max_points=50,
                                seed=3, thumbnail_size=24)
     assert drawn == {"points": 50, "total": 60, "method": "UMAP (cosine, 15 neighbours)", "sheets": 1}
     html = output.read_text()

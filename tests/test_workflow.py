@@ -10,6 +10,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import timm
+import torch
 import yaml
 from PIL import Image
 
@@ -92,7 +94,7 @@ def test_end_to_end_to_a_sharded_feature_store(tmp_path):
     assert len(manifest) == 4 * 9
     store = results / "tiny" / "features.h5"
     with h5py.File(store) as handle:
-        assert sorted(handle.keys()) == ["test", "train"]
+        assert sorted(handle.keys()) == ["skipped", "test", "train"]
     train = read_split(store, "train")
     train_rows = manifest[manifest["split"] == "train"]
     assert train.features.shape == (24, read_attrs(store)["dim"])
@@ -103,6 +105,12 @@ def test_end_to_end_to_a_sharded_feature_store(tmp_path):
     assert attrs["dataset"] == "shapes" and attrs["backbone"] == "tiny" and attrs["model"] == "resnet10t"
     assert attrs["preprocessing"]["crop"] == 32 and attrs["weights"] == "random"
     assert len(attrs["class_names"]) == 4 and "torch" in attrs["versions"]
+    assert attrs["recipe"]["backbone"] == {**TINY_BACKBONE, "weights_layout": "names"}
+    assert attrs["recipe"]["resolved"]["precision"] == "float32" and attrs["recipe"]["resolved"]["device"] == "cpu"
+    summary = json.loads((results / "tiny" / "features" / "summary.json").read_text())
+    assert summary["stage"] == "features" and summary["headline"]["images"] == 36
+    assert summary["headline"]["skipped"] == 0 and summary["headline"]["images_per_second"] > 0
+    assert pd.read_csv(results / "tiny" / "features" / "skipped.csv").empty
     # the shards were temporary, and every shard job logged its progress
     assert not list((results / "tiny").glob("shards/*.h5"))
     logs = sorted((tmp_path / "results" / "logs" / "extract" / "shapes" / "tiny").glob("*.log"))
@@ -120,6 +128,62 @@ def test_an_interrupted_run_resumes_without_recomputing_finished_shards(tmp_path
     out = result.stdout + result.stderr
     assert any(line.split() == ["extract_shard", "2"] for line in out.splitlines()), out
     assert (tmp_path / "results" / "shapes" / "tiny" / "features.h5").exists()
+
+
+STORE = "results/shapes/tiny/features.h5"
+
+
+def planned(workdir: Path, config: dict, target: str = STORE) -> dict[str, int]:
+    """What ``snakemake -n target`` would run: rule -> job count, from its job stats table."""
+    out = snakemake(workdir, "-n", target, config=config).stdout
+    lines = out.splitlines()
+    if "Job stats:" not in lines:
+        return {}
+    counts = {}
+    for line in lines[lines.index("Job stats:") + 3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def _weights_file(path: Path, seed: int) -> str:
+    """A weights file for the tiny backbone's architecture, random with ``seed``."""
+    torch.manual_seed(seed)
+    torch.save(timm.create_model("resnet10t", num_classes=0).state_dict(), path)
+    return str(path)
+
+
+def test_changing_the_feature_recipe_rebuilds_the_store(tmp_path):
+    config = _tiny_config(shards=2)
+    config["backbones"][0] = {**TINY_BACKBONE, "pretrained": True, "weights": _weights_file(tmp_path / "a.pth", 0)}
+    snakemake(tmp_path, STORE, config=config)
+    store = tmp_path / STORE
+    before = read_split(store, "train").features
+    assert planned(tmp_path, config) == {}
+    changes = {"extract.amp": {**config, "extract": {**config["extract"], "amp": False}},
+               "extract.preprocess": {**config, "extract": {**config["extract"], "preprocess": "pil"}},
+               "preprocessing": {**config, "backbones": [{**config["backbones"][0],
+                                                          "preprocessing": {"resize": 40, "crop": 32}}]},
+               "weights": {**config, "backbones": [{**config["backbones"][0],
+                                                    "weights": _weights_file(tmp_path / "b.pth", 1)}]}}
+    for key, changed in changes.items():
+        assert planned(tmp_path, changed) == {"extract_shard": 2, "merge_features": 1}, key
+    snakemake(tmp_path, STORE, config=changes["weights"])
+    recipe = read_attrs(store)["recipe"]
+    assert recipe["backbone"]["weights"].endswith("b.pth")
+    assert recipe["resolved"]["weights_digest"].startswith("sha256:")
+    assert not np.allclose(read_split(store, "train").features, before)
+
+
+def test_an_interrupted_run_whose_recipe_changed_recomputes_its_finished_shards(tmp_path):
+    config = _tiny_config(shards=2)
+    snakemake(tmp_path, "results/shapes/tiny/shards/1-of-2.h5", config=config)
+    changed = {**config, "extract": {**config["extract"], "preprocess": "pil"}}
+    assert planned(tmp_path, changed)["extract_shard"] == 2
+    snakemake(tmp_path, STORE, config=changed)
+    assert read_attrs(tmp_path / STORE)["recipe"]["extract"]["preprocess"] == "pil"
 
 
 LITE0 = {"name": "lite0", "kind": "timm", "model": "tf_efficientnet_lite0",

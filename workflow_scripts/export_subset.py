@@ -8,7 +8,7 @@ from embedlens.export import dataset_prefix, export_subset
 from embedlens.logs import job_logger
 from embedlens.manifest import read_manifest
 from embedlens.overlap import SIMILARITY_COLUMN, OverlapSettings, load_centroids, read_pairs_csv, subset_rows
-from embedlens.store import read_split, store_splits
+from embedlens.store import FeatureStore
 
 log = job_logger("export_subset", snakemake.log[0])
 settings = OverlapSettings.from_config(snakemake.params.overlap)
@@ -16,10 +16,10 @@ manifest = read_manifest(snakemake.input.manifest)
 with open(snakemake.input.classes) as handle:
     classes = [(entry["label"], entry["name"]) for entry in json.load(handle)["classes"]]
 refine = settings.refine
-store = snakemake.input.features
+store = FeatureStore(snakemake.input.features)
+store.check(dataset=snakemake.wildcards.dataset, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
 rows = subset_rows(
-    manifest, [label for label, _ in classes], refine=refine,
-    splits={s: read_split(store, s) for s in store_splits(store)} if refine.enabled else None,
+    manifest, [label for label, _ in classes], refine=refine, store=store if refine.enabled else None,
     centroids=load_centroids(snakemake.input.centroids) if refine.enabled else None,
     pairs=read_pairs_csv(snakemake.input.pairs) if refine.enabled else None,
 )

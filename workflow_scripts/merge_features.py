@@ -1,15 +1,27 @@
-"""Rule merge_features: join the shard files of a dataset x backbone into its HDF5 feature store."""
+"""Rule merge_features: stream the shard files of a dataset x backbone into its HDF5 feature store,
+refusing shards made with another feature recipe; write the stage's summary and skipped images."""
 
 import json
+from pathlib import Path
 
-from embedlens.extract import merge_shards
+from embedlens.extract import features_summary, merge_shards
 from embedlens.logs import job_logger
-from embedlens.manifest import read_manifest
+from embedlens.manifest import read_manifest, write_table
+from embedlens.recipe import file_digest
+from embedlens.store import FeatureStore
 
 log = job_logger("merge_features", snakemake.log[0])
+output = snakemake.output
 manifest = read_manifest(snakemake.input.manifest)
 with open(snakemake.input.info) as handle:
     info = json.load(handle)
-merge_shards(snakemake.input.shards, manifest, snakemake.output[0],
-             {"dataset": info["name"], "dataset_kind": info["kind"], "class_names": info["class_names"]})
-log.info("merged %d shards, %d images, into %s", len(snakemake.input.shards), len(manifest), snakemake.output[0])
+expected = {**snakemake.params.recipe, "manifest_digest": file_digest(snakemake.input.manifest)}
+extraction = merge_shards(snakemake.input.shards, manifest, output.store, expected=expected,
+                          attrs={"dataset": info["name"], "dataset_kind": info["kind"],
+                                 "class_names": info["class_names"]})
+store = FeatureStore(output.store)
+write_table(store.skipped(), output.skipped)
+features_summary(store, Path(output.skipped).name).write(output.summary)
+log.info("merged %d shards into %s: %d images, %d failed to decode, %.1f images/s per job (%s, %s)",
+         extraction["shards"], output.store, extraction["images"], extraction["skipped"],
+         extraction["images_per_second"] or 0.0, extraction["device"], extraction["precision"])

@@ -48,8 +48,10 @@ class ImageDataset(ABC):
     the class filter (``classes``) and the per-class cap (``max_per_class``) are applied here, the same
     way for every kind.
 
-    Kinds that decode every image at scan time to leave out the unreadable ones (folder, imagenet,
-    huggingface) spread that check over worker processes (:func:`embedlens.images.check_in_chunks`):
+    Kinds that check every image at scan time to leave out the unreadable ones (folder, imagenet,
+    huggingface) read each image's header there, not its pixels (:func:`embedlens.images.header_reason`:
+    an image is decoded once, by extraction), and spread that check over worker processes
+    (:func:`embedlens.images.check_in_chunks`):
 
     - ``scan_workers``: how many processes a scan uses; None (the default) means all the cores this
       process may run on (:func:`embedlens.parallel.available_cores`), 1 checks in this process. The

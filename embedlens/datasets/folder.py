@@ -17,13 +17,16 @@ Rules, all deterministic:
 - a class is a first-level folder that holds at least one image file (empty folders are ignored);
   labels are the sorted class names, 0..C-1;
 - ``index_in_split`` is the position in the split's image files sorted by path components, counted
-  before decoding, so a file keeps its index even when a neighbour is skipped as unreadable;
+  before the files are checked, so a file keeps its index even when a neighbour is skipped;
 - ``source`` is the path relative to root in POSIX form (``train/cat/001.jpg`` with splits), so
   manifests are portable; :meth:`FolderDataset.source_file` turns it back into an absolute path;
-- every file is fully decoded and converted at scan time (in parallel,
-  :func:`embedlens.images.check_files`); a file that fails is left out of the manifest and listed in
-  ``skipped`` with the decoder's message; pixels are read by :func:`embedlens.images.decode_file`
-  (upright by EXIF orientation; see :func:`embedlens.images.to_rgb` for the colour modes).
+- the scan reads every file's header, not its pixels (in parallel,
+  :func:`embedlens.images.check_headers`): a file PIL cannot identify as an image (empty, not an
+  image, missing) is left out of the manifest and listed in ``skipped`` with the reason. A file with
+  a valid header but damaged pixel data (a truncated JPEG) is in the manifest: the scan does not
+  decode it, extraction does, and finds it then;
+- pixels are read by :func:`embedlens.images.decode_file` (upright by EXIF orientation; see
+  :func:`embedlens.images.to_rgb` for the colour modes).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from embedlens.datasets.base import DatasetScan, ImageDataset
-from embedlens.images import check_files, decode_file
+from embedlens.images import check_headers, decode_file
 from embedlens.manifest import MANIFEST_COLUMNS, SKIPPED_COLUMNS
 
 DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -53,7 +56,7 @@ class FolderDataset(ImageDataset):
     of root, one per split; without it the whole root is the split ``train``), plus the common
     ``classes`` and ``max_per_class``.
 
-    The scan's decoding check runs in ``scan_workers`` processes, ``scan_chunk_size`` files per task
+    The scan's header check runs in ``scan_workers`` processes, ``scan_chunk_size`` files per task
     (attributes of :class:`~embedlens.datasets.base.ImageDataset`).
     """
 
@@ -143,7 +146,7 @@ class FolderDataset(ImageDataset):
                 rows.append((index, split, labels.get(class_name, -1), class_name,
                              PurePosixPath(*prefix, *parts).as_posix()))
                 paths.append(str(self.split_dirs[split].joinpath(*parts)))
-        reasons = check_files(paths, self.scan_workers, self.scan_chunk_size)
+        reasons = check_headers(paths, self.scan_workers, self.scan_chunk_size)
 
         good = [row for row, reason in zip(rows, reasons) if reason is None]
         bad = [(row[1], row[4], reason) for row, reason in zip(rows, reasons) if reason is not None]

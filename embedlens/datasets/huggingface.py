@@ -15,8 +15,12 @@ unlabelled data) the classes: names from its ``ClassLabel`` feature when it has 
 distinct values (strings) or ``str(i)`` (integers). ``source`` is the row number in the split.
 
 Pixels go through :func:`embedlens.images.to_rgb` (upright by EXIF orientation, as ``datasets`` itself
-decodes an ``Image`` feature); the scan decodes every row, in ``scan_workers`` processes, and lists the
-rows that fail in ``skipped`` with a reason worded as for files (:func:`embedlens.images.short_reason`).
+decodes an ``Image`` feature). The scan checks every row in ``scan_workers`` processes: encoded images
+(the ``{bytes, path}`` cells of an ``Image`` feature) are identified from their header, not decoded,
+as :func:`embedlens.images.header_reason` does for files; rows that fail are listed in ``skipped``
+with a reason worded as for files (:func:`embedlens.images.short_reason`). A row whose header is
+valid but whose pixel data is damaged (a truncated JPEG) is in the manifest: extraction decodes it,
+and finds it then.
 """
 
 from __future__ import annotations
@@ -42,18 +46,22 @@ def _is_saved_to_disk(folder: Path) -> bool:
     return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
 
 
+def _open_cell(cell: dict) -> Image.Image:
+    """The encoded image of a {bytes, path} cell, opened: PIL has read its header, not its pixels."""
+    if cell.get("bytes") is not None:
+        return Image.open(io.BytesIO(cell["bytes"]))
+    if cell.get("path"):
+        return Image.open(cell["path"])
+    raise ValueError("image cell has neither bytes nor path")
+
+
 def _to_pil(value) -> Image.Image:
     """An image cell (PIL image, {bytes, path} dict, array) as a fully decoded PIL image."""
     if isinstance(value, Image.Image):
         value.load()
         return value
     if isinstance(value, dict):
-        if value.get("bytes") is not None:
-            image = Image.open(io.BytesIO(value["bytes"]))
-        elif value.get("path"):
-            image = Image.open(value["path"])
-        else:
-            raise ValueError("image cell has neither bytes nor path")
+        image = _open_cell(value)
         image.load()
         return image
     array = np.asarray(value)
@@ -207,7 +215,10 @@ class HuggingFace(ImageDataset):
 
 
 def _check_rows(dataset: HuggingFace, split: str, rows: range) -> list[str | None]:
-    """For consecutive ``rows`` of a split: None where the image decodes, else why not (short)."""
+    """For consecutive ``rows`` of a split: None where the image can be read, else why not (short).
+
+    An encoded image ({bytes, path} cell) is identified from its header, not decoded; other cells
+    (arrays) hold pixels already and go through :func:`embedlens.images.to_rgb`."""
     try:
         cells = dataset._cells(split, rows.start, rows.stop)
     except Exception:  # read the rows one by one: the reason lands on the row that has it
@@ -217,9 +228,12 @@ def _check_rows(dataset: HuggingFace, split: str, rows: range) -> list[str | Non
         try:
             if cell is None:
                 cell = dataset._cells(split, row, row + 1)[0]
-            _rgb(cell)
+            if isinstance(cell, dict):
+                _open_cell(cell).close()
+            else:
+                _rgb(cell)
             reasons.append(None)
-        except Exception as error:  # anything the decoder raises means: skip this row
+        except Exception as error:  # anything PIL raises identifying or converting it means: skip this row
             path = cell.get("path") if isinstance(cell, dict) else None
             reasons.append(short_reason(error, path or None))
     return reasons

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from embedlens.datasets.base import DatasetScan, ImageDataset
-from embedlens.images import check_files, decode_file
+from embedlens.images import check_headers, decode_file
 from embedlens.manifest import SKIPPED_COLUMNS
 
 SYNSET_MAPPING = "LOC_synset_mapping.txt"
@@ -327,9 +327,11 @@ class ImageNet(ImageDataset):
     or a file; restricts and orders the classes, label = line number). Without ``wnids`` every WNID of
     the synset mapping is a class and label = its standard index (position in the sorted WNIDs).
     ``class_name`` is the synset's first human name, with ``_<wnid>`` appended where two synsets share
-    it. ``index_in_split`` is the image id described in the module docstring. Scanning decodes every
-    file (in ``scan_workers`` processes, default: all cores; see
-    :class:`~embedlens.datasets.base.ImageDataset`) so that unreadable ones are skipped up front.
+    it. ``index_in_split`` is the image id described in the module docstring. Scanning reads every
+    file's header, not its pixels (in ``scan_workers`` processes, default: all cores; see
+    :class:`~embedlens.datasets.base.ImageDataset`): files that are missing, empty or not images are
+    skipped up front; a file whose pixel data is damaged (a truncated JPEG) is found by extraction,
+    which decodes every file anyway.
     """
 
     kind = "imagenet"
@@ -370,7 +372,7 @@ class ImageNet(ImageDataset):
             found = (train_candidates(layout, wnids, ids) if split == "train"
                      else val_candidates(layout, wnids))
             paths = [str(c.path) for c in found]
-            reasons = check_files(paths, self.scan_workers, self.scan_chunk_size)
+            reasons = check_headers(paths, self.scan_workers, self.scan_chunk_size)
             keep = [c for c, r in zip(found, reasons) if r is None]
             skipped += [(split, layout.source(c.path), r) for c, r in zip(found, reasons) if r is not None]
             frames.append(pd.DataFrame({

@@ -29,7 +29,7 @@ from embedlens.parallel import ordered_map
 from embedlens.plots import embedding_map
 from embedlens.report.media import SHEET_COLUMNS, thumbnail, thumbnail_sheets
 from embedlens.report.render import render, script_json
-from embedlens.store import read_attrs, read_split, store_splits
+from embedlens.store import FeatureStore
 
 KEYS = ["split", "index_in_split"]
 UMAP_NEIGHBOURS = 15
@@ -99,24 +99,25 @@ def colourings(points: pd.DataFrame, extra: Sequence[pd.DataFrame]) -> list[Colo
     return result
 
 
-def load_points(store: str | Path, manifest: pd.DataFrame, max_points: int, seed: int
-                ) -> tuple[pd.DataFrame, np.ndarray, int]:
-    """The sampled points (split, index_in_split, label, class_name, source), their features, and how
-    many images the store holds. The error names the store when it lists an image the manifest lacks."""
-    splits = {split: read_split(store, split) for split in store_splits(store)}
-    keys = pd.concat([pd.DataFrame({"split": split, "index_in_split": data.index, "row": np.arange(len(data.index))})
-                      for split, data in splits.items()], ignore_index=True)
+def load_points(store: FeatureStore, manifest: pd.DataFrame, max_points: int, seed: int
+                ) -> tuple[pd.DataFrame, np.ndarray]:
+    """The sampled points (split, index_in_split, label, class_name, source) with their features, read
+    from ``store`` row by row, so only the sample is in memory. The error names the store when it holds
+    an image the manifest lacks."""
+    keys = pd.concat([pd.DataFrame({"split": split, "index_in_split": store.index(split),
+                                    "row": np.arange(store.split_size(split))}) for split in store.splits],
+                     ignore_index=True)
     chosen = keys.iloc[sample_points(len(keys), max_points, seed)].reset_index(drop=True)
     points = chosen.merge(manifest[KEYS + ["label", "class_name", "source"]], on=KEYS, how="left",
                           validate="one_to_one")
     if points["source"].isna().any():
         missing = points[points["source"].isna()].iloc[0]
-        raise ValueError(f"{store}: image {missing['split']}/{missing['index_in_split']} is in the feature store "
-                         f"but not in the manifest; rebuild the store from this manifest")
+        raise ValueError(f"{store.path}: image {missing['split']}/{missing['index_in_split']} is in the feature "
+                         f"store but not in the manifest; rebuild the store from this manifest")
     # the sample keeps the store's order, split after split, so the features line up with the points
-    features = np.concatenate([splits[split].features[part["row"].to_numpy()]
+    features = np.concatenate([store.features(split, part["row"].to_numpy())
                                for split, part in points.groupby("split", sort=False)])
-    return points.drop(columns="row"), features, len(keys)
+    return points.drop(columns="row"), features
 
 
 def _thumbnails(dataset: ImageDataset, size: int, items: list[tuple[str, str]]) -> list[tuple[np.ndarray, str]]:
@@ -131,13 +132,14 @@ def _thumbnails(dataset: ImageDataset, size: int, items: list[tuple[str, str]]) 
     return out
 
 
-def build_explore_page(store: str | Path, manifest: pd.DataFrame, dataset: ImageDataset, output: str | Path, *,
+def build_explore_page(store: FeatureStore, manifest: pd.DataFrame, dataset: ImageDataset, output: str | Path, *,
                        backbone: str, max_points: int, seed: int, thumbnail_size: int,
                        extra_columns: Sequence[pd.DataFrame] = (), workers: int = 1,
                        log: Callable[[str], None] = lambda message: None) -> dict:
     """Write the self-contained explore page of one dataset x backbone to ``output``; returns what it
     drew (points, total, method, sheets) for the log."""
-    points, features, total = load_points(store, manifest, max_points, seed)
+    points, features = load_points(store, manifest, max_points, seed)
+    total = len(store)
     log(f"{len(points)} of {total} images on the map; projecting {features.shape[1]}-d features to 2-D")
     coords, method = project_2d(features, seed)
     items = list(zip(points["split"], points["source"].astype(str)))
@@ -153,7 +155,6 @@ def build_explore_page(store: str | Path, manifest: pd.DataFrame, dataset: Image
     figures = {choice.name: json.loads(embedding_map(coords, choice.values, ids, categorical=choice.categorical,
                                                      colour_label=choice.name).to_json())
                for choice in choices}
-    attrs = read_attrs(store)
     data = {
         "split": points["split"].tolist(), "index": points["index_in_split"].astype(int).tolist(),
         "class": points["class_name"].astype(str).tolist(), "source": points["source"].astype(str).tolist(),
@@ -163,7 +164,7 @@ def build_explore_page(store: str | Path, manifest: pd.DataFrame, dataset: Image
     }
     import plotly.offline
 
-    html = render("explore.html.j2", dataset=dataset.name, backbone=backbone, model=attrs.get("model"),
+    html = render("explore.html.j2", dataset=dataset.name, backbone=backbone, model=store.attrs.get("model"),
                   dim=features.shape[1], shown=len(points), total=total, seed=seed, method=method,
                   sampled=len(points) < total, max_points=max_points, sheets=sheets,
                   classes=sorted(set(data["class"])), colourings=[c.name for c in choices],
