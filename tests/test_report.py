@@ -56,7 +56,7 @@ class Page(HTMLParser):
 
 def decode(src: str) -> Image.Image:
     header, payload = src.split(",", 1)
-    assert header in ("data:image/png;base64", "data:image/jpeg;base64"), header
+    assert header in ("data:image/png;base64", "data:image/webp;base64"), header
     image = Image.open(io.BytesIO(base64.b64decode(payload)))
     image.load()
     return image
@@ -202,7 +202,7 @@ def test_explore_page_samples_projects_and_embeds_every_thumbnail(tmp_path):
     assert sorted(i for trace in data["figures"]["class"]["data"] for i in trace["customdata"]) == list(range(50))
     sheet = decode(Page(html).images[0])
     assert sheet.size == (32 * 24, 2 * 24)  # 50 thumbnails: two rows of a 32-column sheet
-    # the first cell shows point 0's image (JPEG-compressed), far closer to it than to another class's image
+    # the first cell shows point 0's image (lossy-compressed), far closer to it than to another class's image
     got = np.asarray(sheet.convert("RGB"))[:24, :24].astype(int)
     other = data["class"].index(next(name for name in data["class"] if name != data["class"][0]))
     error = [np.abs(got - thumbnail(dataset.read_image(data["split"][i], data["source"][i]), 24)).mean()

@@ -142,7 +142,7 @@ def test_map_in_a_browser_draws_every_point_and_shows_its_image_on_hover(run, br
 
     browser.get((run / "results" / "report.html").as_uri())
     browser.find_element(By.LINK_TEXT, "Explore the embedding map of shapes × tiny").click()
-    wait_for(browser, "document.getElementById('map') && document.getElementById('map')._fullData")
+    wait_for(browser, "!!(document.getElementById('map') && document.getElementById('map')._fullData)")
     drawn = browser.execute_script("return document.getElementById('map')._fullData.reduce((n, t) => n + t.x.length, 0)")
     assert drawn == 60
     assert browser.execute_script("return document.querySelectorAll('#map canvas').length") > 0

@@ -1,6 +1,7 @@
 """Pictures made small enough to embed in a self-contained page: figures downscaled and re-encoded,
-image thumbnails packed into a few JPEG sheets (one JPEG per thousand thumbnails costs a fraction of a
-thousand small JPEGs, whose headers alone are ~600 bytes each)."""
+image thumbnails packed into a few WebP sheets. One picture per thousand thumbnails costs a fraction
+of a thousand small ones (a small JPEG's headers alone are ~600 bytes), and WebP takes ~30% less than
+JPEG at the same quality: 20,000 CIFAR thumbnails of 64 px need ~10 MB."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from PIL import Image
 
 FIGURE_MAX_SIDE = 2000  # px; a 100-class heatmap keeps ~12 px labels at this size
 SHEET_COLUMNS = 32      # thumbnails per sheet row (and column): 1024 per sheet
-SHEET_QUALITY = 80      # JPEG quality of the thumbnail sheets
+SHEET_QUALITY = 75      # WebP quality of the thumbnail sheets
 BACKGROUND = (236, 236, 236)  # the frame around thumbnails that are not square
 
 
@@ -65,7 +66,7 @@ def thumbnail(pixels: np.ndarray, size: int) -> np.ndarray:
 
 def thumbnail_sheets(thumbnails: Iterable[np.ndarray], size: int, columns: int = SHEET_COLUMNS,
                      quality: int = SHEET_QUALITY) -> list[EmbeddedImage]:
-    """Pack ``size`` x ``size`` thumbnails into JPEG sheets of ``columns`` x ``columns`` cells, row by
+    """Pack ``size`` x ``size`` thumbnails into WebP sheets of ``columns`` x ``columns`` cells, row by
     row. Thumbnail ``i`` is on sheet ``i // columns**2``, in cell ``i % columns**2`` (row-major);
     the last sheet has only the rows it needs."""
     per_sheet = columns * columns
@@ -79,8 +80,8 @@ def thumbnail_sheets(thumbnails: Iterable[np.ndarray], size: int, columns: int =
             r, c = divmod(i, columns)
             canvas[r * size:(r + 1) * size, c * size:(c + 1) * size] = cell
         buffer = io.BytesIO()
-        Image.fromarray(canvas).save(buffer, format="JPEG", quality=quality, optimize=True)
-        sheets.append(EmbeddedImage(data_uri(buffer.getvalue(), "image/jpeg"), canvas.shape[1], canvas.shape[0]))
+        Image.fromarray(canvas).save(buffer, format="WEBP", quality=quality, method=4)
+        sheets.append(EmbeddedImage(data_uri(buffer.getvalue(), "image/webp"), canvas.shape[1], canvas.shape[0]))
         batch.clear()
 
     for cell in thumbnails:
