@@ -209,3 +209,12 @@ def test_explore_page_samples_projects_and_embeds_every_thumbnail(tmp_path):
              for i in (0, other)]
     assert error[0] < 10 and error[0] < error[1] / 2, error
     assert "plotly.js" in html and "https://" not in html.split("<script>", 1)[0]
+
+
+def test_config_report_section_has_defaults_and_is_checked():
+    from embedlens.config import ConfigError, validate_config
+
+    base = {"datasets": [{"name": "d", "kind": "synthetic"}], "backbones": [{"name": "b", "kind": "timm", "model": "m"}]}
+    assert validate_config(json.loads(json.dumps(base)))["report"] == {"map_points": 20000, "seed": 0, "thumbnail_size": 64}
+    with pytest.raises(ConfigError, match=r"(?s)report: unknown key\(s\) 'points'.*report.map_points: 0 is less than"):
+        validate_config({**base, "report": {"points": 5, "map_points": 0}})
