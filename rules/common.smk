@@ -9,6 +9,11 @@ RESULTS = config["results"]
 DATASETS = [dataset["name"] for dataset in config["datasets"]]
 BACKBONES = [backbone["name"] for backbone in config["backbones"]]
 CONDA_ENV = "../envs/embedlens.yaml"
+# What the report shows (rules/report.smk). Each stage's .smk registers, under the stage's name, the
+# pattern (with {dataset} and {backbone}) of the summary.json it writes, and, when its results colour
+# the explore map, of its per-image map columns file (see embedlens/report/explore.py).
+STAGE_SUMMARIES = {}
+MAP_COLUMNS = {}
 
 
 wildcard_constraints:
@@ -57,18 +62,21 @@ def extract_threads():
     return max(1, workflow.cores // gpus) if isinstance(workflow.cores, int) else 1
 
 
-# Every analysis stage registers here the summary.json it writes for each dataset x backbone (a path
-# with {dataset} and {backbone}), when the config enables it; the report renders each one, and
-# `snakemake` without a target builds them all.
-STAGE_SUMMARIES = {}
+def map_columns(wildcards):
+    """The per-image colourings that stages register for the explore map of {dataset} x {backbone}."""
+    return [pattern.format(dataset=wildcards.dataset, backbone=wildcards.backbone) for pattern in MAP_COLUMNS.values()]
+
+
+def report_pairs():
+    """For every dataset x backbone, the files the report renders (also the report rule's input)."""
+    return [{"dataset": dataset, "backbone": backbone,
+             "summaries": [pattern.format(dataset=dataset, backbone=backbone) for pattern in STAGE_SUMMARIES.values()],
+             "subset": f"{RESULTS}/{dataset}/{backbone}/subset.json" if config["overlap"]["export"] else None,
+             "explore": f"{RESULTS}/{dataset}/{backbone}/explore.html"}
+            for dataset in DATASETS for backbone in BACKBONES]
 
 
 def all_targets():
-    """What `snakemake` builds without a target: every stage's outputs for dataset x backbone."""
-    per_pair = [f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
-                f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/classes.json"]
-    if config["overlap"]["export"]:
-        per_pair.append(f"{RESULTS}/{{dataset}}/{{backbone}}/subset.json")
-    per_pair.extend(STAGE_SUMMARIES.values())
-    return expand(per_pair, dataset=DATASETS, backbone=BACKBONES) + expand(
-        f"{RESULTS}/imagenet_subset/{{name}}.npz", name=IMAGENET_SUBSET_NAMES)
+    """What `snakemake` builds without a target: the report, which needs every stage's outputs for every
+    dataset x backbone, and the ImageNet subsets."""
+    return [f"{RESULTS}/report.html"] + expand(f"{RESULTS}/imagenet_subset/{{name}}.npz", name=IMAGENET_SUBSET_NAMES)
