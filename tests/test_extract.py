@@ -58,21 +58,25 @@ def _notebook_transform(prep: Preprocessing):
     ])
 
 
-@pytest.mark.parametrize("shape", [(32, 32), (300, 400), (375, 500), (500, 333)])
+@pytest.mark.parametrize("shape", [(32, 32), (300, 400), (375, 500), (500, 333), (224, 600)])
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
-def test_batch_preprocessing_matches_the_per_image_pil_path(shape, interpolation):
+@pytest.mark.parametrize("texture", ["smooth", "noise"])
+def test_batch_preprocessing_gives_the_pil_paths_pixels(shape, interpolation, texture):
     rng = np.random.default_rng(0)
-    # Smooth images (like photos) rather than white noise, where any two resamplers differ most.
-    small = rng.integers(0, 256, size=(shape[0] // 8 + 1, shape[1] // 8 + 1, 3), dtype=np.uint8)
-    image = np.asarray(Image.fromarray(small).resize(shape[::-1], Image.BILINEAR))
+    if texture == "smooth":  # like photos
+        small = rng.integers(0, 256, size=(shape[0] // 8 + 1, shape[1] // 8 + 1, 3), dtype=np.uint8)
+        image = np.asarray(Image.fromarray(small).resize(shape[::-1], Image.BILINEAR))
+    else:  # white noise, where resamplers differ most
+        image = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
     prep = Preprocessing(resize=256, crop=224, interpolation=interpolation)
     expected = _notebook_transform(prep)(Image.fromarray(image))
     ours = preprocess_batch(torch.from_numpy(image.copy())[None], prep)[0]
     assert ours.shape == expected.shape == (3, 224, 224)
-    # In [0, 255] pixel units: PIL rounds to uint8 after resizing, we keep floats.
+    # In grey levels: PIL's coefficients and 8-bit rounding; float32 sums (PIL sums in fixed point)
+    # round the other way at a few pixels that sit at a half.
     difference = ((ours - expected) * torch.tensor(prep.std).view(3, 1, 1) * 255).abs()
-    assert difference.mean() < 1.0
-    assert difference.max() < 40
+    assert difference.max() < 1.01
+    assert (difference > 0.01).float().mean() < 5e-3
 
 
 def test_mixed_sizes_in_one_batch_equal_one_by_one():
