@@ -42,6 +42,7 @@ include: "rules/common.smk"
 include: "rules/datasets.smk"
 include: "rules/features.smk"
 include: "rules/overlap.smk"
+include: "rules/classify.smk"
 include: "rules/imagenet_subset.smk"
 
 
