@@ -64,7 +64,8 @@ def run_set(name: str, store: FeatureStore, pairs: pd.DataFrame, similarity: pd.
     train_seconds = time.monotonic() - started
     print(f"MLP {store.dim}-{'-'.join(map(str, hidden_sizes(store.dim, settings.hidden_fractions)))}-{len(classes)}: "
           f"{len(fit_rows)} train / {len(val_rows)} val / {len(test.targets)} test images; best epoch "
-          f"{fit.best_epoch} of {len(fit.history)} (val loss {fit.best_val_loss:.4f}); {train_seconds:.0f} s on {device}")
+          f"{fit.best_epoch} of {len(fit.history)} (val loss {fit.best_val_loss:.4f}); "
+          f"{train_seconds:.0f} s on {device}")
     last_epoch_accuracy = fit.history["val_accuracy"].iloc[-1]
     print(f"validation accuracy: best epoch {fit.history['val_accuracy'].iloc[fit.best_epoch - 1]:.4f}, "
           f"last epoch {last_epoch_accuracy:.4f}")
@@ -91,8 +92,9 @@ def run_set(name: str, store: FeatureStore, pairs: pd.DataFrame, similarity: pd.
     print(f"confusion pairs (C[true,pred] >= mu {rule['mean']:.4f} + {rule['k']:g} x sigma {rule['std']:.4f} = "
           f"{rule['threshold']:.4f}): {len(analysis.confusion)} directions")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 200):
-        print(analysis.confusion[["true", "pred", "mis_rate", "reverse_mis_rate", "both_directions",
-                                  "recall_true", "precision_pred", "centroid_similarity"]].round(3).to_string(index=False))
+        columns = ["true", "pred", "mis_rate", "reverse_mis_rate", "both_directions", "recall_true",
+                   "precision_pred", "centroid_similarity"]
+        print(analysis.confusion[columns].round(3).to_string(index=False))
         print(f"pairs flagged: {headline['pairs_flagged']}")
         print("agreement:")
         print(analysis.agreement.round(3).to_string(index=False))

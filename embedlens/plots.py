@@ -182,8 +182,8 @@ def image_grid(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], 
     """Images in labelled rows: each row is (row title, RGB uint8 images, one caption per image).
     An empty row shows its title and "none". Images keep their aspect ratio."""
     columns = max([len(images) for _, images, _ in rows] + [1])
-    figure, axes = plt.subplots(len(rows) or 1, columns, figsize=(cell * columns + 1.5, (cell + 0.5) * max(len(rows), 1)),
-                                squeeze=False)
+    height = (cell + 0.5) * max(len(rows), 1)
+    figure, axes = plt.subplots(len(rows) or 1, columns, figsize=(cell * columns + 1.5, height), squeeze=False)
     for axis in axes.flat:
         axis.set_axis_off()
     for r, (row_title, images, captions) in enumerate(rows):

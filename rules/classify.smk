@@ -18,16 +18,6 @@
 CLASSIFY = f"{RESULTS}/{{dataset}}/{{backbone}}/classify"
 
 
-def store_mb(input):
-    """Size of the job's feature store in MB: the classifier holds its classes' rows in memory."""
-    return os.path.getsize(input.features) / 1e6 if os.path.exists(input.features) else 0.0
-
-
-def classify_mem_mb(wildcards, input, attempt):
-    """The store's rows of the chosen classes (at most the whole store) twice, plus torch."""
-    return int((2500 + 2 * store_mb(input)) * attempt)
-
-
 rule classify_train:
     input:
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",

@@ -28,7 +28,7 @@ if problem:
     raise SystemExit(0)
 
 torch.set_num_threads(snakemake.threads)
-device, gpu = acquire_device(settings.device)
+device, gpu_claim = acquire_device(settings.device)  # the claim holds the GPU until the job ends
 log.info("%d-fold cross-validation of %d %r images of %d classes on %s", settings.folds, len(rows.targets),
          settings.train_split, len(classes), device)
 started = time.monotonic()

@@ -298,7 +298,8 @@ def analyse(classes: ClassSet, test_targets: np.ndarray, test_probabilities: np.
     cleanlab, cleanlab_rule = (None, None)
     if crossval_probabilities is not None:
         cleanlab, cleanlab_rule = cleanlab_overlap(crossval_targets, crossval_probabilities, classes, k)
-    inside = centroid_pairs[centroid_pairs["label_a"].isin(classes.labels) & centroid_pairs["label_b"].isin(classes.labels)]
+    inside = centroid_pairs[centroid_pairs["label_a"].isin(classes.labels)
+                            & centroid_pairs["label_b"].isin(classes.labels)]
     measures = pair_measures(classes, rates, similarity, inside, confusion, cleanlab)
     agreement = measure_agreement(measures)
     report = classification_table(test_targets, predicted, names)

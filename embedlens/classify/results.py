@@ -60,7 +60,8 @@ def write_training_outputs(paths: Mapping[str, str | Path], classes: ClassSet, i
         torch.save({**model, "state_dict": fit.state_dict}, tmp)
     write_csv(fit.history, paths["history"])
     training_curves(fit.history, paths["curve"],
-                    panels={"cross-entropy": ["train_loss", "val_loss"], "accuracy": ["train_accuracy", "val_accuracy"]},
+                    panels={"cross-entropy": ["train_loss", "val_loss"],
+                            "accuracy": ["train_accuracy", "val_accuracy"]},
                     marked_epoch=fit.best_epoch, marked_label=f"kept: epoch {fit.best_epoch} (lowest val loss)",
                     title=f"MLP on {len(classes)} classes")
     predicted = probabilities.argmax(axis=1)
