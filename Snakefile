@@ -46,6 +46,7 @@ include: "rules/common.smk"
 include: "rules/datasets.smk"
 include: "rules/features.smk"
 include: "rules/overlap.smk"
+include: "rules/classify.smk"
 include: "rules/imagenet_subset.smk"
 include: "rules/report.smk"
 

@@ -100,3 +100,14 @@ def entry(config: dict, section: str, name: str) -> dict:
             return item
     known = ", ".join(item["name"] for item in config[section])
     raise KeyError(f"no {section} entry named {name!r}; configured: {known}")
+
+
+def section_defaults(section: str, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """The schema's defaults of the top-level ``section`` (e.g. ``classify``): what a validated
+    config holds there when the user sets nothing, for code that runs outside the workflow
+    (benchmarks, notebooks) and must not repeat the defaults."""
+    properties = load_schema(schema_path)["properties"]
+    if section not in properties:
+        raise KeyError(f"the config schema has no section {section!r}; sections: {', '.join(properties)}")
+    return {key: copy.deepcopy(spec["default"]) for key, spec in properties[section].get("properties", {}).items()
+            if "default" in spec}

@@ -7,7 +7,7 @@ figures (the embedding map of the explore pages) are plotly figures, returned fo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -68,12 +68,14 @@ def cluster_order(similarity: np.ndarray, method: str = "average") -> np.ndarray
 
 def similarity_heatmap(matrix: np.ndarray, names: Sequence[str], path: str | Path, *,
                        title: str | None = None, cluster: bool = True, vmin: float | None = None,
-                       vmax: float | None = 1.0, colorbar_label: str = "cosine similarity") -> np.ndarray:
+                       vmax: float | None = 1.0, colorbar_label: str = "cosine similarity",
+                       row_title: str | None = None, column_title: str | None = None) -> np.ndarray:
     """Draw a square class x class ``matrix`` as a heatmap with ``names`` on both axes and save it.
 
     With ``cluster`` the classes are reordered by :func:`cluster_order` so that similar classes sit
     together. The colour scale runs from ``vmin`` (default: the smallest off-diagonal value) to
-    ``vmax``. Returns the order used (row ``i`` of the plot is ``names[order[i]]``). An empty matrix
+    ``vmax``. ``row_title`` and ``column_title`` name the axes (e.g. true and predicted class of a
+    confusion matrix). Returns the order used (row ``i`` of the plot is ``names[order[i]]``). An empty matrix
     gives a figure that says so.
     """
     matrix = np.asarray(matrix, dtype=np.float64)
@@ -101,6 +103,10 @@ def similarity_heatmap(matrix: np.ndarray, names: Sequence[str], path: str | Pat
             axes.set_yticks([])
             axes.set_xlabel(f"{count} classes in clustered order, too many to name here; the CSV has the values")
         axes.tick_params(length=0)
+        if row_title:
+            axes.set_ylabel(row_title)
+        if column_title and font:
+            axes.set_xlabel(column_title)
         bar = figure.colorbar(image, ax=axes, fraction=0.04, pad=0.01)
         bar.set_label(colorbar_label)
     if title:
@@ -154,3 +160,99 @@ def embedding_map(coords: np.ndarray, values: Sequence, point_ids: Sequence[int]
         legend=dict(title=dict(text=colour_label), itemsizing="constant"),
         xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"))
     return figure
+
+
+def confusion_heatmap(rates: np.ndarray, names: Sequence[str], path: str | Path, *, title: str | None = None
+                      ) -> np.ndarray:
+    """The row-normalised confusion matrix ``rates`` (rows: true class, columns: predicted) as a
+    clustered heatmap, classes that are confused with each other side by side. The diagonal (correct
+    predictions) is left blank so that the colour scale, 0 to the largest confusion, shows the
+    mistakes; the title should carry the accuracy. Returns the order used (see
+    :func:`similarity_heatmap`, whose layout keeps 54 or 100 class names readable)."""
+    rates = np.asarray(rates, dtype=np.float64)
+    off_diagonal = rates.copy()
+    np.fill_diagonal(off_diagonal, np.nan)
+    largest = float(np.nanmax(off_diagonal)) if np.isfinite(off_diagonal).any() else 0.0
+    # Clustering needs finite values; blank cells are drawn from the NaN matrix below.
+    order = cluster_order(np.nan_to_num(off_diagonal + off_diagonal.T, nan=0.0)) if len(rates) else np.arange(0)
+    shown = off_diagonal[np.ix_(order, order)]
+    similarity_heatmap(shown, [names[i] for i in order], path, title=title, cluster=False, vmin=0.0,
+                       vmax=max(largest, 1e-9), colorbar_label="share of the true class predicted as the column's",
+                       row_title="true class", column_title="predicted class")
+    return order
+
+
+def training_curves(history: Mapping[str, Sequence[float]], path: str | Path, *,
+                    panels: Mapping[str, Sequence[str]], marked_epoch: int | None = None,
+                    marked_label: str = "best epoch", title: str | None = None) -> None:
+    """Curves over epochs side by side: ``history`` maps a column name (``epoch`` among them) to its
+    values, ``panels`` maps each panel's y-axis title to the columns drawn in it (e.g. ``{"loss":
+    ["train_loss", "val_loss"]}``). ``marked_epoch`` draws a vertical line (the kept weights)."""
+    epochs = np.asarray(history["epoch"])
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for axis, (y_title, columns) in zip(axes[0], panels.items()):
+        for column in columns:
+            axis.plot(epochs, np.asarray(history[column], dtype=np.float64), label=column.replace("_", " "))
+        if marked_epoch is not None:
+            axis.axvline(marked_epoch, color="grey", linestyle="--", linewidth=1, label=marked_label)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(y_title)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    save_figure(figure, path)
+
+
+def scatter_map(points: np.ndarray, groups: Sequence[str], path: str | Path, *, marked: np.ndarray | None = None,
+                marked_label: str = "marked", title: str | None = None) -> None:
+    """A 2-D map (UMAP, t-SNE, PCA) of ``points`` (N, 2), one colour per value of ``groups``, with
+    the rows where ``marked`` is true drawn as black crosses on top (e.g. misclassified images)."""
+    points = np.asarray(points, dtype=np.float64)
+    groups = np.asarray(groups, dtype=object)
+    figure, axis = plt.subplots(figsize=(6.5, 5.5))
+    for colour, group in enumerate(dict.fromkeys(groups)):
+        rows = groups == group
+        axis.scatter(points[rows, 0], points[rows, 1], s=14, alpha=0.7, color=f"C{colour % 10}",
+                     label=f"{group} ({int(rows.sum())})")
+    if marked is not None and np.any(marked):
+        marked = np.asarray(marked, dtype=bool)
+        axis.scatter(points[marked, 0], points[marked, 1], s=40, marker="x", color="black", linewidths=1.2,
+                     label=f"{marked_label} ({int(marked.sum())})")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.legend(fontsize=8, loc="best")
+    if title:
+        axis.set_title(title, fontsize=10)
+    save_figure(figure, path)
+
+
+def image_grid(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], path: str | Path, *,
+               title: str | None = None, cell: float = 1.3) -> None:
+    """Images in labelled rows: each row is (row title, RGB uint8 images, one caption per image).
+    An empty row shows its title and "none". Images keep their aspect ratio."""
+    columns = max([len(images) for _, images, _ in rows] + [1])
+    height = (cell + 0.5) * max(len(rows), 1)
+    figure, axes = plt.subplots(len(rows) or 1, columns, figsize=(cell * columns + 1.5, height), squeeze=False)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    for r, (row_title, images, captions) in enumerate(rows):
+        axes[r][0].text(-0.1, 0.5, row_title, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8,
+                        wrap=True)
+        if not len(images):
+            axes[r][0].text(0.5, 0.5, "none", transform=axes[r][0].transAxes, ha="center", va="center", fontsize=8)
+        for c, (image, caption) in enumerate(zip(images, captions)):
+            axes[r][c].imshow(image, interpolation="nearest")
+            axes[r][c].set_title(caption, fontsize=6)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    save_figure(figure, path)
+
+
+def note_figure(text: str, path: str | Path) -> None:
+    """A figure that only says ``text``: the stand-in for a plot that has nothing to show, so the
+    output exists and tells why."""
+    figure, axis = plt.subplots(figsize=(6, 2))
+    axis.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, wrap=True)
+    axis.set_axis_off()
+    save_figure(figure, path)

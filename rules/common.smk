@@ -42,6 +42,16 @@ def manifest_mb(input):
     return os.path.getsize(input.manifest) / 1e6 if os.path.exists(input.manifest) else 0.0
 
 
+def store_mb(input):
+    """Size of the job's feature store in MB: the classifier holds its classes' rows in memory."""
+    return os.path.getsize(input.features) / 1e6 if os.path.exists(input.features) else 0.0
+
+
+def classify_mem_mb(wildcards, input, attempt):
+    """The store's rows of the chosen classes (at most the whole store) twice, plus torch."""
+    return int((2500 + 2 * store_mb(input)) * attempt)
+
+
 def table_mem_mb(wildcards, input, attempt):
     """Memory of a job that holds the manifest in pandas (about 5x its CSV size) and streams the rest."""
     return int((1500 + 5 * manifest_mb(input)) * attempt)
