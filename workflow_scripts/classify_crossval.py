@@ -1,11 +1,10 @@
 """Rule classify_crossval: K-fold out-of-sample probabilities of the train split, for cleanlab."""
 
-import json
 import time
 
 import torch
 
-from embedlens.classify.data import choose_classes, crossval_problem, load_rows
+from embedlens.classify.data import crossval_problem, training_rows
 from embedlens.classify.results import remove_checkpoints, write_crossval
 from embedlens.classify.settings import ClassifySettings
 from embedlens.classify.training import out_of_fold_probabilities
@@ -17,9 +16,7 @@ log = job_logger("classify_crossval", snakemake.log[0])
 settings = ClassifySettings.from_config(snakemake.params.settings)
 store = FeatureStore(snakemake.input.features)
 store.check(dataset=snakemake.wildcards.dataset, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
-with open(snakemake.input.classes) as handle:
-    classes = choose_classes(settings.classes, json.load(handle), store, settings.train_split)
-rows = load_rows(store, settings.train_split, classes)
+classes, rows = training_rows(store, snakemake.input.classes, settings.classes, settings.train_split)
 problem = crossval_problem(classes, rows.targets, settings.folds, settings.val_fraction, settings.train_split)
 if problem:
     log.warning("no out-of-sample probabilities: %s", problem)

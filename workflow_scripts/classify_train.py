@@ -1,11 +1,10 @@
 """Rule classify_train: the MLP on the chosen classes' features, tested with its best-validation-loss weights."""
 
-import json
 import time
 
 import torch
 
-from embedlens.classify.data import choose_classes, classifier_problem, describe_classes, load_rows
+from embedlens.classify.data import classifier_problem, describe_classes, load_rows, training_rows
 from embedlens.classify.results import remove_checkpoints, write_training_outputs
 from embedlens.classify.settings import ClassifySettings
 from embedlens.classify.training import fit_mlp, hidden_sizes, predict_proba, train_val_split
@@ -17,9 +16,7 @@ log = job_logger("classify_train", snakemake.log[0])
 settings = ClassifySettings.from_config(snakemake.params.settings)
 store = FeatureStore(snakemake.input.features)
 store.check(dataset=snakemake.wildcards.dataset, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
-with open(snakemake.input.classes) as handle:
-    classes = choose_classes(settings.classes, json.load(handle), store, settings.train_split)
-rows = load_rows(store, settings.train_split, classes)
+classes, rows = training_rows(store, snakemake.input.classes, settings.classes, settings.train_split)
 problem = classifier_problem(classes, rows.targets, settings.val_fraction, settings.train_split)
 if problem:
     log.warning("no classifier: %s", problem)

@@ -3,9 +3,11 @@ plainly when the data cannot support a classifier or a K-fold estimate."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -61,6 +63,15 @@ def load_rows(store: FeatureStore, split: str, classes: ClassSet) -> LabelledRow
     labels = store.labels(split)[positions]
     return LabelledRows(store.features(split, positions).astype(np.float32, copy=False),
                         classes.targets(labels), store.index(split)[positions])
+
+
+def training_rows(store: FeatureStore, classes_json: str | Path, mode: str, train_split: str
+                  ) -> tuple[ClassSet, LabelledRows]:
+    """The classes a training rule works on (:func:`choose_classes` from the overlap stage's
+    ``classes.json``) and their rows of ``train_split``; ``store`` must already have passed its check."""
+    with open(classes_json) as handle:
+        classes = choose_classes(mode, json.load(handle), store, train_split)
+    return classes, load_rows(store, train_split, classes)
 
 
 def class_counts(targets: np.ndarray, classes: ClassSet) -> dict[str, int]:
