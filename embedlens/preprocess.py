@@ -69,32 +69,44 @@ PIL_PRECISION_BITS = 22  # PIL's fixed-point coefficients for 8-bit images
 
 
 @functools.lru_cache(maxsize=256)
-def pil_resample_weights(in_size: int, out_size: int, interpolation: str) -> np.ndarray:
-    """The (out_size, in_size) matrix of PIL's resampling coefficients along one axis, exactly as
-    ``Image.resize`` computes them for 8-bit images (antialiased: the support widens when
-    shrinking), including its rounding to fixed point."""
+def pil_resample_taps(in_size: int, out_size: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
+    """PIL's resampling coefficients along one axis, exactly as ``Image.resize`` computes them for
+    8-bit images (antialiased: the support widens when shrinking), rounded to its fixed point.
+
+    Returns ``(taps, weights)``, both (out_size, k): output pixel ``o`` is
+    ``sum(weights[o] * input[taps[o]])``; unused taps have weight 0 and point at pixel 0."""
     kernel, support = PIL_FILTERS[interpolation]
     scale = in_size / out_size
     filter_scale = max(scale, 1.0)
     support *= filter_scale
-    weights = np.zeros((out_size, in_size))
+    width = int(np.ceil(support)) * 2 + 1
+    taps = np.zeros((out_size, width), dtype=np.int64)
+    weights = np.zeros((out_size, width))
     for out in range(out_size):
         center = (out + 0.5) * scale
         first = max(int(center - support + 0.5), 0)
         last = min(int(center + support + 0.5), in_size)
-        taps = kernel((np.arange(first, last) - center + 0.5) / filter_scale)
-        total = taps.sum()
-        weights[out, first:last] = taps / total if total != 0 else taps
+        values = kernel((np.arange(first, last) - center + 0.5) / filter_scale)
+        total = values.sum()
+        taps[out, :last - first] = np.arange(first, last)
+        weights[out, :last - first] = values / total if total != 0 else values
     unit = float(1 << PIL_PRECISION_BITS)
-    return np.trunc(weights * unit + np.where(weights < 0, -0.5, 0.5)) / unit
+    return taps, np.trunc(weights * unit + np.where(weights < 0, -0.5, 0.5)) / unit
 
 
-def _pil_pass(image: torch.Tensor, weights: np.ndarray, axis: int) -> torch.Tensor:
-    """One resampling pass of NCHW ``image`` along ``axis`` (-1: width, -2: height), rounded and
-    clipped to 0..255 as PIL stores each pass in 8 bits."""
-    matrix = torch.from_numpy(weights).to(image.device, image.dtype)
-    out = torch.einsum("nchw,vw->nchv", image, matrix) if axis == -1 else \
-        torch.einsum("nchw,vh->ncvw", image, matrix)
+def _pil_pass(image: torch.Tensor, in_size: int, out_size: int, interpolation: str, axis: int) -> torch.Tensor:
+    """One resampling pass of NCHW ``image`` along ``axis`` (-1: width, -2: height), gathering each
+    output pixel's few taps (not a dense matrix: a 500-pixel row costs 7 taps per output, not 500),
+    rounded and clipped to 0..255 as PIL stores each pass in 8 bits."""
+    taps, weights = pil_resample_taps(in_size, out_size, interpolation)
+    index = torch.from_numpy(taps.reshape(-1)).to(image.device)
+    weights = torch.from_numpy(weights).to(image.device, image.dtype)
+    if axis == -1:
+        gathered = image.index_select(-1, index).unflatten(-1, taps.shape)       # N C H out k
+        out = torch.einsum("nchok,ok->ncho", gathered, weights)
+    else:
+        gathered = image.index_select(-2, index).unflatten(-2, taps.shape)       # N C out k W
+        out = torch.einsum("ncokw,ok->ncow", gathered, weights)
     return torch.floor(out + 0.5).clamp_(0.0, 255.0)
 
 
@@ -113,9 +125,9 @@ def _resize_shorter(image: torch.Tensor, size: int, interpolation: str) -> torch
     if interpolation == "nearest":
         return F.interpolate(image, size=(new_h, new_w), mode="nearest-exact")
     if new_w != width:
-        image = _pil_pass(image, pil_resample_weights(width, new_w, interpolation), axis=-1)
+        image = _pil_pass(image, width, new_w, interpolation, axis=-1)
     if new_h != height:
-        image = _pil_pass(image, pil_resample_weights(height, new_h, interpolation), axis=-2)
+        image = _pil_pass(image, height, new_h, interpolation, axis=-2)
     return image
 
 
