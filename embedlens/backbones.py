@@ -1,6 +1,6 @@
 """Frozen backbones behind one interface: a normalised image batch in, one float32 vector per image out.
 
-A backbone is described by a config entry (``backbones`` in ``schemas/config.schema.yaml``)::
+A backbone is described by a config entry (``backbones`` in ``embedlens/config.schema.yaml``)::
 
     {name, kind: timm | hf_dinov2 | hf_dinov3 | hf_clip, model, weights?, weights_layout, pretrained,
      preprocessing?: {resize, crop, interpolation, mean, std}}

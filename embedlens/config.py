@@ -1,4 +1,4 @@
-"""Load and validate the workflow configuration against ``schemas/config.schema.yaml``.
+"""Load and validate the workflow configuration against ``embedlens/config.schema.yaml``.
 
 Validation fills in every default the schema declares, so the rest of embedlens reads complete
 settings, and it reports every problem at once, each naming the key and what is allowed there.
@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"  # package data: installs validate too
 
 
 class ConfigError(ValueError):

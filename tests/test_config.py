@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 
 import pytest
 import yaml
 
-from embedlens.config import ConfigError, entry, load_config, validate_config
+from embedlens.config import SCHEMA_PATH, ConfigError, entry, load_config, validate_config
 
 from conftest import REPO
 
@@ -84,3 +89,33 @@ def test_entry_lookup_names_the_known_entries():
     assert entry(config, "backbones", "dino")["kind"] == "timm"
     with pytest.raises(KeyError, match="configured: cifar"):
         entry(config, "datasets", "imagenet")
+
+
+def test_an_installed_wheel_validates_configs_without_the_checkout(tmp_path):
+    """The schema is package data: a non-editable install (the Kubernetes image) finds it."""
+    source = tmp_path / "source"
+    for name in ("pyproject.toml", "README.md"):
+        source.mkdir(exist_ok=True)
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "embedlens", source / "embedlens", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "wheel"), str(source)], check=True, capture_output=True)
+    installed = tmp_path / "site"
+    with zipfile.ZipFile(next((tmp_path / "wheel").glob("embedlens-*.whl"))) as wheel:
+        wheel.extractall(installed)
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump({**MINIMAL, "extract": {"shard": 2}}))
+    script = ("import embedlens.config as c\n"
+              "print(c.SCHEMA_PATH)\n"
+              "c.load_config('my.yaml')\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(installed)})
+    assert result.stdout.startswith(str(installed / "embedlens")), result.stdout + result.stderr
+    assert "extract: unknown key(s) 'shard'" in result.stderr
+
+
+def test_snakemakes_own_validate_reads_the_packaged_schema():
+    from snakemake.utils import validate
+
+    config = copy.deepcopy(MINIMAL)
+    validate(config, str(SCHEMA_PATH))
+    assert config["extract"]["shards"] == 4
