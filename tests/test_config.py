@@ -91,6 +91,29 @@ def test_entry_lookup_names_the_known_entries():
         entry(config, "datasets", "imagenet")
 
 
+def test_keys_of_another_kind_are_refused_listing_only_the_kinds_keys():
+    config = copy.deepcopy(MINIMAL)
+    config["datasets"].append({"name": "pets", "kind": "folder", "root": "pictures", "num_classes": 3})
+    config["backbones"].append({"name": "clip", "kind": "hf_clip", "model": "openai/clip-vit-base-patch32",
+                                "weights": "clip.pth"})
+    with pytest.raises(ConfigError) as raised:
+        validate_config(config)
+    lines = str(raised.value).splitlines()[1:]
+    assert [line.strip() for line in lines] == [
+        "backbones[1]: unknown key(s) 'weights' for kind hf_clip; allowed keys: kind, model, name, "
+        "preprocessing, pretrained",
+        "datasets[1]: unknown key(s) 'num_classes' for kind folder; allowed keys: classes, extensions, kind, "
+        "max_per_class, name, root, splits",
+    ]
+
+
+def test_weights_layout_is_filled_in_for_timm_backbones_only():
+    config = copy.deepcopy(MINIMAL)
+    config["backbones"].append({"name": "dinov2", "kind": "hf_dinov2", "model": "facebook/dinov2-small"})
+    backbones = validate_config(config)["backbones"]
+    assert backbones[0]["weights_layout"] == "names" and "weights_layout" not in backbones[1]
+
+
 def test_an_installed_wheel_validates_configs_without_the_checkout(tmp_path):
     """The schema is package data: a non-editable install (the Kubernetes image) finds it."""
     source = tmp_path / "source"
