@@ -83,6 +83,18 @@ def report_pairs():
             for dataset in DATASETS for backbone in BACKBONES]
 
 
+def command_line_targets():
+    """The targets named on the snakemake command line (none: the default target). Snakemake hands its
+    own list to the workflow only after this file is parsed, so the plan reads the command line again."""
+    from snakemake.cli import get_argument_parser
+
+    try:
+        arguments, _ = get_argument_parser().parse_known_args(sys.argv[1:])
+    except SystemExit:  # not started from snakemake's command line
+        return []
+    return sorted(arguments.targets or [])
+
+
 def all_targets():
     """What `snakemake` builds without a target: the report, which needs every stage's outputs for every
     dataset x backbone, and the ImageNet subsets."""

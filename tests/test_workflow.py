@@ -298,3 +298,17 @@ def test_a_missing_weights_file_stops_the_run_before_any_job_naming_its_key(tmp_
     out = result.stdout + result.stderr
     assert f"backbones[1].weights: no file {tmp_path / 'missing.pth'}; give a weights file" in out, out
     assert "Job stats" not in out  # nothing was planned
+
+
+def test_a_run_prints_its_plan_and_the_keys_a_users_file_inherits(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(default_config()))
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump({"datasets": _tiny_config(1)["datasets"]}))
+    mine = str(tmp_path / "my.yaml")
+    merged = snakemake(tmp_path, "-n", "results/shapes/manifest.csv", "--configfile", mine)
+    dataset = next(line for line in merged.stderr.splitlines() if line.startswith("  dataset   shapes"))
+    assert dataset.startswith("  dataset   shapes (synthetic): 36 images (") and "train 24" in dataset
+    assert "  targets   results/shapes/manifest.csv" in merged.stderr
+    inherited = next(line for line in merged.stderr.splitlines() if line.startswith("  from config.yaml"))
+    assert inherited == "  from config.yaml, not from my.yaml: backbones, extract"
+    alone = snakemake(tmp_path, "-n", "--configfile", mine, "--replace-workflow-config", check=False)
+    assert "(top level): 'backbones' is a required property" in alone.stdout + alone.stderr
