@@ -14,12 +14,11 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from embedlens.datasets.cifar import ARCHIVE_FOLDER, archive_folder
+from embedlens.datasets.cifar import ARCHIVE_FILES, ARCHIVE_FOLDER, archive_folder
 from embedlens.datasets.imagenet import locate, resolve_wnid_list
 from embedlens.errors import BackboneLoadError
 from embedlens.weights import WEIGHT_SUFFIXES, resolve_weights_file
 
-CIFAR100_FILES = ("meta", "train", "test")
 HF_MODEL_KINDS = ("hf_dinov2", "hf_dinov3", "hf_clip")
 
 
@@ -53,7 +52,7 @@ def _dataset_problems(dataset: dict, key: str) -> list[str]:
     kind = dataset["kind"]
     if kind == "cifar100":
         folder = archive_folder(_path(dataset["root"]))
-        missing = [name for name in CIFAR100_FILES if not (folder / name).is_file()]
+        missing = [name for name in ARCHIVE_FILES if not (folder / name).is_file()]
         if missing and not dataset["download"]:
             return [f"{key}.root: no CIFAR-100 at {folder} (missing {', '.join(missing)}); set root to the "
                     f"folder that holds {ARCHIVE_FOLDER}/ (e.g. root: ../shared/datasets), or download: true"]

@@ -312,3 +312,15 @@ def test_a_run_prints_its_plan_and_the_keys_a_users_file_inherits(tmp_path):
     assert inherited == "  from config.yaml, not from my.yaml: backbones, extract"
     alone = snakemake(tmp_path, "-n", "--configfile", mine, "--replace-workflow-config", check=False)
     assert "(top level): 'backbones' is a required property" in alone.stdout + alone.stderr
+
+
+def test_two_cifar100_datasets_sharing_a_root_download_it_once(tmp_path):
+    shared = {"kind": "cifar100", "root": "resources/cifar100", "download": True}
+    config = {"datasets": [{"name": "all", **shared},
+                           {"name": "trees", **shared, "root": "resources/cifar100/cifar-100-python",
+                            "classes": ["maple_tree", "oak_tree"]}],
+              "backbones": [TINY_BACKBONE]}
+    counts = planned(tmp_path, config, "results/all/manifest.csv")
+    assert counts == {"download_cifar100": 1, "manifest": 1}
+    out = snakemake(tmp_path, "-n", "results/all/manifest.csv", "results/trees/manifest.csv", config=config).stdout
+    assert out.count("rule download_cifar100:") == 1 and out.count("rule manifest:") == 2, out
