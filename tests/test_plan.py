@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import yaml
+
 from embedlens.config import validate_config
 from embedlens.plan import inherited_keys, known_images, plan_text
+
+from conftest import REPO
 
 DEFAULT = {"datasets": [{"name": "cifar100", "kind": "cifar100"}],
            "backbones": [{"name": "dino_vits16", "kind": "timm", "model": "vit_small_patch16_224.dino"}],
@@ -51,3 +56,10 @@ def test_the_plan_names_what_runs_and_where_each_inherited_key_came_from(tmp_pat
     alone = plan_text(config, stages=["features"], targets=["results/pets/manifest.csv"], inherited=[],
                       default_file="config.yaml", user_files=["my.yaml"])
     assert alone.splitlines()[0] == "embedlens plan (config: my.yaml)" and "from config.yaml" not in alone
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_example_configs_are_complete(path):
+    """Merged over config.yaml, an example takes nothing from it: it runs the same on its own."""
+    default = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert inherited_keys(default, yaml.safe_load(path.read_text())) == []
