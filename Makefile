@@ -1,16 +1,22 @@
 # embedlens: set up and run in one command each.
 #   make run    create .venv, install, build results/report.html (every stage of config.yaml)
+#   make run CONFIG=my.yaml   the same with my.yaml alone (config.yaml's keys are not merged in)
 #   make demo   the same offline on a synthetic dataset with a real pretrained model
 #   make test   create .venv, install with test extras and the browser, run the test suite
 #   make lint   snakemake --lint
-#   make dag    the DAG of config.yaml as dag.svg (needs graphviz's dot)
+#   make dag    the DAG as dag.svg (needs graphviz's dot)
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-CORES ?= 8
+CORES ?= $(shell getconf _NPROCESSORS_ONLN 2>/dev/null || echo 4)
 GPUS ?= 1
-SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --resources gpu=$(GPUS)
+CONFIG ?=
+# One extraction job runs per GPU; they share the cores (at least one thread each).
+EXTRACT_THREADS := $(shell expr $(CORES) / $(GPUS) \| 1)
+# --replace-workflow-config: CONFIG is the whole configuration, not merged over config.yaml.
+CONFIG_FLAGS := $(if $(CONFIG),--configfile $(CONFIG) --replace-workflow-config)
+SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --resources gpu=$(GPUS) --set-threads extract_shard=$(EXTRACT_THREADS)
 REPORT := $(abspath results/report.html)
 
 .PHONY: install run demo test browser lint dag clean
@@ -26,11 +32,11 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed-demo
 
 run: $(VENV)/.installed-demo
-	$(SNAKEMAKE)
+	$(SNAKEMAKE) $(CONFIG_FLAGS)
 	@echo "report: $(REPORT)"
 
 demo: $(VENV)/.installed-demo
-	$(SNAKEMAKE) --configfile configs/demo.yaml
+	$(SNAKEMAKE) --configfile configs/demo.yaml --replace-workflow-config
 	@echo "report: $(REPORT)"
 
 # The browser test drives Debian's Chromium through Selenium; install it where we can (root with
@@ -46,10 +52,14 @@ test: $(VENV)/.installed-test browser
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-demo
-	$(BIN)/snakemake --lint
+	$(BIN)/snakemake $(CONFIG_FLAGS) --lint
 
+# dot writes dag.svg only from a complete DAG, so a failure leaves no empty dag.svg behind.
 dag: $(VENV)/.installed-demo
-	$(BIN)/snakemake --dag | dot -Tsvg > dag.svg
+	@command -v dot >/dev/null || { echo "make dag needs graphviz's dot: apt install graphviz (Debian, Ubuntu)," \
+	  "brew install graphviz (macOS) or conda install graphviz; then run make dag again"; exit 1; }
+	$(BIN)/snakemake $(CONFIG_FLAGS) --dag > .dag.dot && dot -Tsvg .dag.dot -o dag.svg; \
+	  status=$$?; rm -f .dag.dot; exit $$status
 
 clean:
 	rm -rf results .snakemake

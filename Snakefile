@@ -23,16 +23,26 @@ envvars:
     "PYTHONPATH",
 
 
+import yaml
+
 from embedlens.config import ConfigError, validate_config
+from embedlens.plan import inherited_keys, plan_text
+from embedlens.preflight import path_problems
 
 
-configfile: "config.yaml"
+DEFAULT_CONFIGFILE = "config.yaml"
+
+
+configfile: DEFAULT_CONFIGFILE
 
 
 try:
     validate_config(config)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+# Paths are checked once, by the process that plans the jobs: a missing file stops the run before any job.
+if workflow.is_main_process and (problems := path_problems(config)):
+    raise WorkflowError("paths in the configuration that are not there:\n  " + "\n  ".join(problems))
 
 
 report: "report/workflow.rst"
@@ -55,3 +65,20 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+# The plan, printed once by the process that plans the jobs (cluster jobs parse this file again).
+if workflow.is_main_process:
+    user_files = [os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
+                  for path in workflow.overwrite_configfiles]
+    merged = bool(user_files) and not workflow.config_settings.replace_workflow_config
+    if merged and os.path.exists(DEFAULT_CONFIGFILE):
+        with open(DEFAULT_CONFIGFILE) as handle:
+            inherited = inherited_keys(yaml.safe_load(handle) or {}, workflow.config_settings.overwrite_config)
+    else:
+        inherited = []
+    stages = [*STAGE_SUMMARIES, *(["subset"] if config["overlap"]["export"] else []),
+              *(["imagenet_subset"] if IMAGENET_SUBSET_NAMES else []), "report"]
+    print(plan_text(config, stages=stages,
+                    targets=command_line_targets() or all_targets(), inherited=inherited,
+                    default_file=DEFAULT_CONFIGFILE, user_files=user_files), file=sys.stderr)

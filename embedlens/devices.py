@@ -3,9 +3,12 @@
 Snakemake counts GPUs (``--resources gpu=N``) but does not say which GPU a job should use. Each model
 job therefore claims one GPU itself: it takes an exclusive ``flock`` on ``gpu-<id>.lock`` in a lock
 folder shared by the jobs of one machine, trying the GPUs in order. The lock belongs to the process, so
-it is released when the job ends, also when it is killed. A scheduler that already isolates GPUs
-(SLURM, Kubernetes) shows each job only its own GPU in ``CUDA_VISIBLE_DEVICES``; the claim then finds
-a single candidate and takes it.
+it is released when the job ends, also when it is killed.
+
+``<id>`` is the physical GPU's UUID. A scheduler that isolates GPUs (SLURM, Kubernetes) shows every
+job its own GPU as device 0, so a name taken from the index or from ``CUDA_VISIBLE_DEVICES`` would
+make two jobs of one user on one node wait for each other while each holds an idle GPU; their UUIDs
+differ, so each takes its own at once.
 """
 
 from __future__ import annotations
@@ -39,10 +42,19 @@ def default_lock_dir() -> Path:
     return Path(configured) if configured else Path(tempfile.gettempdir()) / f"embedlens-gpu-locks-{os.getuid()}"
 
 
-def visible_gpu_ids(count: int, cuda_visible_devices: str | None) -> list[str]:
-    """Stable names for the ``count`` visible GPUs: the entries of CUDA_VISIBLE_DEVICES when it is set
-    (so jobs that see the same physical GPU under different indices still collide on one lock), else
-    "0", "1", ..."""
+def device_uuid(index: int) -> str | None:
+    """The UUID of visible CUDA device ``index`` as torch reports it (None where it cannot)."""
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    return f"GPU-{uuid}" if uuid is not None else None
+
+
+def physical_gpu_ids(count: int, cuda_visible_devices: str | None) -> list[str]:
+    """Stable names for the ``count`` visible GPUs, the same whichever index a job sees a GPU under:
+    their UUIDs; where torch does not report them, the entries of CUDA_VISIBLE_DEVICES when it is set,
+    else "0", "1", ..."""
+    uuids = [device_uuid(i) for i in range(count)]
+    if all(uuids):
+        return uuids
     if cuda_visible_devices:
         names = [name.strip() for name in cuda_visible_devices.split(",") if name.strip()]
         if len(names) >= count:
@@ -64,7 +76,7 @@ class GpuClaim:
 
 def claim_gpu(gpu_names: list[str], lock_dir: str | Path | None = None,
               timeout: float = 24 * 3600.0, poll: float = 1.0) -> GpuClaim:
-    """Take the first free GPU among ``gpu_names`` (see :func:`visible_gpu_ids`), waiting while all are
+    """Take the first free GPU among ``gpu_names`` (see :func:`physical_gpu_ids`), waiting while all are
     taken. Raises TimeoutError after ``timeout`` seconds."""
     if not gpu_names:
         raise ValueError("no GPUs to claim")
@@ -73,12 +85,14 @@ def claim_gpu(gpu_names: list[str], lock_dir: str | Path | None = None,
     deadline = time.monotonic() + timeout
     while True:
         for index, name in enumerate(gpu_names):
-            handle = open(lock_dir / f"gpu-{name}.lock", "w")
+            # "a", not "w": opening must not empty the file of the job that holds the lock.
+            handle = open(lock_dir / f"gpu-{name}.lock", "a")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.close()
                 continue
+            handle.truncate(0)
             handle.write(f"{os.getpid()}\n")
             handle.flush()
             return GpuClaim(index, name, handle)
@@ -92,7 +106,7 @@ def acquire_device(preference: str = "auto") -> tuple[torch.device, GpuClaim | N
     device = resolve_device(preference)
     if device.type != "cuda":
         return device, None
-    names = visible_gpu_ids(torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    names = physical_gpu_ids(torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
     claim = claim_gpu(names)
     torch.cuda.set_device(claim.index)
     return torch.device("cuda", claim.index), claim

@@ -21,7 +21,8 @@ Layout of the subset root (the reference overlap notebook's names)::
   and its labels equal ``label_map.json`` (load such a split with ``allow_empty=True``).
 - Metadata columns, in order: new_class_name, original_dataset, original_class_name,
   original_label_idx, original_index_in_split, split, saved_path (relative to the root, with ``/``),
-  plus ``partner_similarity`` when the rows carry it (per-sample refinement).
+  then ``original_source_path`` (the absolute path of the source image) for file-backed kinds (folder,
+  imagenet), and ``partner_similarity`` when the rows carry it (per-sample refinement).
 - Pixels are lossless: array-backed images (CIFAR-100) are saved with PIL's PNG encoder; for
   file-backed kinds a PNG source file is copied byte for byte and any other format (JPEG, WebP, ...)
   is decoded to RGB by the dataset and saved as PNG, so the PNG holds exactly the decoded pixels.
@@ -49,6 +50,7 @@ from embedlens.manifest import SKIPPED_COLUMNS
 
 METADATA_COLUMNS = ["new_class_name", "original_dataset", "original_class_name", "original_label_idx",
                     "original_index_in_split", "split", "saved_path"]
+SOURCE_PATH_COLUMN = "original_source_path"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 KIND_PREFIXES = {"cifar100": "CIFAR100"}
 
@@ -166,6 +168,9 @@ def export_subset(dataset: ImageDataset, rows: pd.DataFrame, root: str | Path, *
                 "split": row.split,
                 "saved_path": relative,
             }
+            source_path = dataset.source_file(row.split, str(row.source))
+            if source_path is not None:
+                record[SOURCE_PATH_COLUMN] = str(Path(source_path).absolute())
             if similarity_column:
                 record[similarity_column] = float(getattr(row, similarity_column))
             meta.append(record)
@@ -182,7 +187,9 @@ def export_subset(dataset: ImageDataset, rows: pd.DataFrame, root: str | Path, *
         errors = _run(tasks, work, max(1, int(workers)))
         skipped = [{"split": t[0], "source": t[1], "reason": e} for t, e in zip(tasks, errors) if e]
         ok = [m for m, e in zip(meta, errors) if not e]
-        columns = METADATA_COLUMNS + ([similarity_column] if similarity_column else [])
+        file_backed = any(SOURCE_PATH_COLUMN in record for record in meta)
+        columns = (METADATA_COLUMNS + ([SOURCE_PATH_COLUMN] if file_backed else [])
+                   + ([similarity_column] if similarity_column else []))
         table = pd.DataFrame(ok, columns=columns)
         summary_images, per_class = {}, {}
         for split in splits:

@@ -75,7 +75,7 @@ class RefineSettings:
 
 @dataclass(frozen=True)
 class OverlapSettings:
-    """The ``overlap:`` section of the config (see ``schemas/config.schema.yaml``).
+    """The ``overlap:`` section of the config (see ``embedlens/config.schema.yaml``).
 
     ``splits``: the splits whose images feed the centroids; None takes every split of the feature
     store (for CIFAR-100: train and test, like the notebook). ``classes``: restrict the analysis to

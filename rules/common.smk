@@ -3,6 +3,7 @@
 import os
 
 from embedlens.config import entry
+from embedlens.datasets.cifar import ARCHIVE_FILES, archive_folder
 from embedlens.recipe import requested_recipe
 
 RESULTS = config["results"]
@@ -19,6 +20,29 @@ MAP_COLUMNS = {}
 wildcard_constraints:
     dataset="|".join(map(re.escape, DATASETS)),
     backbone="|".join(map(re.escape, BACKBONES)),
+
+
+def cifar100_downloads():
+    """The cifar-100-python/ folders that rule download_cifar100 fills, each with the config entries that
+    use it (cifar100 datasets with download: true): entries sharing a root share one download."""
+    folders = {}
+    for index, dataset in enumerate(config["datasets"]):
+        if dataset["kind"] == "cifar100" and dataset["download"]:
+            folder = os.path.normpath(archive_folder(dataset["root"]))
+            folders.setdefault(folder, []).append(f"datasets[{index}]")
+    return folders
+
+
+CIFAR100_DOWNLOADS = cifar100_downloads()
+
+
+def dataset_downloads(wildcards):
+    """The files that download_cifar100 makes for the {dataset} wildcard, when it is CIFAR-100 to download."""
+    dataset = dataset_spec(wildcards)
+    if dataset["kind"] != "cifar100" or not dataset["download"]:
+        return []
+    folder = os.path.normpath(archive_folder(dataset["root"]))
+    return [os.path.join(folder, name) for name in ARCHIVE_FILES]
 
 
 def dataset_spec(wildcards):
@@ -71,14 +95,6 @@ def extract_runtime(wildcards, input, attempt):
     return int((20 + images / 5 / 60) * attempt)
 
 
-def extract_threads():
-    """CPU threads per extraction job: the cores shared by the jobs that may run at once (one per GPU)."""
-    gpu = workflow.global_resources.get("gpu")
-    gpus = getattr(gpu, "value", gpu)
-    gpus = gpus if isinstance(gpus, int) and gpus > 0 else 1
-    return max(1, workflow.cores // gpus) if isinstance(workflow.cores, int) else 1
-
-
 def map_columns(wildcards):
     """The per-image colourings that stages register for the explore map of {dataset} x {backbone}."""
     return [pattern.format(dataset=wildcards.dataset, backbone=wildcards.backbone) for pattern in MAP_COLUMNS.values()]
@@ -91,6 +107,18 @@ def report_pairs():
              "subset": f"{RESULTS}/{dataset}/{backbone}/subset.json" if config["overlap"]["export"] else None,
              "explore": f"{RESULTS}/{dataset}/{backbone}/explore.html"}
             for dataset in DATASETS for backbone in BACKBONES]
+
+
+def command_line_targets():
+    """The targets named on the snakemake command line (none: the default target). Snakemake hands its
+    own list to the workflow only after this file is parsed, so the plan reads the command line again."""
+    from snakemake.cli import get_argument_parser
+
+    try:
+        arguments, _ = get_argument_parser().parse_known_args(sys.argv[1:])
+    except SystemExit:  # not started from snakemake's command line
+        return []
+    return sorted(arguments.targets or [])
 
 
 def all_targets():

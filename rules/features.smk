@@ -19,7 +19,9 @@ rule extract_shard:
     params:
         dataset=dataset_spec,
         recipe=feature_recipe,
-    threads: extract_threads()
+    # A number, not this host's cores / GPUs: a cluster job runs elsewhere. One job runs per GPU at a
+    # time; on a workstation with several, give each its share: --set-threads extract_shard=CORES/GPUS.
+    threads: 8
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: 8000 * attempt,

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 
 import pytest
 import yaml
 
-from embedlens.config import ConfigError, entry, load_config, validate_config
+from embedlens.config import SCHEMA_PATH, ConfigError, entry, load_config, validate_config
 
 from conftest import REPO
 
@@ -84,3 +89,56 @@ def test_entry_lookup_names_the_known_entries():
     assert entry(config, "backbones", "dino")["kind"] == "timm"
     with pytest.raises(KeyError, match="configured: cifar"):
         entry(config, "datasets", "imagenet")
+
+
+def test_keys_of_another_kind_are_refused_listing_only_the_kinds_keys():
+    config = copy.deepcopy(MINIMAL)
+    config["datasets"].append({"name": "pets", "kind": "folder", "root": "pictures", "num_classes": 3})
+    config["backbones"].append({"name": "clip", "kind": "hf_clip", "model": "openai/clip-vit-base-patch32",
+                                "weights": "clip.pth"})
+    with pytest.raises(ConfigError) as raised:
+        validate_config(config)
+    lines = str(raised.value).splitlines()[1:]
+    assert [line.strip() for line in lines] == [
+        "backbones[1]: unknown key(s) 'weights' for kind hf_clip; allowed keys: kind, model, name, "
+        "preprocessing, pretrained",
+        "datasets[1]: unknown key(s) 'num_classes' for kind folder; allowed keys: classes, extensions, kind, "
+        "max_per_class, name, root, splits",
+    ]
+
+
+def test_weights_layout_is_filled_in_for_timm_backbones_only():
+    config = copy.deepcopy(MINIMAL)
+    config["backbones"].append({"name": "dinov2", "kind": "hf_dinov2", "model": "facebook/dinov2-small"})
+    backbones = validate_config(config)["backbones"]
+    assert backbones[0]["weights_layout"] == "names" and "weights_layout" not in backbones[1]
+
+
+def test_an_installed_wheel_validates_configs_without_the_checkout(tmp_path):
+    """The schema is package data: a non-editable install (the Kubernetes image) finds it."""
+    source = tmp_path / "source"
+    for name in ("pyproject.toml", "README.md"):
+        source.mkdir(exist_ok=True)
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "embedlens", source / "embedlens", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "wheel"), str(source)], check=True, capture_output=True)
+    installed = tmp_path / "site"
+    with zipfile.ZipFile(next((tmp_path / "wheel").glob("embedlens-*.whl"))) as wheel:
+        wheel.extractall(installed)
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump({**MINIMAL, "extract": {"shard": 2}}))
+    script = ("import embedlens.config as c\n"
+              "print(c.SCHEMA_PATH)\n"
+              "c.load_config('my.yaml')\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(installed)})
+    assert result.stdout.startswith(str(installed / "embedlens")), result.stdout + result.stderr
+    assert "extract: unknown key(s) 'shard'" in result.stderr
+
+
+def test_snakemakes_own_validate_reads_the_packaged_schema():
+    from snakemake.utils import validate
+
+    config = copy.deepcopy(MINIMAL)
+    validate(config, str(SCHEMA_PATH))
+    assert config["extract"]["shards"] == 4

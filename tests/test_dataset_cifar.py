@@ -10,6 +10,7 @@ import pytest
 import torchvision.datasets
 
 from embedlens.datasets import open_dataset
+from embedlens.errors import FetchError
 from embedlens.manifest import MANIFEST_COLUMNS
 
 
@@ -52,11 +53,11 @@ def test_a_failed_download_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
     dataset = open_dataset({"name": "c", "kind": "cifar100", "root": str(tmp_path / "cifar"), "download": True})
-    with pytest.raises(RuntimeError) as raised:
+    with pytest.raises(FetchError) as raised:
         dataset.scan()
     message = str(raised.value)
     assert "could not download CIFAR-100" in message and "name resolution" in message
-    assert "point root at a local copy" in message and "download: false" in message
+    assert "point root of dataset 'c' at a local copy" in message and "download: false" in message
 
 
 def test_unknown_split_is_refused():

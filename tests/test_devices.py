@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 
 import pytest
 import torch
 
-from embedlens.devices import claim_gpu, resolve_device, visible_gpu_ids
+from embedlens import devices
+from embedlens.devices import claim_gpu, physical_gpu_ids, resolve_device
 
 
 def test_auto_takes_the_cpu_without_cuda(monkeypatch):
@@ -25,10 +27,38 @@ def test_auto_takes_cuda_when_present(monkeypatch):
     assert resolve_device("cpu").type == "cpu"
 
 
-def test_visible_gpu_names_follow_cuda_visible_devices():
-    assert visible_gpu_ids(3, None) == ["0", "1", "2"]
-    assert visible_gpu_ids(2, "5,7") == ["5", "7"]
-    assert visible_gpu_ids(2, "GPU-aaaa, GPU-bbbb") == ["GPU-aaaa", "GPU-bbbb"]
+def test_gpus_are_named_by_uuid_else_by_cuda_visible_devices(monkeypatch):
+    monkeypatch.setattr(devices, "device_uuid", lambda index: f"GPU-{index}aaa")
+    assert physical_gpu_ids(2, "5,7") == ["GPU-0aaa", "GPU-1aaa"]
+    monkeypatch.setattr(devices, "device_uuid", lambda index: None)
+    assert physical_gpu_ids(3, None) == ["0", "1", "2"]
+    assert physical_gpu_ids(2, "5,7") == ["5", "7"]
+    assert physical_gpu_ids(2, "GPU-aaaa, GPU-bbbb") == ["GPU-aaaa", "GPU-bbbb"]
+
+
+def node_job_claims(monkeypatch, uuid: str, lock_dir, timeout: float = 0.3):
+    """What a job that a scheduler isolated to one GPU claims: it sees that GPU as device 0."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(devices, "device_uuid", lambda index: uuid)
+    return claim_gpu(physical_gpu_ids(1, "0"), lock_dir, timeout=timeout, poll=0.05)
+
+
+def test_jobs_isolated_to_different_gpus_of_one_node_do_not_wait_for_each_other(tmp_path, monkeypatch):
+    first = node_job_claims(monkeypatch, "GPU-1111", tmp_path)
+    second = node_job_claims(monkeypatch, "GPU-2222", tmp_path)  # would time out if keyed by "0"
+    assert (first.name, second.name) == ("GPU-1111", "GPU-2222") and first.index == second.index == 0
+    with pytest.raises(TimeoutError, match="stayed taken"):
+        node_job_claims(monkeypatch, "GPU-1111", tmp_path)  # the same physical GPU is still taken
+    first.release()
+    second.release()
+
+
+def test_a_waiting_job_leaves_the_holders_lock_file_intact(tmp_path):
+    holder = claim_gpu(["GPU-1111"], tmp_path, timeout=1, poll=0.05)
+    with pytest.raises(TimeoutError):
+        claim_gpu(["GPU-1111"], tmp_path, timeout=0.2, poll=0.05)
+    assert (tmp_path / "gpu-GPU-1111.lock").read_text() == f"{os.getpid()}\n"
+    holder.release()
 
 
 def _hold_claim(names, lock_dir, queue, hold_seconds):

@@ -188,6 +188,9 @@ def test_file_backed_export_copies_png_bytes_and_reencodes_jpeg_losslessly(tmp_p
         "train/my_photos_z/my_photos_train_orig-idx-1_label-1.png",
         "train/my_photos_x_y/my_photos_train_orig-idx-2_label-0.png"]
     assert (root / meta["saved_path"][0]).read_bytes() == (src / "one.png").read_bytes()
+    # every row leads back to its source file
+    assert list(meta.columns) == METADATA_COLUMNS + ["original_source_path"]
+    assert meta["original_source_path"].tolist() == [str(src / name) for name in ("one.png", "two.jpg", "three.webp")]
     for i in (1, 2):
         with Image.open(root / meta["saved_path"][i]) as image:
             assert image.format == "PNG"

@@ -17,7 +17,7 @@ import torch
 
 from embedlens.backbones import load_backbone
 from embedlens.datasets import open_dataset
-from embedlens.devices import acquire_device, claim_gpu, visible_gpu_ids
+from embedlens.devices import acquire_device, claim_gpu, physical_gpu_ids
 from embedlens.extract import extract_features
 
 pytestmark = [pytest.mark.gpu,
@@ -107,7 +107,7 @@ def _claim_and_report(messages) -> None:
 def test_the_claim_gives_a_real_gpu_and_a_second_job_waits_until_it_is_free(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDLENS_GPU_LOCK_DIR", str(tmp_path))
     device, claim = acquire_device("cuda")
-    names = visible_gpu_ids(torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    names = physical_gpu_ids(torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
     # Hold the other visible GPUs too, so that the second job finds none free however many there are.
     others = [claim_gpu(names, tmp_path, timeout=10, poll=0.05) for _ in names[1:]]
     child = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -28,3 +29,56 @@ def test_an_exception_that_ends_the_job_is_in_its_log(tmp_path):
     assert "the job failed" in text and "classes ['unicorn'] are not in this dataset" in text
     assert "Traceback" in text
     assert "unicorn" in result.stderr
+
+
+def run_job(tmp_path, body: str, imports: str = "", **env) -> tuple[subprocess.CompletedProcess, str]:
+    """Run a job script that runs ``imports``, sets up its log at ``tmp_path/job.log`` (as the workflow's
+    scripts do, after their imports) and then runs ``body``; returns the process and the log's text."""
+    log_file = tmp_path / "job.log"
+    script = f"{imports}from embedlens.logs import job_logger\nlog = job_logger('job', {str(log_file)!r})\n{body}"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, **env})
+    return result, log_file.read_text()
+
+
+def test_library_warnings_and_stray_stderr_reach_the_log(tmp_path):
+    body = ("import logging, sys, warnings\n"
+            "warnings.warn('palette images with transparency should be converted')\n"
+            "logging.getLogger('timm.models._builder').warning('unexpected keys in the checkpoint')\n"
+            "transformers.logging.get_logger('transformers.modeling_utils').warning('some weights were not used')\n"
+            "print('a line written straight to stderr', file=sys.stderr)\n"
+            "log.info('shard 1-of-2: done')\n")
+    # transformers sets up its own handler on stderr when it is imported, before the log exists
+    result, text = run_job(tmp_path, body, imports="import transformers\n")
+    assert result.returncode == 0, result.stderr
+    for line in ("UserWarning: palette images with transparency should be converted",
+                 "timm.models._builder WARNING unexpected keys in the checkpoint",
+                 "some weights were not used", "a line written straight to stderr",
+                 "embedlens.job INFO shard 1-of-2: done"):
+        assert line in text, line
+        assert text.count(line) == 1 and line in result.stderr, line  # once in the log, and on the terminal
+
+
+FETCH_FAILURE = ("from embedlens.errors import BackboneLoadError\n"
+                 "def load():\n"
+                 "    raise OSError('We could not connect to the hub and the model is not in the cache')\n"
+                 "try:\n"
+                 "    load()\n"
+                 "except OSError as error:\n"
+                 "    raise BackboneLoadError(\"backbone 'dino': could not fetch the weights; set weights:\") from error\n")
+
+
+def test_a_fetch_failure_ends_the_job_with_one_paragraph_and_no_traceback(tmp_path):
+    result, text = run_job(tmp_path, FETCH_FAILURE)
+    assert result.returncode != 0
+    for output in (text, result.stderr):
+        assert "the job failed: backbone 'dino': could not fetch the weights; set weights:" in output
+        assert "Traceback" not in output and "could not connect to the hub" not in output
+        assert "EMBEDLENS_DEBUG=1" in output
+    assert text.count("the job failed") == 1
+
+
+def test_embedlens_debug_shows_the_traceback_of_a_fetch_failure(tmp_path):
+    result, text = run_job(tmp_path, FETCH_FAILURE, EMBEDLENS_DEBUG="1")
+    assert result.returncode != 0
+    assert "Traceback" in text and "could not connect to the hub" in text and "set weights:" in text

@@ -288,3 +288,39 @@ def test_images_that_pass_the_header_check_but_fail_to_decode_are_skipped_at_ext
     logs = "".join(p.read_text() for p in (tmp_path / "run" / "results" / "logs" / "extract").rglob("*.log"))
     assert "skipped train image" in logs and "0a_garbled.jpg" in logs
     assert (root / "dogs" / "0a_garbled.jpg").read_bytes() == garbled_jpeg(jpeg)  # inputs untouched
+
+
+def test_a_missing_weights_file_stops_the_run_before_any_job_naming_its_key(tmp_path):
+    config = _tiny_config(shards=1)
+    config["backbones"].append({**TINY_BACKBONE, "name": "own", "pretrained": True, "weights": "missing.pth"})
+    result = snakemake(tmp_path, "-n", config=config, check=False)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert f"backbones[1].weights: no file {tmp_path / 'missing.pth'}; give a weights file" in out, out
+    assert "Job stats" not in out  # nothing was planned
+
+
+def test_a_run_prints_its_plan_and_the_keys_a_users_file_inherits(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(default_config()))
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump({"datasets": _tiny_config(1)["datasets"]}))
+    mine = str(tmp_path / "my.yaml")
+    merged = snakemake(tmp_path, "-n", "results/shapes/manifest.csv", "--configfile", mine)
+    dataset = next(line for line in merged.stderr.splitlines() if line.startswith("  dataset   shapes"))
+    assert dataset.startswith("  dataset   shapes (synthetic): 36 images (") and "train 24" in dataset
+    assert "  targets   results/shapes/manifest.csv" in merged.stderr
+    inherited = next(line for line in merged.stderr.splitlines() if line.startswith("  from config.yaml"))
+    assert inherited == "  from config.yaml, not from my.yaml: backbones, extract"
+    alone = snakemake(tmp_path, "-n", "--configfile", mine, "--replace-workflow-config", check=False)
+    assert "(top level): 'backbones' is a required property" in alone.stdout + alone.stderr
+
+
+def test_two_cifar100_datasets_sharing_a_root_download_it_once(tmp_path):
+    shared = {"kind": "cifar100", "root": "resources/cifar100", "download": True}
+    config = {"datasets": [{"name": "all", **shared},
+                           {"name": "trees", **shared, "root": "resources/cifar100/cifar-100-python",
+                            "classes": ["maple_tree", "oak_tree"]}],
+              "backbones": [TINY_BACKBONE]}
+    counts = planned(tmp_path, config, "results/all/manifest.csv")
+    assert counts == {"download_cifar100": 1, "manifest": 1}
+    out = snakemake(tmp_path, "-n", "results/all/manifest.csv", "results/trees/manifest.csv", config=config).stdout
+    assert out.count("rule download_cifar100:") == 1 and out.count("rule manifest:") == 2, out

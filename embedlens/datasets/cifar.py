@@ -8,8 +8,34 @@ import numpy as np
 import pandas as pd
 
 from embedlens.datasets.base import DatasetScan, ImageDataset
+from embedlens.errors import FetchError
 
 ARCHIVE_FOLDER = "cifar-100-python"
+ARCHIVE_FILES = ("meta", "train", "test")
+
+
+def archive_folder(root: str | Path) -> Path:
+    """The ``cifar-100-python/`` folder that a config's ``root`` names: root itself when it is that
+    folder, else the folder of that name inside root."""
+    root = Path(root)
+    return root if root.name == ARCHIVE_FOLDER else root / ARCHIVE_FOLDER
+
+
+def download_cifar100(root: str | Path, keys: str) -> None:
+    """Fetch CIFAR-100 into ``root`` (the folder that receives ``cifar-100-python/``) with torchvision.
+
+    A failure is a :class:`FetchError` of one paragraph: what could not be fetched, and how ``keys``
+    (the config entries that use this root, e.g. ``datasets[0]``) can point at a local copy instead.
+    """
+    from torchvision.datasets import CIFAR100
+
+    try:
+        CIFAR100(str(root), train=True, download=True)
+    except Exception as error:  # torchvision raises URLError, HTTPError, RuntimeError, ...
+        raise FetchError(
+            f"could not download CIFAR-100 into {root} ({error}). Without a network, point root of "
+            f"{keys} at a local copy: the folder that holds {ARCHIVE_FOLDER}/ with meta, train and test, "
+            f"and set download: false, e.g.\n    root: ../shared/datasets\n    download: false") from error
 
 
 class Cifar100(ImageDataset):
@@ -28,8 +54,7 @@ class Cifar100(ImageDataset):
         unknown = sorted(set(self.splits) - {"train", "test"})
         if unknown:
             raise ValueError(f"dataset {self.name!r}: CIFAR-100 has splits train and test, not {unknown}")
-        root = Path(spec.get("root", "resources/cifar100"))
-        self.root = root.parent if root.name == ARCHIVE_FOLDER else root
+        self.root = archive_folder(spec.get("root", "resources/cifar100")).parent
         self.download = bool(spec.get("download", True))
         self._arrays: dict[str, np.ndarray] = {}
 
@@ -41,16 +66,9 @@ class Cifar100(ImageDataset):
             raise FileNotFoundError(
                 f"dataset {self.name!r}: no CIFAR-100 at {self.root / ARCHIVE_FOLDER}; set root to the "
                 f"folder that holds {ARCHIVE_FOLDER}/ (with meta, train, test) or set download: true")
-        try:
-            return CIFAR100(str(self.root), train=split == "train", download=not present)
-        except Exception as error:  # torchvision raises URLError, HTTPError, RuntimeError, ...
-            if present:
-                raise
-            raise RuntimeError(
-                f"dataset {self.name!r}: could not download CIFAR-100 into {self.root} ({error}). "
-                f"Without a network, point root at a local copy: the folder that holds "
-                f"{ARCHIVE_FOLDER}/ with meta, train and test (e.g. root: ../shared/datasets), "
-                f"and set download: false") from error
+        if not present:  # the workflow's download rule fetched it before; this is for use as a library
+            download_cifar100(self.root, f"dataset {self.name!r}")
+        return CIFAR100(str(self.root), train=split == "train", download=False)
 
     def _scan(self) -> DatasetScan:
         frames, class_names = [], []

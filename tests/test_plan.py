@@ -1,0 +1,65 @@
+"""The plan a run prints first: effective datasets, backbones, stages, targets, and inherited keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from embedlens.config import validate_config
+from embedlens.plan import inherited_keys, known_images, plan_text
+
+from conftest import REPO
+
+DEFAULT = {"datasets": [{"name": "cifar100", "kind": "cifar100"}],
+           "backbones": [{"name": "dino_vits16", "kind": "timm", "model": "vit_small_patch16_224.dino"}],
+           "extract": {"shards": 4, "batch_size": 64, "amp": True}}
+
+
+def test_inherited_keys_follow_snakemakes_merge():
+    mine = {"datasets": [{"name": "pets", "kind": "folder", "root": "pictures"}], "extract": {"shards": 2}}
+    assert inherited_keys(DEFAULT, mine) == ["backbones", "extract.batch_size", "extract.amp"]
+    # a list is replaced whole, never merged entry by entry
+    assert inherited_keys(DEFAULT, {**DEFAULT, "datasets": []}) == []
+
+
+def test_known_images_from_an_earlier_scan_or_from_synthetic_settings(tmp_path):
+    synthetic = validate_config({"datasets": [{"name": "shapes", "kind": "synthetic", "num_classes": 4}],
+                                 "backbones": DEFAULT["backbones"]})["datasets"][0]
+    assert known_images(synthetic, tmp_path) == {"train": 160, "test": 40}
+    pets = {"name": "pets", "kind": "folder", "root": "pictures"}
+    assert known_images(pets, tmp_path) is None
+    (tmp_path / "pets").mkdir()
+    (tmp_path / "pets" / "dataset.json").write_text(json.dumps({"images": {"train": 5}}))
+    assert known_images(pets, tmp_path) == {"train": 5}
+
+
+def test_the_plan_names_what_runs_and_where_each_inherited_key_came_from(tmp_path):
+    config = validate_config({"results": str(tmp_path),
+                              "datasets": [{"name": "pets", "kind": "folder", "root": "pictures"},
+                                           {"name": "shapes", "kind": "synthetic", "num_classes": 3}],
+                              "backbones": DEFAULT["backbones"]})
+    text = plan_text(config, stages=["features", "overlap", "report"], targets=["results/report.html"],
+                     inherited=["backbones", "extract.amp"], default_file="config.yaml", user_files=["my.yaml"])
+    assert text.splitlines() == [
+        "embedlens plan (config: my.yaml over config.yaml)",
+        "  dataset   pets (folder pictures): images counted by the manifest job",
+        "  dataset   shapes (synthetic): 150 images (train 120, test 30)",
+        "  backbone  dino_vits16 (timm vit_small_patch16_224.dino, hub weights)",
+        "  stages    features, overlap, report",
+        "  targets   results/report.html",
+        "  from config.yaml, not from my.yaml: backbones, extract.amp",
+        "  (to run without config.yaml: make run CONFIG=my.yaml, or snakemake --configfile my.yaml "
+        "--replace-workflow-config)",
+    ]
+    alone = plan_text(config, stages=["features"], targets=["results/pets/manifest.csv"], inherited=[],
+                      default_file="config.yaml", user_files=["my.yaml"])
+    assert alone.splitlines()[0] == "embedlens plan (config: my.yaml)" and "from config.yaml" not in alone
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_example_configs_are_complete(path):
+    """Merged over config.yaml, an example takes nothing from it: it runs the same on its own."""
+    default = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert inherited_keys(default, yaml.safe_load(path.read_text())) == []
