@@ -15,7 +15,7 @@ TRAINING_KEYS = ("val_fraction", "hidden_fractions", "dropout", "learning_rate",
 
 @dataclass(frozen=True)
 class ClassifySettings:
-    """Every key of the schema's ``classify`` section; see ``schemas/config.schema.yaml`` for each one."""
+    """Every key of the schema's ``classify`` section; see ``embedlens/config.schema.yaml`` for each one."""
 
     enabled: bool
     classes: str
@@ -60,7 +60,7 @@ class ClassifySettings:
         unknown, missing = sorted(set(section) - known), sorted(known - set(section))
         if unknown or missing:
             raise ValueError(f"classify: unknown key(s) {unknown}, missing key(s) {missing}; validate the config "
-                             f"against schemas/config.schema.yaml (it fills in the defaults)")
+                             f"against embedlens/config.schema.yaml (it fills in the defaults)")
         values = dict(section)
         values["hidden_fractions"] = tuple(float(f) for f in values["hidden_fractions"])
         return cls(**values)
