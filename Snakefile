@@ -43,6 +43,7 @@ include: "rules/datasets.smk"
 include: "rules/features.smk"
 include: "rules/overlap.smk"
 include: "rules/imagenet_subset.smk"
+include: "rules/novelty.smk"
 
 
 rule all:

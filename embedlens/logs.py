@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -44,3 +46,14 @@ def _log_uncaught_exceptions(file_handler: logging.Handler, formatter: logging.F
         previous(kind, value, traceback)
 
     sys.excepthook = hook
+
+
+@contextmanager
+def exit_on(logger: logging.Logger, *errors: type[BaseException]) -> Iterator[None]:
+    """Turn ``errors`` (bad input the user can fix, whose message says how) into one clear log line and
+    exit status 1, instead of a stack trace; any other exception propagates as usual."""
+    try:
+        yield
+    except errors as error:
+        logger.error("%s", error)
+        sys.exit(1)

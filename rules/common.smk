@@ -59,8 +59,10 @@ def extract_threads():
 
 # Every analysis stage registers here the summary.json it writes for each dataset x backbone (a path
 # with {dataset} and {backbone}), when the config enables it; the report renders each one, and
-# `snakemake` without a target builds them all.
+# `snakemake` without a target builds them all. A stage that runs on some datasets only (novelty leaves
+# out the datasets it merely scores) lists them in STAGE_DATASETS under the same name.
 STAGE_SUMMARIES = {}
+STAGE_DATASETS = {}
 
 
 def all_targets():
@@ -69,6 +71,7 @@ def all_targets():
                 f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/classes.json"]
     if config["overlap"]["export"]:
         per_pair.append(f"{RESULTS}/{{dataset}}/{{backbone}}/subset.json")
-    per_pair.extend(STAGE_SUMMARIES.values())
-    return expand(per_pair, dataset=DATASETS, backbone=BACKBONES) + expand(
+    summaries = [path for stage, summary in STAGE_SUMMARIES.items()
+                 for path in expand(summary, dataset=STAGE_DATASETS.get(stage, DATASETS), backbone=BACKBONES)]
+    return expand(per_pair, dataset=DATASETS, backbone=BACKBONES) + summaries + expand(
         f"{RESULTS}/imagenet_subset/{{name}}.npz", name=IMAGENET_SUBSET_NAMES)
