@@ -21,6 +21,9 @@ NOVELTY = config["novelty"]
 NOVELTY_SCORED = list(NOVELTY["score_datasets"])
 NOVELTY_FITTED = [name for name in DATASETS if name not in NOVELTY_SCORED]
 NOVELTY_DIR = f"{RESULTS}/{{dataset}}/{{backbone}}/novelty"
+# What the rules' results depend on: adding a dataset to score later, or switching the stage off and on,
+# must not refit the model.
+NOVELTY_SETTINGS = {key: value for key, value in NOVELTY.items() if key not in ("enabled", "score_datasets")}
 
 _unknown = sorted(set(NOVELTY_SCORED) - set(DATASETS))
 if _unknown:
@@ -70,7 +73,7 @@ rule novelty_fit:
     wildcard_constraints:
         dataset="|".join(map(re.escape, NOVELTY_FITTED)) or "(?!)",
     params:
-        novelty=NOVELTY,
+        novelty=NOVELTY_SETTINGS,
         dataset=dataset_spec,
         recipe=feature_recipe,
     resources:
@@ -94,7 +97,7 @@ rule novelty_quality:
         draws=f"{NOVELTY_DIR}/quality_draws.csv",
         document=f"{NOVELTY_DIR}/quality.json",
     params:
-        novelty=NOVELTY,
+        novelty=NOVELTY_SETTINGS,
         dataset=dataset_spec,
         recipe=feature_recipe,
     resources:
@@ -122,7 +125,7 @@ rule novelty_score:
     wildcard_constraints:
         new="|".join(map(re.escape, NOVELTY_SCORED)) or "(?!)",
     params:
-        novelty=NOVELTY,
+        novelty=NOVELTY_SETTINGS,
         dataset=lambda wildcards: entry(config, "datasets", wildcards.new),
         recipe=scored_recipe,
     resources:
