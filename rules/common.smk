@@ -42,6 +42,30 @@ def table_mem_mb(wildcards, input, attempt):
     return int((1500 + 5 * manifest_mb(input)) * attempt)
 
 
+def features_mb(input):
+    """Size of the job's feature store (input.features, plus input.model when it has one) in MB."""
+    paths = [input.features] + ([input.model] if hasattr(input, "model") else [])
+    return sum(os.path.getsize(path) for path in paths if os.path.exists(path)) / 1e6
+
+
+def features_mem_mb(wildcards, input, attempt):
+    """Memory of a job that holds a feature store in memory: about four copies of the features (raw,
+    normalised, a reference for the k-NN search, the rows it scores) plus the libraries."""
+    return int((2000 + 4 * features_mb(input)) * attempt)
+
+
+def features_runtime(wildcards, input, attempt):
+    """Minutes for a job that clusters a feature store and searches its nearest neighbours on the CPU
+    (60,000 x 1280 features, 300 MB: about 10 minutes on 2 cores)."""
+    return int((15 + features_mb(input) / 20) * attempt)
+
+
+def new_dataset_recipe(wildcards):
+    """The feature recipe of the {new} dataset with the {backbone}: rules that read a second dataset's
+    store (besides {dataset}'s) check it against this."""
+    return requested_recipe(entry(config, "datasets", wildcards.new), backbone_spec(wildcards), config["extract"])
+
+
 def extract_runtime(wildcards, input, attempt):
     """Minutes for one extraction shard: its images at a CPU's pace (~10 images/s) plus start-up."""
     rows_per_mb = 15000  # a manifest line is ~60-70 bytes

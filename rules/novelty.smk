@@ -39,23 +39,6 @@ if NOVELTY["enabled"]:
     STAGE_DATASETS["novelty"] = NOVELTY_FITTED
 
 
-def novelty_mem_mb(wildcards, input, attempt):
-    """Memory of a novelty job: the features in memory about four times (raw, normalised, the kNN
-    reference, the scored rows), plus the libraries."""
-    return int((2000 + 4 * os.path.getsize(input.features) / 1e6) * attempt)
-
-
-def novelty_runtime(wildcards, input, attempt):
-    """Minutes: k-means and the exhaustive kNN search grow with the store (60,000 x 1280 on 2 CPU
-    cores: about 10 minutes)."""
-    return int((15 + os.path.getsize(input.features) / 1e6 / 20) * attempt)
-
-
-def scored_recipe(wildcards):
-    """The feature recipe of the {new} dataset embedded with the {backbone} (for its store check)."""
-    return requested_recipe(entry(config, "datasets", wildcards.new), backbone_spec(wildcards), config["extract"])
-
-
 rule novelty_fit:
     input:
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
@@ -77,8 +60,8 @@ rule novelty_fit:
         dataset=dataset_spec,
         recipe=feature_recipe,
     resources:
-        mem_mb=novelty_mem_mb,
-        runtime=novelty_runtime,
+        mem_mb=features_mem_mb,
+        runtime=features_runtime,
     log:
         f"{RESULTS}/logs/novelty_fit/{{dataset}}/{{backbone}}.log",
     conda:
@@ -101,8 +84,8 @@ rule novelty_quality:
         dataset=dataset_spec,
         recipe=feature_recipe,
     resources:
-        mem_mb=novelty_mem_mb,
-        runtime=lambda wildcards, input, attempt: novelty_runtime(wildcards, input, attempt) * max(
+        mem_mb=features_mem_mb,
+        runtime=lambda wildcards, input, attempt: features_runtime(wildcards, input, attempt) * max(
             1, NOVELTY["quality"]["draws"]),
     log:
         f"{RESULTS}/logs/novelty_quality/{{dataset}}/{{backbone}}.log",
@@ -127,11 +110,10 @@ rule novelty_score:
     params:
         novelty=NOVELTY_SETTINGS,
         dataset=lambda wildcards: entry(config, "datasets", wildcards.new),
-        recipe=scored_recipe,
+        recipe=new_dataset_recipe,
     resources:
-        mem_mb=lambda wildcards, input, attempt: int(
-            (2000 + 3 * (os.path.getsize(input.model) + os.path.getsize(input.features)) / 1e6) * attempt),
-        runtime=novelty_runtime,
+        mem_mb=features_mem_mb,
+        runtime=features_runtime,
     log:
         f"{RESULTS}/logs/novelty_score/{{dataset}}/{{backbone}}/{{new}}.log",
     conda:
