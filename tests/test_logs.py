@@ -28,3 +28,18 @@ def test_an_exception_that_ends_the_job_is_in_its_log(tmp_path):
     assert "the job failed" in text and "classes ['unicorn'] are not in this dataset" in text
     assert "Traceback" in text
     assert "unicorn" in result.stderr
+
+
+def test_exit_on_turns_a_named_error_into_one_log_line_and_status_1(tmp_path):
+    import pytest
+
+    from embedlens.logs import exit_on
+
+    log = job_logger("unit", tmp_path / "job.log")
+    with pytest.raises(SystemExit) as stopped, exit_on(log, ValueError):
+        raise ValueError("novelty.k=40 but the fit part has only 19 images")
+    assert stopped.value.code == 1
+    text = (tmp_path / "job.log").read_text()
+    assert "ERROR novelty.k=40 but the fit part has only 19 images" in text and "Traceback" not in text
+    with pytest.raises(KeyError), exit_on(log, ValueError):  # other errors are bugs: they keep their trace
+        raise KeyError("x")

@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from embedlens.novelty import NoveltyModel
 from embedlens.summary import StageSummary
 
 from conftest import pixels, save
-from test_workflow import TINY_BACKBONE, planned, snakemake
+from test_workflow import LITE0, TINY_BACKBONE, planned, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -97,3 +99,25 @@ def test_score_datasets_must_name_datasets_of_the_config(tmp_path):
     assert result.returncode != 0
     assert "novelty.score_datasets: tomorow not among the datasets of the config; configured: shapes" in (
         result.stdout + result.stderr)
+
+
+@pytest.mark.realdata
+def test_images_of_an_unseen_cifar100_class_score_higher_than_held_out_seen_ones(tmp_path, cifar100_root):
+    cifar = {"kind": "cifar100", "root": str(cifar100_root), "download": False}
+    config = {
+        "datasets": [{"name": "cifar100", **cifar, "classes": ["apple", "bicycle", "cloud", "dolphin", "keyboard"],
+                      "max_per_class": 12},
+                     {"name": "tigers", **cifar, "classes": ["tiger"], "splits": ["test"], "max_per_class": 10}],
+        "backbones": [LITE0],
+        "extract": {"shards": 1, "batch_size": 32, "num_workers": 0},
+        "overlap": {"export": False},
+        "novelty": {"score_datasets": ["tigers"], "knn_k": 5, "quality": {"draws": 2}},
+    }
+    snakemake(tmp_path, "results/cifar100/lite0/novelty/summary.json", config=config)
+    novelty = tmp_path / "results/cifar100/lite0/novelty"
+    seen = pd.read_csv(novelty / "scores.csv")
+    tigers = pd.read_csv(novelty / "score/tigers/scores.csv")
+    assert len(seen) == 24 and len(tigers) == 10 and (tigers["class_name"] == "tiger").all()
+    is_unseen = np.r_[np.zeros(len(seen)), np.ones(len(tigers))]
+    auroc = roc_auc_score(is_unseen, pd.concat([seen["knn_distance"], tigers["knn_distance"]]))
+    assert auroc > 0.8, auroc
