@@ -13,11 +13,13 @@ The reference behaviour (the novelty notebook this replaces), with its vague rul
      as a z-score against that cluster's distances on the fit part, ``(d - mean_c) / std_c``;
      flagged above ``novelty_threshold``;
    - **surprise** (the notebook's rule): the distance to the nearest centroid divided by the mean
-     distance between two centroids; flagged above ``surprise_threshold``;
+     distance between two centroids; flagged above ``surprise_threshold``, or, when that is None
+     (the default: the ratio's scale depends on the backbone, on k and on normalisation), above the
+     ``flag_quantile`` quantile of the fit images' own ratios;
    - **kNN distance** (deep-kNN out-of-distribution detection, Sun et al., ICML 2022): the cosine
      distance ``1 - cos`` to the ``knn_k``-th most similar fit embedding; flagged above the
-     ``knn_quantile`` quantile of the same distance among the fit embeddings themselves (each
-     without itself), so about ``1 - knn_quantile`` of ordinary images are flagged.
+     ``flag_quantile`` quantile of the same distance among the fit embeddings themselves (each
+     without itself), so about ``1 - flag_quantile`` of ordinary images are flagged.
 
 With ``normalize`` (the default) embeddings are L2-normalised before k-means, so that distances
 reflect directions, as the cosine of the kNN score does; the notebook clustered the raw embeddings.
@@ -85,8 +87,8 @@ class NoveltySettings:
 
     ``k``: fixed number of clusters, or None to search ``k_min..k_max`` for the elbow (on at most
     ``search_sample`` fit rows, with Kneedle sensitivity ``knee_sensitivity``). ``n_init``: k-means
-    restarts. Thresholds: ``novelty_threshold`` (z-score), ``surprise_threshold`` (distance ratio),
-    ``knn_quantile`` (share of fit images below the kNN threshold). ``knn_k``: the neighbour whose
+    restarts. Thresholds: ``novelty_threshold`` (z-score), ``surprise_threshold`` (distance ratio, or
+    None to calibrate it), ``flag_quantile`` (share of fit images below a calibrated threshold). ``knn_k``: the neighbour whose
     distance is the kNN score.
     """
 
@@ -101,9 +103,9 @@ class NoveltySettings:
     knee_sensitivity: float = 1.0
     n_init: int = 3
     novelty_threshold: float = 2.0
-    surprise_threshold: float = 1.0
+    surprise_threshold: float | None = None
     knn_k: int = 10
-    knn_quantile: float = 0.95
+    flag_quantile: float = 0.95
     top_images: int = 24
     scatter_points: int = 5_000
     quality: QualitySettings = field(default_factory=QualitySettings)
@@ -280,8 +282,10 @@ class NoveltyModel:
 def fit_model(features: np.ndarray, k: int, settings: NoveltySettings, *, calibrate: bool = True,
               info: Mapping | None = None) -> NoveltyModel:
     """Fit k-means with ``k`` clusters on ``features`` (the fit part, raw embeddings) and the statistics
-    the scores need. With ``calibrate`` the kNN threshold is the ``knn_quantile`` of the fit rows' own
+    the scores need. With ``calibrate`` the kNN threshold is the ``flag_quantile`` of the fit rows' own
     kNN distances (on at most :data:`CALIBRATION_ROWS` of them, seeded), else NaN (enough for AUROC).
+    Without a ``surprise_threshold`` setting, the surprise threshold is the ``flag_quantile`` of the
+    fit rows' own surprise ratios.
 
     ``knn_k`` is lowered to the number of fit rows less one when there are fewer; k must be at least 2
     (the surprise score divides by the spacing of the centroids)."""
@@ -302,13 +306,15 @@ def fit_model(features: np.ndarray, k: int, settings: NoveltySettings, *, calibr
     spread = np.where(spread > 0, spread, overall)
     pairwise = euclidean_distances(centroids)
     spacing = float(pairwise[np.triu_indices(k, 1)].mean())
+    surprise_threshold = (settings.surprise_threshold if settings.surprise_threshold is not None
+                          else float(np.quantile(distance / spacing, settings.flag_quantile)))
     model = NoveltyModel(centroids=centroids, cluster_mean=mean, cluster_std=spread, centroid_spacing=spacing,
                          reference=features.astype(np.float32, copy=False), normalize=settings.normalize,
                          knn_k=min(settings.knn_k, len(features) - 1), novelty_threshold=settings.novelty_threshold,
-                         surprise_threshold=settings.surprise_threshold, knn_threshold=float("nan"),
+                         surprise_threshold=surprise_threshold, knn_threshold=float("nan"),
                          info=dict(info or {}))
     if calibrate:
-        model.knn_threshold = float(np.quantile(own_knn_distances(model, settings.seed), settings.knn_quantile))
+        model.knn_threshold = float(np.quantile(own_knn_distances(model, settings.seed), settings.flag_quantile))
     return model
 
 
@@ -512,9 +518,12 @@ def most_novel_images(dataset: ImageDataset, table: pd.DataFrame, count: int
             images.append(dataset.read_image(row.split, row.source))
         except Exception:  # drawn blank: the scores are what matters, and the caption names the image
             images.append(None)
-        where = Path(row.source).name if row.path else f"{row.split} #{row.index_in_split}"
-        label = f" ({row.class_name})" if isinstance(row.class_name, str) and row.class_name else ""
-        captions.append(f"{where}{label}\nkNN {row.knn_distance:.3f}  z {row.novelty_score:.1f}")
+        lines = [Path(row.source).name if row.path else f"{row.split} #{row.index_in_split}"]
+        if isinstance(row.class_name, str) and row.class_name:
+            lines.append(row.class_name)
+        # A grid cell is about 25 characters of caption wide.
+        lines = [line if len(line) <= 25 else line[:24] + "…" for line in lines]
+        captions.append("\n".join([*lines, f"kNN {row.knn_distance:.3f}  z {row.novelty_score:.1f}"]))
     return images, captions
 
 
@@ -603,9 +612,11 @@ def novelty_summary(fit: Mapping, quality: Mapping, scored: Sequence[Mapping], *
     notes = [f"{chosen}. Fitted on {fit['fit_images']} images ({fit['settings']['fit_fraction']:.0%}), "
              f"{held_out} held out and scored.",
              f"Flags on the held-out images: novel (z > {thresholds['novelty_z']:g}) {flags['novel']} "
-             f"({_percent(flags['novel'], held_out)}), surprising (ratio > {thresholds['surprise_ratio']:g}) "
+             f"({_percent(flags['novel'], held_out)}), surprising (ratio > {thresholds['surprise_ratio']:.3g}"
+             + ("" if fit["settings"]["surprise_threshold"] is not None else
+                f", the {fit['settings']['flag_quantile']:.0%} quantile on the fit images") + ") "
              f"{flags['surprising']} ({_percent(flags['surprising'], held_out)}), kNN "
-             f"(distance > {thresholds['knn_distance']:.4f}, the {fit['settings']['knn_quantile']:.0%} quantile "
+             f"(distance > {thresholds['knn_distance']:.4f}, the {fit['settings']['flag_quantile']:.0%} quantile "
              f"on the fit images) {flags['knn_novel']} ({_percent(flags['knn_novel'], held_out)}).",
              *fit["notes"]]
     if fit["unreadable"]:

@@ -195,7 +195,7 @@ def image_grid(images: Sequence[np.ndarray | None], captions: Sequence[str], pat
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     columns = max(1, min(columns, len(images)))
     rows = max(1, -(-len(images) // columns))
-    figure, grid = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows + (0.4 if title else 0.0)),
+    figure, grid = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.3 * rows + (0.4 if title else 0.0)),
                                 squeeze=False)
     for cell in grid.flat:
         cell.set_axis_off()

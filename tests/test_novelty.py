@@ -112,6 +112,9 @@ def test_scores_follow_their_definitions():
         assert model.cluster_std[c] == pytest.approx(members.std())
     spacing = np.mean([np.linalg.norm(model.centroids[a] - model.centroids[b]) for a in range(3) for b in range(a + 1, 3)])
     assert model.centroid_spacing == pytest.approx(spacing)
+    # without a surprise_threshold setting, the flag_quantile of the fit images' own ratios
+    assert model.surprise_threshold == pytest.approx(np.quantile(distance / spacing, 0.95))
+    assert fit_model(features, 3, NoveltySettings(normalize=False, surprise_threshold=0.7)).surprise_threshold == 0.7
     queries = features[:7] + 0.3
     scores = model.score(queries)
     assert list(scores.columns) == SCORE_COLUMNS
@@ -124,7 +127,7 @@ def test_scores_follow_their_definitions():
     np.testing.assert_allclose(scores["surprise_score"], q_distance / spacing, rtol=1e-5)
     np.testing.assert_allclose(scores["knn_distance"], brute_force_knn_distance(queries, features, 4), atol=1e-5)
     assert (scores["novel"] == (scores["novelty_score"] > settings.novelty_threshold)).all()
-    assert (scores["surprising"] == (scores["surprise_score"] > settings.surprise_threshold)).all()
+    assert (scores["surprising"] == (scores["surprise_score"] > model.surprise_threshold)).all()
     assert (scores["knn_novel"] == (scores["knn_distance"] > model.knn_threshold)).all()
 
 
@@ -140,7 +143,7 @@ def test_a_far_image_is_flagged_by_every_score_and_an_ordinary_one_by_none():
 
 def test_the_knn_threshold_is_the_quantile_of_the_fit_images_own_distances_without_themselves():
     features, _ = blobs(classes=3, per_class=40)
-    model = fit_model(features, 3, NoveltySettings(knn_k=5, knn_quantile=0.9))
+    model = fit_model(features, 3, NoveltySettings(knn_k=5, flag_quantile=0.9))
     own = own_knn_distances(model, seed=0)
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
     similarity = unit @ unit.T
@@ -249,7 +252,7 @@ def test_settings_come_from_the_validated_config_section():
                               "novelty": {"k": 7, "quality": {"draws": 2}, "splits": ["test"]}})
     settings = NoveltySettings.from_config(config["novelty"])
     assert settings.k == 7 and settings.quality.draws == 2 and settings.splits == ("test",)
-    assert settings.quality.unseen_fraction == 0.1 and settings.knn_quantile == 0.95
+    assert settings.quality.unseen_fraction == 0.1 and settings.flag_quantile == 0.95
     assert NoveltySettings.from_config({"enabled": True, "score_datasets": []}) == NoveltySettings()
 
 
