@@ -58,9 +58,10 @@ from embedlens.recipe import recipe_differences
 from embedlens.store import FeatureStore
 from embedlens.summary import Artifact, StageSummary
 
-SCORES = ("novelty_score", "surprise_score", "knn_distance", "centroid_distance")
-"""The per-image scores of :meth:`NoveltyModel.score`, each higher for a more unusual image;
-``centroid_distance`` is the bare distance to the nearest centroid, kept as a baseline."""
+SCORES = ("novelty_score", "surprise_score", "knn_distance")
+"""The per-image scores whose detection quality is measured, each higher for a more unusual image.
+``centroid_distance`` is left out: the surprise score is that distance over a constant (the centroid
+spacing), so the two rank images identically and share their AUROC."""
 SCORE_COLUMNS = ["cluster", "centroid_distance", "novelty_score", "novel", "surprise_score", "surprising",
                  "knn_distance", "knn_novel"]
 CALIBRATION_ROWS = 10_000  # fit rows whose own kNN distances set the kNN threshold (a seeded sample)

@@ -55,8 +55,9 @@ def features_mem_mb(wildcards, input, attempt):
 
 
 def features_runtime(wildcards, input, attempt):
-    """Minutes for a job that clusters a feature store and searches its nearest neighbours on the CPU
-    (60,000 x 1280 features, 300 MB: about 10 minutes on 2 cores)."""
+    """Minutes for a job that clusters a feature store and searches its nearest neighbours on the CPU:
+    a quarter of an hour plus a minute per 20 MB of store (4,000 x 1280 features, 20 MB, took about a
+    minute on 2 busy cores; k-means and the exact k-NN grow faster than the store)."""
     return int((15 + features_mb(input) / 20) * attempt)
 
 

@@ -216,8 +216,7 @@ def test_unseen_class_quality_detects_far_classes_and_is_seeded():
     settings = NoveltySettings(quality=QualitySettings(unseen_fraction=0.2, draws=3), knn_k=5)
     per_draw = unseen_class_quality(features, labels, k=8, settings=settings,
                                     class_names=[f"c{i}" for i in range(10)])
-    assert len(per_draw) == 3 * 4 and set(per_draw["score"]) == {"novelty_score", "surprise_score", "knn_distance",
-                                                                 "centroid_distance"}
+    assert len(per_draw) == 3 * 3 and set(per_draw["score"]) == {"novelty_score", "surprise_score", "knn_distance"}
     assert (per_draw["unseen_images"] == 2 * 30).all()
     assert (per_draw["seen_images"] == 8 * 30 * 0.2).all()  # the held-out part of the seen classes
     assert per_draw["unseen_classes"].str.match(r"^c\d, c\d$").all()
@@ -227,7 +226,7 @@ def test_unseen_class_quality_detects_far_classes_and_is_seeded():
     pd.testing.assert_frame_equal(per_draw, unseen_class_quality(features, labels, 8, settings,
                                                                  [f"c{i}" for i in range(10)]))
     table = summarize_quality(per_draw)
-    assert table["draws"].tolist() == [3] * 4 and table["auroc_mean"].is_monotonic_decreasing
+    assert table["draws"].tolist() == [3] * 3 and table["auroc_mean"].is_monotonic_decreasing
     assert table.set_index("score").loc["knn_distance", "auroc_mean"] == pytest.approx(knn["auroc"].mean())
     assert table.set_index("score").loc["knn_distance", "auroc_std"] == pytest.approx(knn["auroc"].std())
 

@@ -52,7 +52,7 @@ def test_novelty_fits_scores_and_later_scores_new_images_without_refitting(tmp_p
     elbow = pd.read_csv(novelty / "elbow.csv")
     assert elbow["k"].tolist() == list(range(2, 9))
     quality = pd.read_csv(novelty / "quality.csv")
-    assert set(quality["score"]) == {"knn_distance", "novelty_score", "surprise_score", "centroid_distance"}
+    assert set(quality["score"]) == {"knn_distance", "novelty_score", "surprise_score"}
     assert (quality["draws"] == 2).all() and quality["auroc_mean"].between(0, 1).all()
     assert summary.headline["best_auroc"] == pytest.approx(quality["auroc_mean"].max(), abs=1e-4)
     model = NoveltyModel.load(novelty / "model.h5")
