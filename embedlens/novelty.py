@@ -605,8 +605,8 @@ def novelty_summary(fit: Mapping, quality: Mapping, scored: Sequence[Mapping], *
         Artifact("pca.png", "The fit images in the first two principal components, coloured by cluster; crosses "
                  "are the centroids. Overlapping colours are expected: two components show little of the "
                  "embedding's structure."),
-        Artifact("clusters.png", "How the held-out images spread over the clusters; a cluster far emptier or "
-                 "fuller than in the fit part hints at a shift between the two parts."),
+        Artifact("clusters.png", "How many held-out images fall into each cluster: the clusters' sizes, which "
+                 "the novelty z-scores of a cluster are relative to."),
         Artifact("novel.png", "The held-out images with the largest kNN distance (most novel first), with "
                  "that distance and their novelty z-score."),
     ]
