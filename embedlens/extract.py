@@ -111,7 +111,7 @@ def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, dev
     ``preprocess="device"``: workers only decode; resizing and normalisation run on ``device`` for
     whole batches. ``preprocess="pil"``: the replaced notebooks' path, torchvision's PIL transforms per
     image in the workers (bit for bit what they computed). On CUDA with ``amp`` the model runs under
-    bfloat16 autocast. The loaders pin memory on CUDA.
+    bfloat16 autocast; without it in true float32 (TF32 off). The loaders pin memory on CUDA.
     """
     if preprocess not in PREPROCESS_MODES:
         raise ValueError(f"extract.preprocess {preprocess!r}; allowed values: {', '.join(PREPROCESS_MODES)}")
@@ -122,6 +122,8 @@ def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, dev
     backbone.to(device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and amp
                 else contextlib.nullcontext())
+    if device.type == "cuda" and not amp:  # float32 in the recipe means float32, not cuDNN's TF32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     if out is None:
         out = np.zeros((len(rows), backbone.dim), dtype=np.float32)
     failed: dict[int, str] = {}

@@ -34,6 +34,7 @@ import pandas as pd
 from embedlens.atomic import atomic_path, write_text_atomic
 from embedlens.geometry import Centroids, l2_normalize, similarity_matrix, streamed_class_centroids
 from embedlens.store import FeatureStore
+from embedlens.summary import Artifact, StageSummary
 
 CENTROIDS = ("mean", "normalized_mean")
 SELECTIONS = ("threshold", "top_n")
@@ -433,3 +434,40 @@ def describe_result(result: OverlapResult) -> str:
     return (f"no pairs ({rule}) among {k} classes: the overlap set is empty. The most similar pair is "
             f"{result.centroids.names[i]} - {result.centroids.names[j]} at {result.similarity[i, j]:.3f}; "
             f"lower overlap.threshold or use selection: top_n to get a subset")
+
+
+THRESHOLD_NOTE = ("The threshold depends on the backbone: 0.9 is calibrated for DINO ViT-S/16 CLS features, and "
+                  "other backbones put centroid similarities on other scales. Read the heatmap and similarity.csv "
+                  "before reusing a threshold, or use selection: top_n.")
+
+
+def overlap_summary(result: OverlapResult, *, dataset: str, backbone: str) -> StageSummary:
+    """The stage summary the report renders: pairs and classes found, the rule that selected them, the
+    most similar pair, and the tables and heatmap the overlap rule writes beside ``summary.json``."""
+    settings, pairs = result.settings, result.pairs
+    headline: dict = {"pairs": int(len(pairs)), "classes": len(result.classes)}
+    if settings.selection == "top_n":
+        headline["top_n"] = settings.top_n
+    else:
+        headline["threshold"] = f"{'>=' if settings.inclusive else '>'} {settings.threshold:g}"
+    if len(result.centroids) >= 2:
+        upper = np.triu_indices(len(result.centroids), 1)
+        best = int(np.argmax(result.similarity[upper]))
+        i, j = upper[0][best], upper[1][best]
+        headline["most similar pair"] = (f"{result.centroids.names[i]} - {result.centroids.names[j]} "
+                                         f"({result.similarity[i, j]:.3f})")
+    notes = [describe_result(result)]
+    if settings.selection == "threshold":
+        notes.append(THRESHOLD_NOTE)
+    return StageSummary(
+        stage="overlap", title="Overlapping classes", dataset=dataset, backbone=backbone, headline=headline,
+        tables=[Artifact("pairs.csv", "The overlapping class pairs, most similar first: cosine similarity of "
+                                      "the two class centroids, and the classes' dataset labels."),
+                Artifact("similarity.csv", "Cosine similarity of every two class centroids (1 on the diagonal); "
+                                           "rows and columns in label order.")],
+        figures=[Artifact("similarity.png", "Cosine similarity between class centroids, classes reordered by a "
+                                            "hierarchical clustering so that similar classes sit side by side. "
+                                            "Bright off-diagonal cells and blocks are classes the backbone "
+                                            "barely tells apart; the colour scale starts at the smallest "
+                                            "similarity of two different classes.")],
+        notes=notes, settings=settings.as_dict())

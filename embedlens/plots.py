@@ -1,7 +1,8 @@
 """Plots of every stage, drawn with matplotlib's Agg backend (no display needed) and written atomically.
 
-Each plot function takes plain arrays plus the output path and returns nothing; figure size and font
-size follow the amount of data so that labels stay readable from 5 to a few hundred classes.
+Each matplotlib plot function takes plain arrays plus the output path; figure size and font size
+follow the amount of data so that labels stay readable from 5 to a few hundred classes. Interactive
+figures (the embedding map of the explore pages) are plotly figures, returned for the page to embed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+from plotly.colors import qualitative, sample_colorscale  # noqa: E402
 from scipy.cluster.hierarchy import leaves_list, linkage  # noqa: E402
 from scipy.spatial.distance import squareform  # noqa: E402
 
@@ -208,3 +211,50 @@ def image_grid(images: Sequence[np.ndarray | None], captions: Sequence[str], pat
     if title:
         figure.suptitle(title, fontsize=10)
     save_figure(figure, path)
+
+
+def category_colours(count: int) -> list[str]:
+    """``count`` distinct colours: Plotly's 10-colour palette when it suffices, else colours spread
+    evenly along the Turbo scale and interleaved, so that neighbouring categories differ strongly."""
+    if count <= len(qualitative.Plotly):
+        return list(qualitative.Plotly[:count])
+    spread = sample_colorscale("Turbo", [i / (count - 1) for i in range(count)])
+    stride = max(1, int(round(count ** 0.5)))
+    return [spread[j] for start in range(stride) for j in range(start, count, stride)]
+
+
+def embedding_map(coords: np.ndarray, values: Sequence, point_ids: Sequence[int], *, categorical: bool,
+                  colour_label: str, marker_size: float = 5.0) -> go.Figure:
+    """A 2-D scatter of ``coords`` (N x 2) coloured by ``values`` (one per point): one WebGL trace per
+    category (the legend hides and shows them) or, for numbers, one trace on a continuous scale. Every
+    point carries its id from ``point_ids`` as ``customdata``, so the page can show its image on hover;
+    plotly's own hover label is off for that reason."""
+    coords = np.asarray(coords, dtype=np.float64)
+    ids = np.asarray(point_ids, dtype=np.int64)
+    if coords.shape != (len(ids), 2) or len(values) != len(ids):
+        raise ValueError(f"coords {coords.shape}, {len(values)} values and {len(ids)} ids do not match")
+    # plain lists (not plotly's base64 typed arrays) so that the page's script can read the points;
+    # three decimals are finer than a pixel and keep the JSON short
+    xy = np.round(coords, 3)
+    common = dict(mode="markers", hoverinfo="none")
+    traces = []
+    if categorical:
+        values = np.asarray([str(v) for v in values])
+        names = sorted(set(values.tolist()))
+        for name, colour in zip(names, category_colours(len(names))):
+            rows = np.flatnonzero(values == name)
+            traces.append(go.Scattergl(x=xy[rows, 0].tolist(), y=xy[rows, 1].tolist(), customdata=ids[rows].tolist(),
+                                       name=name,
+                                       marker=dict(size=marker_size, color=colour), **common))
+    else:
+        numbers = np.asarray(values, dtype=np.float64)
+        traces.append(go.Scattergl(x=xy[:, 0].tolist(), y=xy[:, 1].tolist(), customdata=ids.tolist(), name=colour_label,
+                                   showlegend=False,
+                                   marker=dict(size=marker_size, color=np.round(numbers, 4).tolist(), colorscale="Viridis",
+                                               colorbar=dict(title=dict(text=colour_label))), **common))
+    figure = go.Figure(traces)
+    figure.update_layout(
+        margin=dict(l=10, r=10, t=10, b=10), plot_bgcolor="white", hovermode="closest", dragmode="pan",
+        legend=dict(title=dict(text=colour_label), itemsizing="constant"),
+        xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"))
+    return figure

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from embedlens.atomic import atomic_path
+from embedlens.manifest import manifest_values, read_manifest
 from embedlens.recipe import recipe_differences
 from embedlens.store import FeatureStore, StoreMismatch, chunk_rows_for, create_store, write_skipped
 from embedlens.summary import Artifact, StageSummary
@@ -126,11 +127,12 @@ def check_shard_recipes(headers: Sequence[ShardHeader], expected: Mapping | None
                             "(Snakemake recomputes them with the current config).")
 
 
-def merge_shards(shard_paths: Sequence[str | Path], manifest: pd.DataFrame, store_path: str | Path,
+def merge_shards(shard_paths: Sequence[str | Path], manifest_path: str | Path, store_path: str | Path,
                  attrs: Mapping, *, expected: Mapping | None = None, chunk_rows: int | None = None) -> dict:
     """Stream shard files into the feature store at ``store_path``, one group per split in manifest
-    order; peak memory is about one chunk of ``chunk_rows`` rows (default
-    :func:`embedlens.store.chunk_rows_for` the dimension) plus the manifest and row bookkeeping.
+    order. Peak memory is one chunk of ``chunk_rows`` rows (default
+    :func:`embedlens.store.chunk_rows_for` the dimension) plus about 40 bytes of bookkeeping per image:
+    the manifest (``manifest_path``) is read without its text columns.
 
     Every manifest row must be covered exactly once; the error names the missing or repeated rows.
     Shards must share one recipe, equal to ``expected`` on its keys (see :func:`check_shard_recipes`).
@@ -143,6 +145,7 @@ def merge_shards(shard_paths: Sequence[str | Path], manifest: pd.DataFrame, stor
     if not shard_paths:
         raise ValueError("no shard files to merge")
     headers = [read_shard_header(path) for path in shard_paths]
+    manifest = read_manifest(manifest_path, columns=["index_in_split", "split", "label"])
     check_shard_recipes(headers, expected)
     recipe = headers[0].recipe
     rows = np.concatenate([header.rows for header in headers])
@@ -158,12 +161,14 @@ def merge_shards(shard_paths: Sequence[str | Path], manifest: pd.DataFrame, stor
     reasons = [reason for header in headers for reason in header.reasons]
     good = np.ones(len(manifest), dtype=bool)
     good[failed_rows] = False
-    split_of = manifest["split"].to_numpy()
+    splits = list(pd.unique(manifest["split"]))  # in manifest order
+    split_of = manifest["split"].cat.codes.to_numpy()
+    codes = {split: manifest["split"].cat.categories.get_loc(split) for split in splits}
     # Each manifest row's position in its split of the store (-1 for a failed image).
     destination = np.full(len(manifest), -1, dtype=np.int64)
     split_rows = {}
-    for split in dict.fromkeys(split_of):
-        members = np.flatnonzero((split_of == split) & good)
+    for split in splits:
+        members = np.flatnonzero((split_of == codes[split]) & good)
         destination[members] = np.arange(len(members))
         split_rows[split] = (manifest["label"].to_numpy()[members], manifest["index_in_split"].to_numpy()[members])
 
@@ -180,7 +185,10 @@ def merge_shards(shard_paths: Sequence[str | Path], manifest: pd.DataFrame, stor
                    "preprocessing": resolved["preprocessing"], "versions": resolved["versions"],
                    "recipe": recipe, "manifest_digest": recipe["manifest_digest"], "extraction": extraction,
                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    failed_frame = manifest.iloc[failed_rows][["split", "index_in_split", "source"]].assign(reason=reasons)
+    failed_frame = pd.DataFrame({"split": manifest["split"].to_numpy()[failed_rows].astype(str),
+                                 "index_in_split": manifest["index_in_split"].to_numpy()[failed_rows],
+                                 "source": manifest_values(manifest_path, failed_rows, "source"),
+                                 "reason": reasons})
     chunk_rows = chunk_rows or chunk_rows_for(resolved["dim"])
     with atomic_path(store_path) as tmp, h5py.File(tmp, "w", track_order=True) as handle:
         datasets = create_store(handle, store_attrs, split_rows, resolved["dim"])
@@ -189,17 +197,18 @@ def merge_shards(shard_paths: Sequence[str | Path], manifest: pd.DataFrame, stor
                 for start in range(0, len(header.rows), chunk_rows):
                     part = header.rows[start:start + chunk_rows]
                     values = shard["features"][start:start + len(part)]
-                    _copy_chunk(datasets, split_of, destination, part, values)
+                    _copy_chunk(datasets, codes, split_of, destination, part, values)
         write_skipped(handle, failed_frame.sort_values(["split", "index_in_split"]))
     return extraction
 
 
-def _copy_chunk(datasets: Mapping[str, h5py.Dataset], split_of: np.ndarray, destination: np.ndarray,
-                rows: np.ndarray, values: np.ndarray) -> None:
-    """Write the shard rows ``rows`` (their features ``values``) to their places in the store."""
+def _copy_chunk(datasets: Mapping[str, h5py.Dataset], codes: Mapping[str, int], split_of: np.ndarray,
+                destination: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """Write the shard rows ``rows`` (their features ``values``) to their places in the store;
+    ``split_of`` holds each manifest row's split code (``codes``: split -> code)."""
     where = destination[rows]
-    for split in dict.fromkeys(split_of[rows]):
-        take = (split_of[rows] == split) & (where >= 0)
+    for split, code in codes.items():
+        take = (split_of[rows] == code) & (where >= 0)
         if not take.any():
             continue
         positions, part = where[take], values[take]

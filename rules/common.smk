@@ -9,6 +9,14 @@ RESULTS = config["results"]
 DATASETS = [dataset["name"] for dataset in config["datasets"]]
 BACKBONES = [backbone["name"] for backbone in config["backbones"]]
 CONDA_ENV = "../envs/embedlens.yaml"
+# What the report shows (rules/report.smk). Each stage's .smk registers, under the stage's name, the
+# pattern (with {dataset} and {backbone}) of the summary.json it writes, and, when its results colour
+# the explore map, of its per-image map columns file (see embedlens/report/explore.py).
+STAGE_SUMMARIES = {}
+MAP_COLUMNS = {}
+# A stage that runs on some datasets only (novelty leaves out the datasets it merely scores) lists them
+# here under its name; the report then expects its summary for those datasets alone.
+STAGE_DATASETS = {}
 
 
 wildcard_constraints:
@@ -67,11 +75,18 @@ def new_dataset_recipe(wildcards):
     return requested_recipe(entry(config, "datasets", wildcards.new), backbone_spec(wildcards), config["extract"])
 
 
+def manifest_images(input):
+    """Images in the job's manifest (its lines less the header), counted without parsing the CSV."""
+    if not os.path.exists(input.manifest):
+        return 0
+    with open(input.manifest, "rb") as handle:
+        return max(0, sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b"")) - 1)
+
+
 def extract_runtime(wildcards, input, attempt):
-    """Minutes for one extraction shard: its images at a CPU's pace (~10 images/s) plus start-up."""
-    rows_per_mb = 15000  # a manifest line is ~60-70 bytes
-    images = manifest_mb(input) * rows_per_mb / config["extract"]["shards"]
-    return int((20 + images / 10 / 60) * attempt)
+    """Minutes for one extraction shard: its images at a slow CPU's pace (~5 images/s) plus start-up."""
+    images = manifest_images(input) / config["extract"]["shards"]
+    return int((20 + images / 5 / 60) * attempt)
 
 
 def extract_threads():
@@ -82,21 +97,22 @@ def extract_threads():
     return max(1, workflow.cores // gpus) if isinstance(workflow.cores, int) else 1
 
 
-# Every analysis stage registers here the summary.json it writes for each dataset x backbone (a path
-# with {dataset} and {backbone}), when the config enables it; the report renders each one, and
-# `snakemake` without a target builds them all. A stage that runs on some datasets only (novelty leaves
-# out the datasets it merely scores) lists them in STAGE_DATASETS under the same name.
-STAGE_SUMMARIES = {}
-STAGE_DATASETS = {}
+def map_columns(wildcards):
+    """The per-image colourings that stages register for the explore map of {dataset} x {backbone}."""
+    return [pattern.format(dataset=wildcards.dataset, backbone=wildcards.backbone) for pattern in MAP_COLUMNS.values()]
+
+
+def report_pairs():
+    """For every dataset x backbone, the files the report renders (also the report rule's input)."""
+    return [{"dataset": dataset, "backbone": backbone,
+             "summaries": [pattern.format(dataset=dataset, backbone=backbone)
+                           for stage, pattern in STAGE_SUMMARIES.items() if dataset in STAGE_DATASETS.get(stage, DATASETS)],
+             "subset": f"{RESULTS}/{dataset}/{backbone}/subset.json" if config["overlap"]["export"] else None,
+             "explore": f"{RESULTS}/{dataset}/{backbone}/explore.html"}
+            for dataset in DATASETS for backbone in BACKBONES]
 
 
 def all_targets():
-    """What `snakemake` builds without a target: every stage's outputs for dataset x backbone."""
-    per_pair = [f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
-                f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/classes.json"]
-    if config["overlap"]["export"]:
-        per_pair.append(f"{RESULTS}/{{dataset}}/{{backbone}}/subset.json")
-    summaries = [path for stage, summary in STAGE_SUMMARIES.items()
-                 for path in expand(summary, dataset=STAGE_DATASETS.get(stage, DATASETS), backbone=BACKBONES)]
-    return expand(per_pair, dataset=DATASETS, backbone=BACKBONES) + summaries + expand(
-        f"{RESULTS}/imagenet_subset/{{name}}.npz", name=IMAGENET_SUBSET_NAMES)
+    """What `snakemake` builds without a target: the report, which needs every stage's outputs for every
+    dataset x backbone, and the ImageNet subsets."""
+    return [f"{RESULTS}/report.html"] + expand(f"{RESULTS}/imagenet_subset/{{name}}.npz", name=IMAGENET_SUBSET_NAMES)

@@ -6,7 +6,8 @@
 rule manifest:
     output:
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
-        skipped=f"{RESULTS}/{{dataset}}/skipped.csv",
+        skipped=report(f"{RESULTS}/{{dataset}}/skipped.csv", category="Dataset", caption="../report/skipped.rst",
+                       labels={"dataset": "{dataset}", "output": "skipped images"}),
         info=f"{RESULTS}/{{dataset}}/dataset.json",
     params:
         spec=dataset_spec,

@@ -8,6 +8,8 @@
 #     {RESULTS}/{dataset}/{backbone}/features/summary.json     extraction figures, for the report
 #     {RESULTS}/{dataset}/{backbone}/features/skipped.csv      images that failed to decode
 
+STAGE_SUMMARIES["features"] = f"{RESULTS}/{{dataset}}/{{backbone}}/features/summary.json"
+
 
 rule extract_shard:
     input:
@@ -38,7 +40,9 @@ rule merge_features:
     output:
         store=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
         summary=f"{RESULTS}/{{dataset}}/{{backbone}}/features/summary.json",
-        skipped=f"{RESULTS}/{{dataset}}/{{backbone}}/features/skipped.csv",
+        skipped=report(f"{RESULTS}/{{dataset}}/{{backbone}}/features/skipped.csv", category="Features",
+                       caption="../report/features_skipped.rst",
+                       labels={"dataset": "{dataset}", "backbone": "{backbone}", "output": "failed to decode"}),
     params:
         recipe=feature_recipe,
     resources:

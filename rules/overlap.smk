@@ -8,11 +8,14 @@
 #     {RESULTS}/{dataset}/{backbone}/overlap/pairs.csv        class_a, class_b, similarity, label_a, label_b
 #     {RESULTS}/{dataset}/{backbone}/overlap/classes.json     the overlap set: labels and names, settings
 #     {RESULTS}/{dataset}/{backbone}/overlap/centroids.npz    labels, names, vectors, counts
+#     {RESULTS}/{dataset}/{backbone}/overlap/summary.json     the stage summary the report renders
 #     {RESULTS}/{dataset}/{backbone}/subset/                  train/, test/, metadata_*.csv, label_map.json
 #     {RESULTS}/{dataset}/{backbone}/subset.json              counts per split and class (depend on this)
 #
-# Default targets: overlap/classes.json of every dataset x backbone, and subset.json when
-# overlap.export is true (the subset's PNGs are one directory() output, never declared one by one).
+# The report renders overlap/summary.json, and subset.json when overlap.export is true (the subset's
+# PNGs are one directory() output, never declared one by one).
+
+STAGE_SUMMARIES["overlap"] = f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/summary.json"
 
 
 rule overlap:
@@ -21,10 +24,15 @@ rule overlap:
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
     output:
         similarity=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/similarity.csv",
-        heatmap=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/similarity.png",
-        pairs=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/pairs.csv",
+        heatmap=report(f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/similarity.png", category="Overlap",
+                       caption="../report/overlap_heatmap.rst",
+                       labels={"dataset": "{dataset}", "backbone": "{backbone}", "output": "similarity heatmap"}),
+        pairs=report(f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/pairs.csv", category="Overlap",
+                     caption="../report/overlap_pairs.rst",
+                     labels={"dataset": "{dataset}", "backbone": "{backbone}", "output": "overlapping pairs"}),
         classes=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/classes.json",
         centroids=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/centroids.npz",
+        summary=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/summary.json",
     params:
         overlap=config["overlap"],
         recipe=feature_recipe,

@@ -269,7 +269,8 @@ def test_the_summary_reports_counts_quality_and_scored_datasets(tmp_path):
     summary = novelty_summary(document, quality, scored, dataset="shapes", backbone="tiny")
     summary.write(tmp_path / "summary.json")
     assert summary.headline["k"] == 5 and summary.headline["unreadable"] == 2
-    assert summary.headline["best_auroc"] == pytest.approx(quality["scores"][0]["auroc_mean"], abs=1e-4)
+    knn = next(row for row in quality["scores"] if row["score"] == "knn_distance")
+    assert summary.headline["auroc"] == pytest.approx(knn["auroc_mean"], abs=1e-4)
     paths = [artifact.path for artifact in summary.tables + summary.figures]
     assert {"scores.csv", "quality.csv", "elbow.png", "pca.png", "clusters.png", "novel.png",
             "score/tomorrow/scores.csv", "score/tomorrow/novel.png"} <= set(paths)

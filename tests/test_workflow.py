@@ -88,7 +88,7 @@ def _tiny_config(shards: int) -> dict:
 
 
 def test_end_to_end_to_a_sharded_feature_store(tmp_path):
-    snakemake(tmp_path, config=_tiny_config(shards=3))
+    snakemake(tmp_path, "results/shapes/tiny/features.h5", config=_tiny_config(shards=3))
     results = tmp_path / "results" / "shapes"
     manifest = pd.read_csv(results / "manifest.csv")
     assert len(manifest) == 4 * 9
@@ -124,7 +124,7 @@ def test_an_interrupted_run_resumes_without_recomputing_finished_shards(tmp_path
     snakemake(tmp_path, "results/shapes/tiny/shards/1-of-3.h5", config=config)
     finished = tmp_path / "results" / "shapes" / "tiny" / "shards" / "1-of-3.h5"
     assert finished.exists()
-    result = snakemake(tmp_path, config=config)
+    result = snakemake(tmp_path, "results/shapes/tiny/features.h5", config=config)
     out = result.stdout + result.stderr
     assert any(line.split() == ["extract_shard", "2"] for line in out.splitlines()), out
     assert (tmp_path / "results" / "shapes" / "tiny" / "features.h5").exists()
@@ -200,7 +200,7 @@ def test_genuine_cifar100_slice_with_a_real_pretrained_backbone_gives_meaningful
         "backbones": [LITE0],
         "extract": {"shards": 2, "batch_size": 32, "num_workers": 1},
     }
-    snakemake(tmp_path, config=config)
+    snakemake(tmp_path, "results/cifar100/lite0/features.h5", config=config)
     store = tmp_path / "results" / "cifar100" / "lite0" / "features.h5"
     attrs = read_attrs(store)
     assert attrs["dim"] == 1280 and attrs["weights"].endswith("efficientnet-lite0-57934424.pth")
@@ -228,7 +228,7 @@ def test_synthetic_look_alikes_are_found_by_the_overlap_stage_with_a_real_backbo
         "extract": {"shards": 2, "batch_size": 32, "num_workers": 0},
         "overlap": {"selection": "top_n", "top_n": 2},
     }
-    snakemake(tmp_path, config=config)
+    snakemake(tmp_path, "results/shapes/lite0/subset.json", config=config)
     results = tmp_path / "results" / "shapes"
     designed = json.loads((results / "dataset.json").read_text())["designed_overlapping_pairs"]
     pairs = pd.read_csv(results / "lite0" / "overlap" / "pairs.csv")

@@ -5,18 +5,17 @@ import json
 from pathlib import Path
 
 from embedlens.logs import job_logger
-from embedlens.manifest import read_manifest, write_table
+from embedlens.manifest import write_table
 from embedlens.recipe import file_digest
 from embedlens.shards import features_summary, merge_shards
 from embedlens.store import FeatureStore
 
 log = job_logger("merge_features", snakemake.log[0])
 output = snakemake.output
-manifest = read_manifest(snakemake.input.manifest)
 with open(snakemake.input.info) as handle:
     info = json.load(handle)
 expected = {**snakemake.params.recipe, "manifest_digest": file_digest(snakemake.input.manifest)}
-extraction = merge_shards(snakemake.input.shards, manifest, output.store, expected=expected,
+extraction = merge_shards(snakemake.input.shards, snakemake.input.manifest, output.store, expected=expected,
                           attrs={"dataset": info["name"], "dataset_kind": info["kind"],
                                  "class_names": info["class_names"]})
 store = FeatureStore(output.store)

@@ -1,8 +1,8 @@
 """Rule overlap: class centroids, cosine matrix (CSV + clustered heatmap), overlapping pairs, class union."""
 
 from embedlens.logs import job_logger
-from embedlens.overlap import (OverlapSettings, classes_document, compute_overlap, describe_result, save_centroids,
-                               write_classes_json, write_pairs_csv, write_similarity_csv)
+from embedlens.overlap import (OverlapSettings, classes_document, compute_overlap, describe_result, overlap_summary,
+                               save_centroids, write_classes_json, write_pairs_csv, write_similarity_csv)
 from embedlens.plots import similarity_heatmap
 from embedlens.store import FeatureStore
 
@@ -23,3 +23,4 @@ similarity_heatmap(result.similarity, result.centroids.names, snakemake.output.h
                    title=f"{dataset} x {backbone}: cosine similarity of class centroids")
 write_classes_json(classes_document(result, dataset=dataset, backbone=backbone, model=store.attrs.get("model"),
                                     summary=describe_result(result)), snakemake.output.classes)
+overlap_summary(result, dataset=dataset, backbone=backbone).write(snakemake.output.summary)
