@@ -528,6 +528,19 @@ def most_novel_images(dataset: ImageDataset, table: pd.DataFrame, count: int
     return images, captions
 
 
+def map_columns(rows: pd.DataFrame, fit: NoveltyFit, features: np.ndarray) -> pd.DataFrame:
+    """Colourings of the explore map (:mod:`embedlens.report.explore`): ``split, index_in_split``, each
+    image's cluster (``novelty cluster``: "cluster 3", a category) and, for held-out images, their kNN
+    distance (``novelty kNN distance``; empty for fit images, whose own distance would include themselves).
+    ``rows`` and ``features`` are the images :func:`fit_novelty` was given, in the same order."""
+    cluster, _ = fit.model.assign(features)
+    distance = np.full(len(rows), np.nan)
+    distance[fit.held_out_rows] = fit.scores["knn_distance"].to_numpy()
+    return pd.DataFrame({"split": rows["split"].to_numpy(), "index_in_split": rows["index_in_split"].to_numpy(),
+                         "novelty cluster": [f"cluster {c}" for c in cluster.tolist()],
+                         "novelty kNN distance": distance})
+
+
 def flag_counts(scores: pd.DataFrame) -> dict:
     """How many images each flag marks: ``{"images", "novel", "surprising", "knn_novel"}``."""
     return {"images": int(len(scores)), "novel": int(scores["novel"].sum()),

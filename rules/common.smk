@@ -15,7 +15,7 @@ CONDA_ENV = "../envs/embedlens.yaml"
 STAGE_SUMMARIES = {}
 MAP_COLUMNS = {}
 # A stage that runs on some datasets only (novelty leaves out the datasets it merely scores) lists them
-# here under its name; the report then expects its summary for those datasets alone.
+# here under its name; the report then expects its summary and map columns for those datasets alone.
 STAGE_DATASETS = {}
 
 
@@ -99,7 +99,8 @@ def extract_threads():
 
 def map_columns(wildcards):
     """The per-image colourings that stages register for the explore map of {dataset} x {backbone}."""
-    return [pattern.format(dataset=wildcards.dataset, backbone=wildcards.backbone) for pattern in MAP_COLUMNS.values()]
+    return [pattern.format(dataset=wildcards.dataset, backbone=wildcards.backbone) for stage, pattern in MAP_COLUMNS.items()
+            if wildcards.dataset in STAGE_DATASETS.get(stage, DATASETS)]
 
 
 def report_pairs():

@@ -14,6 +14,7 @@
 #     {RESULTS}/{dataset}/{backbone}/novelty/quality.csv       AUROC and FPR at 95% TPR per score (quality_draws.csv: per draw)
 #     {RESULTS}/{dataset}/{backbone}/novelty/score/{new}/      scores.csv and novel.png of dataset {new} against this model
 #     {RESULTS}/{dataset}/{backbone}/novelty/summary.json      the stage's summary for the report
+#     {RESULTS}/{dataset}/{backbone}/novelty/map_columns.csv   each image's cluster and held-out kNN distance, for the explore map
 #
 # fit.json, quality.json and score/{new}/score.json carry the figures from each rule to novelty_summary.
 
@@ -36,6 +37,7 @@ if NOVELTY["k_min"] > NOVELTY["k_max"]:
     raise WorkflowError(f"novelty.k_min ({NOVELTY['k_min']}) is larger than novelty.k_max ({NOVELTY['k_max']})")
 if NOVELTY["enabled"]:
     STAGE_SUMMARIES["novelty"] = f"{NOVELTY_DIR}/summary.json"
+    MAP_COLUMNS["novelty"] = f"{NOVELTY_DIR}/map_columns.csv"
     STAGE_DATASETS["novelty"] = NOVELTY_FITTED
 
 
@@ -53,6 +55,7 @@ rule novelty_fit:
         clusters=f"{NOVELTY_DIR}/clusters.png",
         novel=f"{NOVELTY_DIR}/novel.png",
         document=f"{NOVELTY_DIR}/fit.json",
+        map_columns=f"{NOVELTY_DIR}/map_columns.csv",
     wildcard_constraints:
         dataset="|".join(map(re.escape, NOVELTY_FITTED)) or "(?!)",
     params:

@@ -12,7 +12,7 @@ import pytest
 
 from embedlens.novelty import (SCORE_COLUMNS, NoveltyInputError, NoveltyModel, NoveltySettings, QualitySettings,
                                check_model_matches, detection_quality, elbow_k, fit_document, fit_model,
-                               fit_novelty, fpr_at_tpr, k_range, measure_quality, novelty_summary,
+                               fit_novelty, fpr_at_tpr, k_range, map_columns, measure_quality, novelty_summary,
                                own_knn_distances, split_fit_holdout, summarize_quality, unseen_class_quality,
                                unseen_count)
 
@@ -281,3 +281,15 @@ def test_the_summary_reports_counts_quality_and_scored_datasets(tmp_path):
                                  dataset="shapes", backbone="tiny")
     assert "quality.csv" not in [a.path for a in unmeasured.tables]
     assert any("not measured: novelty.quality.draws is 0" in note for note in unmeasured.notes)
+
+
+def test_map_columns_give_every_image_its_cluster_and_held_out_images_their_knn_distance():
+    features, _ = blobs(classes=3, per_class=20)
+    fit = fit_novelty(features, NoveltySettings(k=3))
+    rows = pd.DataFrame({"split": ["train"] * 60, "index_in_split": np.arange(60) * 2})
+    table = map_columns(rows, fit, features)
+    assert table["index_in_split"].tolist() == rows["index_in_split"].tolist()
+    assert table["novelty cluster"].tolist() == [f"cluster {c}" for c in fit.model.assign(features)[0]]
+    distances = table["novelty kNN distance"]
+    assert distances.isna().sum() == len(fit.fit_rows)
+    np.testing.assert_allclose(distances.iloc[fit.held_out_rows], fit.scores["knn_distance"])

@@ -56,6 +56,10 @@ def test_novelty_fits_scores_and_later_scores_new_images_without_refitting(tmp_p
     assert (quality["draws"] == 2).all() and quality["auroc_mean"].between(0, 1).all()
     assert summary.headline["auroc"] == pytest.approx(quality.set_index("score").loc["knn_distance", "auroc_mean"],
                                                       abs=1e-4)
+    colourings = pd.read_csv(novelty / "map_columns.csv")
+    assert len(colourings) == 84 and colourings["novelty kNN distance"].notna().sum() == 17
+    assert colourings["novelty cluster"].str.fullmatch(r"cluster \d").all()
+    assert "novelty kNN distance" in (tmp_path / "results/shapes/tiny/explore.html").read_text()
     model = NoveltyModel.load(novelty / "model.h5")
     assert model.k == fit["k"] and len(model.reference) == fit["fit_images"]
 

@@ -10,8 +10,8 @@ from embedlens.atomic import write_text_atomic
 from embedlens.datasets import open_dataset
 from embedlens.logs import exit_on, job_logger
 from embedlens.manifest import read_manifest, write_table
-from embedlens.novelty import (NoveltyInputError, NoveltySettings, fit_document, fit_novelty, most_novel_images,
-                               pca_map, read_images, scores_table)
+from embedlens.novelty import (NoveltyInputError, NoveltySettings, fit_document, fit_novelty, map_columns,
+                               most_novel_images, pca_map, read_images, scores_table)
 from embedlens.plots import bar_chart, curve, image_grid, scatter_map
 from embedlens.store import FeatureStore
 
@@ -36,6 +36,7 @@ model.save(output.model)
 table = scores_table(rows.iloc[fit.held_out_rows], fit.scores)
 write_table(table, output.scores)
 write_table(fit.curve, output.elbow_table)
+write_table(map_columns(rows, fit, features), output.map_columns)
 curve(fit.curve["k"], fit.curve["inertia"], output.elbow, xlabel="k (clusters)", ylabel="inertia per image",
       marked_x=model.k, marked_label=f"chosen k = {model.k}" + ("" if fit.searched else " (novelty.k)"),
       title=f"{name} x {backbone}: k-means inertia")
