@@ -252,7 +252,9 @@ def test_settings_come_from_the_validated_config_section():
     settings = NoveltySettings.from_config(config["novelty"])
     assert settings.k == 7 and settings.quality.draws == 2 and settings.splits == ("test",)
     assert settings.quality.unseen_fraction == 0.1 and settings.flag_quantile == 0.95
-    assert NoveltySettings.from_config({"enabled": True, "score_datasets": []}) == NoveltySettings()
+    defaults = validate_config({"datasets": [{"name": "a", "kind": "synthetic"}],
+                                "backbones": [{"name": "b", "kind": "timm", "model": "m"}]})["novelty"]
+    assert NoveltySettings.from_config(defaults) == NoveltySettings()  # the dataclass mirrors the schema
 
 
 def test_the_summary_reports_counts_quality_and_scored_datasets(tmp_path):
