@@ -58,6 +58,7 @@ include: "rules/features.smk"
 include: "rules/overlap.smk"
 include: "rules/classify.smk"
 include: "rules/imagenet_subset.smk"
+include: "rules/novelty.smk"
 include: "rules/report.smk"
 
 

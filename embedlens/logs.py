@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
@@ -97,3 +99,14 @@ def _report_fatal_error(kind, value, trace) -> None:
     record = logging.LogRecord("embedlens", logging.ERROR, "", 0, "%s", (text,), None)
     sys.stderr.write(FORMAT.format(record) + "\n")
     sys.stderr.flush()
+
+
+@contextmanager
+def exit_on(logger: logging.Logger, *errors: type[BaseException]) -> Iterator[None]:
+    """Turn ``errors`` (bad input the user can fix, whose message says how) into one clear log line and
+    exit status 1, instead of a stack trace; any other exception propagates as usual."""
+    try:
+        yield
+    except errors as error:
+        logger.error("%s", error)
+        sys.exit(1)

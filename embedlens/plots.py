@@ -115,6 +115,110 @@ def similarity_heatmap(matrix: np.ndarray, names: Sequence[str], path: str | Pat
     return order
 
 
+def curve(x: Sequence[float], y: Sequence[float], path: str | Path, *, xlabel: str, ylabel: str,
+          title: str | None = None, marked_x: float | None = None, marked_label: str | None = None) -> None:
+    """A line through the points ``(x, y)`` with a dot on each, e.g. an elbow (inertia) curve; with
+    ``marked_x`` that point is ringed and a dashed vertical line labelled ``marked_label`` marks it."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    figure, axes = plt.subplots(figsize=(6.0, 4.0))
+    axes.plot(x, y, "-o", color="tab:blue", markersize=4)
+    if marked_x is not None:
+        axes.axvline(marked_x, color="tab:red", linestyle="--", linewidth=1, label=marked_label)
+        at = np.flatnonzero(x == marked_x)
+        if len(at):
+            axes.plot(x[at], y[at], "o", markersize=11, markerfacecolor="none", markeredgecolor="tab:red")
+        if marked_label:
+            axes.legend(loc="upper right")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    if title:
+        axes.set_title(title)
+    save_figure(figure, path)
+
+
+def _group_colours(count: int) -> np.ndarray:
+    """``count`` distinguishable colours (tab10/tab20 while they last, then evenly spaced hues)."""
+    if count <= 10:
+        return plt.get_cmap("tab10")(np.arange(count))
+    if count <= 20:
+        return plt.get_cmap("tab20")(np.arange(count))
+    return plt.get_cmap("hsv")(np.linspace(0.0, 1.0, count, endpoint=False))
+
+
+def scatter_map(xy: np.ndarray, groups: Sequence[int], path: str | Path, *, centers: np.ndarray | None = None,
+                title: str | None = None, xlabel: str = "", ylabel: str = "", group_name: str = "group") -> None:
+    """A 2-D map (e.g. PCA, UMAP): ``xy`` (N, 2) points coloured by their integer ``groups`` (N,);
+    ``centers`` (G, 2), when given, are drawn as large numbered crosses in the colour of group 0..G-1.
+    A legend names the groups while there are at most 20 (``group_name`` 0, 1, ...)."""
+    xy, groups = np.asarray(xy, dtype=np.float64), np.asarray(groups, dtype=np.int64)
+    count = int(max(groups.max(initial=-1), -1 if centers is None else len(centers) - 1)) + 1
+    colours = _group_colours(max(count, 1))
+    figure, axes = plt.subplots(figsize=(7.0, 6.0))
+    size = float(np.clip(3000.0 / max(len(xy), 1), 2.0, 30.0))
+    for group in range(count):
+        members = groups == group
+        if members.any():
+            axes.scatter(xy[members, 0], xy[members, 1], s=size, color=colours[group], alpha=0.6, linewidths=0,
+                         label=f"{group_name} {group}" if count <= 20 else None)
+    if centers is not None:
+        centers = np.asarray(centers, dtype=np.float64)
+        for group, (cx, cy) in enumerate(centers):
+            axes.scatter([cx], [cy], s=160, marker="X", color=colours[group], edgecolors="black", linewidths=1.2,
+                         zorder=3)
+            axes.annotate(str(group), (cx, cy), xytext=(6, 6), textcoords="offset points", fontsize=9,
+                          weight="bold", zorder=4)
+    if 0 < count <= 20:
+        axes.legend(loc="best", fontsize=7, markerscale=max(1.0, 20.0 / size) ** 0.5, framealpha=0.8)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    if title:
+        axes.set_title(title)
+    save_figure(figure, path)
+
+
+def bar_chart(labels: Sequence[str], values: Sequence[float], path: str | Path, *, xlabel: str, ylabel: str,
+              title: str | None = None) -> None:
+    """Vertical bars, one per label, each with its value written above it; the width follows the
+    number of bars (labels turn vertical beyond 12)."""
+    values = np.asarray(values, dtype=np.float64)
+    count = len(labels)
+    figure, axes = plt.subplots(figsize=(float(np.clip(0.35 * count + 2.5, 5.0, 30.0)), 4.0))
+    bars = axes.bar(range(count), values, color="tab:blue")
+    axes.bar_label(bars, labels=[f"{value:g}" for value in values], fontsize=7, padding=1)
+    axes.set_xticks(range(count), [str(label) for label in labels], rotation=90 if count > 12 else 0,
+                    fontsize=8)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    if title:
+        axes.set_title(title)
+    save_figure(figure, path)
+
+
+def image_grid(images: Sequence[np.ndarray | None], captions: Sequence[str], path: str | Path, *, columns: int = 6,
+               title: str | None = None) -> None:
+    """Images (RGB uint8 arrays, any sizes) in a grid, row by row, each with its caption above it; an
+    image given as None (it could not be read) leaves its cell blank with the caption. No images give
+    a figure that says so."""
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    columns = max(1, min(columns, len(images)))
+    rows = max(1, -(-len(images) // columns))
+    figure, grid = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.3 * rows + (0.4 if title else 0.0)),
+                                squeeze=False)
+    for cell in grid.flat:
+        cell.set_axis_off()
+    if not images:
+        grid[0, 0].text(0.5, 0.5, "no images", ha="center", va="center", fontsize=12)
+    for cell, image, caption in zip(grid.flat, images, captions):
+        if image is not None:
+            cell.imshow(np.asarray(image), interpolation="nearest" if max(np.shape(image)[:2]) < 96 else "antialiased")
+        cell.set_title(caption, fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    save_figure(figure, path)
+
+
 def category_colours(count: int) -> list[str]:
     """``count`` distinct colours: Plotly's 10-colour palette when it suffices, else colours spread
     evenly along the Turbo scale and interleaved, so that neighbouring categories differ strongly."""

@@ -15,6 +15,9 @@ CONDA_ENV = "../envs/embedlens.yaml"
 # the explore map, of its per-image map columns file (see embedlens/report/explore.py).
 STAGE_SUMMARIES = {}
 MAP_COLUMNS = {}
+# A stage that runs on some datasets only (novelty leaves out the datasets it merely scores) lists them
+# here under its name; the report then expects its summary and map columns for those datasets alone.
+STAGE_DATASETS = {}
 
 
 wildcard_constraints:
@@ -81,6 +84,31 @@ def table_mem_mb(wildcards, input, attempt):
     return int((1500 + 5 * manifest_mb(input)) * attempt)
 
 
+def features_mb(input):
+    """Size of the job's feature store (input.features, plus input.model when it has one) in MB."""
+    paths = [input.features] + ([input.model] if hasattr(input, "model") else [])
+    return sum(os.path.getsize(path) for path in paths if os.path.exists(path)) / 1e6
+
+
+def features_mem_mb(wildcards, input, attempt):
+    """Memory of a job that holds a feature store in memory: about four copies of the features (raw,
+    normalised, a reference for the k-NN search, the rows it scores) plus the libraries."""
+    return int((2000 + 4 * features_mb(input)) * attempt)
+
+
+def features_runtime(wildcards, input, attempt):
+    """Minutes for a job that clusters a feature store and searches its nearest neighbours on the CPU:
+    a quarter of an hour plus a minute per 20 MB of store (4,000 x 1280 features, 20 MB, took about a
+    minute on 2 busy cores; k-means and the exact k-NN grow faster than the store)."""
+    return int((15 + features_mb(input) / 20) * attempt)
+
+
+def new_dataset_recipe(wildcards):
+    """The feature recipe of the {new} dataset with the {backbone}: rules that read a second dataset's
+    store (besides {dataset}'s) check it against this."""
+    return requested_recipe(entry(config, "datasets", wildcards.new), backbone_spec(wildcards), config["extract"])
+
+
 def manifest_images(input):
     """Images in the job's manifest (its lines less the header), counted without parsing the CSV."""
     if not os.path.exists(input.manifest):
@@ -97,13 +125,15 @@ def extract_runtime(wildcards, input, attempt):
 
 def map_columns(wildcards):
     """The per-image colourings that stages register for the explore map of {dataset} x {backbone}."""
-    return [pattern.format(dataset=wildcards.dataset, backbone=wildcards.backbone) for pattern in MAP_COLUMNS.values()]
+    return [pattern.format(dataset=wildcards.dataset, backbone=wildcards.backbone) for stage, pattern in MAP_COLUMNS.items()
+            if wildcards.dataset in STAGE_DATASETS.get(stage, DATASETS)]
 
 
 def report_pairs():
     """For every dataset x backbone, the files the report renders (also the report rule's input)."""
     return [{"dataset": dataset, "backbone": backbone,
-             "summaries": [pattern.format(dataset=dataset, backbone=backbone) for pattern in STAGE_SUMMARIES.values()],
+             "summaries": [pattern.format(dataset=dataset, backbone=backbone)
+                           for stage, pattern in STAGE_SUMMARIES.items() if dataset in STAGE_DATASETS.get(stage, DATASETS)],
              "subset": f"{RESULTS}/{dataset}/{backbone}/subset.json" if config["overlap"]["export"] else None,
              "explore": f"{RESULTS}/{dataset}/{backbone}/explore.html"}
             for dataset in DATASETS for backbone in BACKBONES]

@@ -82,3 +82,18 @@ def test_embedlens_debug_shows_the_traceback_of_a_fetch_failure(tmp_path):
     result, text = run_job(tmp_path, FETCH_FAILURE, EMBEDLENS_DEBUG="1")
     assert result.returncode != 0
     assert "Traceback" in text and "could not connect to the hub" in text and "set weights:" in text
+
+
+def test_exit_on_turns_a_named_error_into_one_log_line_and_status_1(tmp_path):
+    import pytest
+
+    from embedlens.logs import exit_on
+
+    log = job_logger("unit", tmp_path / "job.log")
+    with pytest.raises(SystemExit) as stopped, exit_on(log, ValueError):
+        raise ValueError("novelty.k=40 but the fit part has only 19 images")
+    assert stopped.value.code == 1
+    text = (tmp_path / "job.log").read_text()
+    assert "ERROR novelty.k=40 but the fit part has only 19 images" in text and "Traceback" not in text
+    with pytest.raises(KeyError), exit_on(log, ValueError):  # other errors are bugs: they keep their trace
+        raise KeyError("x")

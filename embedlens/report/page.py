@@ -101,11 +101,15 @@ def read_table(path: Path, limit: int = MAX_TABLE_ROWS) -> dict:
     return {"columns": [str(c) for c in frame.columns], "rows": rows, "total": len(frame)}
 
 
-def stage_absence(stage: str, config: Mapping) -> str:
-    """Why a known stage has no summary: disabled in the config, or not part of this version yet."""
+def stage_absence(stage: str, config: Mapping, dataset: str) -> str:
+    """Why a known stage has no summary for ``dataset``: disabled in the config, the dataset is only
+    scored against another's results (``<stage>.score_datasets``), or not part of this version yet."""
     section = config.get(stage)
     if isinstance(section, Mapping) and section.get("enabled") is False:
         return f"disabled in the config ({stage}.enabled: false)."
+    if isinstance(section, Mapping) and dataset in (section.get("score_datasets") or ()):
+        return (f"this dataset's images are scored against the other datasets' models ({stage}.score_datasets); "
+                f"its scores are in their {stage} sections.")
     return "not part of this version of embedlens yet."
 
 
@@ -201,7 +205,7 @@ def build_report(datasets: Sequence[DatasetFiles], pairs: Sequence[PairFiles], c
             summaries[summary.stage] = stage_view(summary, Path(path).parent, page_folder)
         order = [stage for stage, _ in STAGES] + sorted(set(summaries) - set(known))
         stages = [summaries.get(stage) or {"stage": stage, "title": known[stage], "headline": None,
-                                           "absent": stage_absence(stage, config)}
+                                           "absent": stage_absence(stage, config, files.dataset)}
                   for stage in order]
         pair_views.append({
             "dataset": files.dataset, "backbone": files.backbone, "id": slug(files.dataset, files.backbone),

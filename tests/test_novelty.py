@@ -1,0 +1,297 @@
+"""The novelty stage's library: the fit/held-out split, the elbow, the three scores and their flags, the
+saved model, the held-out-class quality measurement and the stage's summary."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from embedlens.novelty import (SCORE_COLUMNS, NoveltyInputError, NoveltyModel, NoveltySettings, QualitySettings,
+                               check_model_matches, detection_quality, elbow_k, fit_document, fit_model,
+                               fit_novelty, fpr_at_tpr, k_range, map_columns, measure_quality, novelty_summary,
+                               own_knn_distances, split_fit_holdout, summarize_quality, unseen_class_quality,
+                               unseen_count)
+
+
+def blobs(classes: int = 5, per_class: int = 40, dim: int = 16, spread: float = 0.15, seed: int = 0
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Well separated clusters: one random unit direction per class plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(classes), per_class)
+    return centres[labels] + spread * rng.normal(size=(len(labels), dim)), labels
+
+
+def brute_force_knn_distance(queries: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
+    unit_q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    unit_r = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    return 1.0 - np.sort(unit_q @ unit_r.T, axis=1)[:, ::-1][:, k - 1]
+
+
+# -- split and k ---------------------------------------------------------------------------------------
+
+
+def test_the_split_is_seeded_disjoint_and_covers_every_row():
+    fit, held_out = split_fit_holdout(100, 0.8, seed=3)
+    assert len(fit) == 80 and len(held_out) == 20
+    assert sorted(np.concatenate([fit, held_out]).tolist()) == list(range(100))
+    again, _ = split_fit_holdout(100, 0.8, seed=3)
+    other, _ = split_fit_holdout(100, 0.8, seed=4)
+    assert np.array_equal(fit, again) and not np.array_equal(fit, other)
+
+
+def test_fewer_than_two_images_cannot_be_split():
+    with pytest.raises(NoveltyInputError, match="1 image"):
+        split_fit_holdout(1, 0.8, seed=0)
+
+
+def test_the_elbow_of_a_curve_that_bends_once():
+    ks = list(range(2, 13))
+    inertias = [10.0 - 2.0 * (k - 2) if k <= 6 else 2.0 - 0.05 * (k - 6) for k in ks]  # steep, then flat
+    assert elbow_k(ks, inertias) == 6
+
+
+def test_without_a_knee_the_farthest_point_below_the_chord_is_taken_and_two_points_give_the_first():
+    ks = np.arange(2, 21)
+    inertias = 100.0 / ks
+    x = (ks - ks[0]) / (ks[-1] - ks[0])
+    y = (inertias - inertias[-1]) / (inertias[0] - inertias[-1])
+    farthest = int(ks[np.argmax((1.0 - x) - y)])  # the chord runs from (0, 1) to (1, 0)
+    assert elbow_k(ks, inertias, sensitivity=1000.0) == farthest  # no point passes so strict a threshold
+    assert elbow_k([3, 4], [5.0, 4.0]) == 3
+
+
+def test_k_search_finds_the_number_of_well_separated_clusters():
+    features, _ = blobs(classes=5)
+    fit = fit_novelty(features, NoveltySettings(k_max=12))
+    assert fit.searched and fit.model.k == 5
+    assert fit.curve["k"].tolist() == list(range(2, 13))
+    assert fit.curve["inertia"].is_monotonic_decreasing
+
+
+def test_a_fixed_k_skips_the_search_and_keeps_its_own_point():
+    features, _ = blobs(classes=5)
+    fit = fit_novelty(features, NoveltySettings(k=3))
+    assert not fit.searched and fit.model.k == 3
+    assert fit.curve["k"].tolist() == [3] and fit.curve["inertia"].iloc[0] > 0
+
+
+def test_the_k_range_shrinks_to_the_images_and_says_so():
+    features, _ = blobs(classes=2, per_class=4)  # 8 images: 6 fit, so k <= 5
+    fit = fit_novelty(features, NoveltySettings(k_max=20))
+    assert fit.curve["k"].max() == 5
+    assert any("searched up to 5" in note for note in fit.notes)
+    assert any("neighbour 5" in note for note in fit.notes)  # knn_k 10 lowered to the 5 other fit images
+    with pytest.raises(NoveltyInputError, match="novelty.k_min=4"):
+        k_range(NoveltySettings(k_min=4), fit_rows=4)
+
+
+def test_a_fixed_k_above_the_fit_images_is_refused_with_the_setting_named():
+    features, _ = blobs(classes=2, per_class=3)
+    with pytest.raises(NoveltyInputError, match=r"novelty.k=8 but the fit part has only 4 images"):
+        fit_novelty(features, NoveltySettings(k=8))
+
+
+# -- the model and its scores --------------------------------------------------------------------------
+
+
+def test_scores_follow_their_definitions():
+    features, labels = blobs(classes=3, per_class=30)
+    settings = NoveltySettings(normalize=False, knn_k=4)
+    model = fit_model(features, 3, settings)
+    cluster, distance = model.assign(features)
+    # statistics per cluster from the fit rows
+    for c in range(3):
+        members = distance[cluster == c]
+        assert model.cluster_mean[c] == pytest.approx(members.mean())
+        assert model.cluster_std[c] == pytest.approx(members.std())
+    spacing = np.mean([np.linalg.norm(model.centroids[a] - model.centroids[b]) for a in range(3) for b in range(a + 1, 3)])
+    assert model.centroid_spacing == pytest.approx(spacing)
+    # without a surprise_threshold setting, the flag_quantile of the fit images' own ratios
+    assert model.surprise_threshold == pytest.approx(np.quantile(distance / spacing, 0.95))
+    assert fit_model(features, 3, NoveltySettings(normalize=False, surprise_threshold=0.7)).surprise_threshold == 0.7
+    queries = features[:7] + 0.3
+    scores = model.score(queries)
+    assert list(scores.columns) == SCORE_COLUMNS
+    q_cluster = np.argmin(np.linalg.norm(queries[:, None] - model.centroids[None], axis=2), axis=1)
+    q_distance = np.linalg.norm(queries - model.centroids[q_cluster], axis=1)
+    assert scores["cluster"].tolist() == q_cluster.tolist()
+    np.testing.assert_allclose(scores["centroid_distance"], q_distance, rtol=1e-5)
+    np.testing.assert_allclose(scores["novelty_score"],
+                               (q_distance - model.cluster_mean[q_cluster]) / model.cluster_std[q_cluster], rtol=1e-4)
+    np.testing.assert_allclose(scores["surprise_score"], q_distance / spacing, rtol=1e-5)
+    np.testing.assert_allclose(scores["knn_distance"], brute_force_knn_distance(queries, features, 4), atol=1e-5)
+    assert (scores["novel"] == (scores["novelty_score"] > settings.novelty_threshold)).all()
+    assert (scores["surprising"] == (scores["surprise_score"] > model.surprise_threshold)).all()
+    assert (scores["knn_novel"] == (scores["knn_distance"] > model.knn_threshold)).all()
+
+
+def test_a_far_image_is_flagged_by_every_score_and_an_ordinary_one_by_none():
+    features, _ = blobs(classes=4, per_class=50)
+    model = fit_model(features, 4, NoveltySettings())
+    far = -features.sum(axis=0, keepdims=True)  # pointing away from all four clusters
+    ordinary = features[:1] + 0.01
+    scores = model.score(np.concatenate([far, ordinary]))
+    assert scores.loc[0, ["novel", "surprising", "knn_novel"]].all()
+    assert not scores.loc[1, ["novel", "surprising", "knn_novel"]].any()
+
+
+def test_the_knn_threshold_is_the_quantile_of_the_fit_images_own_distances_without_themselves():
+    features, _ = blobs(classes=3, per_class=40)
+    model = fit_model(features, 3, NoveltySettings(knn_k=5, flag_quantile=0.9))
+    own = own_knn_distances(model, seed=0)
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    expected = 1.0 - np.sort(similarity, axis=1)[:, ::-1][:, 4]
+    np.testing.assert_allclose(own, expected, atol=1e-5)
+    assert model.knn_threshold == pytest.approx(np.quantile(expected, 0.9), abs=1e-5)
+    assert np.mean(expected > model.knn_threshold) == pytest.approx(0.1, abs=0.01)
+
+
+def test_a_cluster_without_spread_borrows_the_overall_spread():
+    features = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.1, 1.0], [0.0, 1.1], [-0.1, 1.0]])
+    model = fit_model(features, 2, NoveltySettings(normalize=False, knn_k=1))
+    assert np.isfinite(model.cluster_std).all() and (model.cluster_std > 0).all()
+
+
+def test_no_images_give_an_empty_scores_table():
+    features, _ = blobs(classes=3)
+    scores = fit_model(features, 3, NoveltySettings()).score(np.zeros((0, features.shape[1])))
+    assert list(scores.columns) == SCORE_COLUMNS and scores.empty
+
+
+def test_a_saved_model_scores_exactly_as_the_fitted_one(tmp_path):
+    features, _ = blobs(classes=4)
+    model = fit_model(features, 4, NoveltySettings(), info={"dataset": "shapes", "recipe": {"backbone": {"name": "b"}}})
+    model.save(tmp_path / "model.h5")
+    loaded = NoveltyModel.load(tmp_path / "model.h5")
+    queries = features[::7] * 1.1
+    pd.testing.assert_frame_equal(loaded.score(queries), model.score(queries))
+    assert loaded.info == model.info and loaded.knn_threshold == model.knn_threshold
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_loading_a_file_that_is_not_a_model_names_it(tmp_path):
+    with h5py.File(tmp_path / "features.h5", "w") as handle:
+        handle["x"] = [1]
+    with pytest.raises(ValueError, match=r"features.h5: not a novelty model"):
+        NoveltyModel.load(tmp_path / "features.h5")
+
+
+def test_a_store_of_another_backbone_is_refused_for_scoring():
+    features, _ = blobs(classes=3)
+    recipe = {"backbone": {"name": "lite0", "model": "tf_efficientnet_lite0"}, "extract": {"amp": True}}
+    model = fit_model(features, 3, NoveltySettings(), info={"dataset": "photos", "recipe": recipe})
+    same = SimpleNamespace(path="new.h5", dim=features.shape[1], recipe={**recipe, "dataset": "tomorrow"})
+    check_model_matches(model, same)
+    other = SimpleNamespace(path="new.h5", dim=features.shape[1],
+                            recipe={**recipe, "backbone": {"name": "lite0", "model": "resnet10t"}})
+    with pytest.raises(NoveltyInputError, match=r"(?s)new.h5 cannot be scored.*'photos'.*backbone.model: \"resnet10t\" "
+                                                r"here, \"tf_efficientnet_lite0\" expected"):
+        check_model_matches(model, other)
+
+
+# -- measured quality ----------------------------------------------------------------------------------
+
+
+def test_fpr_at_95_tpr_and_auroc_on_a_hand_made_example():
+    is_novel = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=bool)
+    scores = np.array([0.1, 0.2, 0.3, 0.9, 0.4, 0.5, 0.6, 0.7])
+    # catching all four novel images needs threshold 0.4, which also passes the ordinary 0.9: FPR 1/4
+    assert fpr_at_tpr(is_novel, scores) == 0.25
+    quality = detection_quality(is_novel, pd.DataFrame({"s": scores}), names=["s"])
+    assert quality["s"]["auroc"] == pytest.approx(12 / 16)
+    with pytest.raises(NoveltyInputError, match="both novel and ordinary"):
+        detection_quality(np.ones(3, bool), pd.DataFrame({"s": [1.0, 2.0, 3.0]}), names=["s"])
+
+
+def test_unseen_class_quality_detects_far_classes_and_is_seeded():
+    features, labels = blobs(classes=10, per_class=30, spread=0.1)
+    settings = NoveltySettings(quality=QualitySettings(unseen_fraction=0.2, draws=3), knn_k=5)
+    per_draw = unseen_class_quality(features, labels, k=8, settings=settings,
+                                    class_names=[f"c{i}" for i in range(10)])
+    assert len(per_draw) == 3 * 3 and set(per_draw["score"]) == {"novelty_score", "surprise_score", "knn_distance"}
+    assert (per_draw["unseen_images"] == 2 * 30).all()
+    assert (per_draw["seen_images"] == 8 * 30 * 0.2).all()  # the held-out part of the seen classes
+    assert per_draw["unseen_classes"].str.match(r"^c\d, c\d$").all()
+    assert per_draw.groupby("draw")["unseen_classes"].first().nunique() > 1
+    knn = per_draw[per_draw["score"] == "knn_distance"]
+    assert (knn["auroc"] > 0.99).all() and (knn["fpr_at_95_tpr"] < 0.05).all()
+    pd.testing.assert_frame_equal(per_draw, unseen_class_quality(features, labels, 8, settings,
+                                                                 [f"c{i}" for i in range(10)]))
+    table = summarize_quality(per_draw)
+    assert table["draws"].tolist() == [3] * 3 and table["auroc_mean"].is_monotonic_decreasing
+    assert table.set_index("score").loc["knn_distance", "auroc_mean"] == pytest.approx(knn["auroc"].mean())
+    assert table.set_index("score").loc["knn_distance", "auroc_std"] == pytest.approx(knn["auroc"].std())
+
+
+def test_unseen_counts_and_the_reasons_not_to_measure():
+    assert unseen_count(100, 0.1) == 10 and unseen_count(4, 0.1) == 1 and unseen_count(3, 0.9) == 1
+    with pytest.raises(NoveltyInputError, match="at least 3"):
+        unseen_count(2, 0.1)
+    assert measure_quality(np.array([0, 1, 2]), NoveltySettings()) is None
+    assert "1 class(es)" in measure_quality(np.array([-1, -1, 0]), NoveltySettings())
+    assert "draws is 0" in measure_quality(np.array([0, 1, 2]), NoveltySettings(quality=QualitySettings(draws=0)))
+
+
+# -- settings and summary ------------------------------------------------------------------------------
+
+
+def test_settings_come_from_the_validated_config_section():
+    from embedlens.config import validate_config
+
+    config = validate_config({"datasets": [{"name": "a", "kind": "synthetic"}],
+                              "backbones": [{"name": "b", "kind": "timm", "model": "m"}],
+                              "novelty": {"k": 7, "quality": {"draws": 2}, "splits": ["test"]}})
+    settings = NoveltySettings.from_config(config["novelty"])
+    assert settings.k == 7 and settings.quality.draws == 2 and settings.splits == ("test",)
+    assert settings.quality.unseen_fraction == 0.1 and settings.flag_quantile == 0.95
+    defaults = validate_config({"datasets": [{"name": "a", "kind": "synthetic"}],
+                                "backbones": [{"name": "b", "kind": "timm", "model": "m"}]})["novelty"]
+    assert NoveltySettings.from_config(defaults) == NoveltySettings()  # the dataclass mirrors the schema
+
+
+def test_the_summary_reports_counts_quality_and_scored_datasets(tmp_path):
+    features, labels = blobs(classes=5)
+    settings = NoveltySettings(k_max=8, quality=QualitySettings(draws=2))
+    fit = fit_novelty(features, settings)
+    document = fit_document(fit, settings, unreadable=2)
+    assert document["flags"]["images"] == len(fit.held_out_rows) == 40
+    per_draw = unseen_class_quality(features, labels, fit.model.k, settings)
+    quality = {"measured": True, "classes": 5, "unseen_classes": 1, "draws": 2,
+               "scores": summarize_quality(per_draw).to_dict(orient="records")}
+    scored = [{"dataset": "tomorrow", "flags": {"images": 5, "novel": 1, "surprising": 0, "knn_novel": 2},
+               "unreadable": 1}]
+    summary = novelty_summary(document, quality, scored, dataset="shapes", backbone="tiny")
+    summary.write(tmp_path / "summary.json")
+    assert summary.headline["k"] == 5 and summary.headline["unreadable"] == 2
+    knn = next(row for row in quality["scores"] if row["score"] == "knn_distance")
+    assert summary.headline["auroc"] == pytest.approx(knn["auroc_mean"], abs=1e-4)
+    paths = [artifact.path for artifact in summary.tables + summary.figures]
+    assert {"scores.csv", "quality.csv", "elbow.png", "pca.png", "clusters.png", "novel.png",
+            "score/tomorrow/scores.csv", "score/tomorrow/novel.png"} <= set(paths)
+    assert any("2 images of the dataset could not be read" in note for note in summary.notes)
+    assert any("tomorrow: 5 images scored, 2 flagged by kNN" in note and "1 could not be read" in note
+               for note in summary.notes)
+    unmeasured = novelty_summary(document, {"measured": False, "reason": "novelty.quality.draws is 0"}, [],
+                                 dataset="shapes", backbone="tiny")
+    assert "quality.csv" not in [a.path for a in unmeasured.tables]
+    assert any("not measured: novelty.quality.draws is 0" in note for note in unmeasured.notes)
+
+
+def test_map_columns_give_every_image_its_cluster_and_held_out_images_their_knn_distance():
+    features, _ = blobs(classes=3, per_class=20)
+    fit = fit_novelty(features, NoveltySettings(k=3))
+    rows = pd.DataFrame({"split": ["train"] * 60, "index_in_split": np.arange(60) * 2})
+    table = map_columns(rows, fit, features)
+    assert table["index_in_split"].tolist() == rows["index_in_split"].tolist()
+    assert table["novelty cluster"].tolist() == [f"cluster {c}" for c in fit.model.assign(features)[0]]
+    distances = table["novelty kNN distance"]
+    assert distances.isna().sum() == len(fit.fit_rows)
+    np.testing.assert_allclose(distances.iloc[fit.held_out_rows], fit.scores["knn_distance"])
