@@ -146,34 +146,44 @@ def _group_colours(count: int) -> np.ndarray:
     return plt.get_cmap("hsv")(np.linspace(0.0, 1.0, count, endpoint=False))
 
 
-def scatter_map(xy: np.ndarray, groups: Sequence[int], path: str | Path, *, centers: np.ndarray | None = None,
-                title: str | None = None, xlabel: str = "", ylabel: str = "", group_name: str = "group") -> None:
-    """A 2-D map (e.g. PCA, UMAP): ``xy`` (N, 2) points coloured by their integer ``groups`` (N,);
-    ``centers`` (G, 2), when given, are drawn as large numbered crosses in the colour of group 0..G-1.
-    A legend names the groups while there are at most 20 (``group_name`` 0, 1, ...)."""
-    xy, groups = np.asarray(xy, dtype=np.float64), np.asarray(groups, dtype=np.int64)
-    count = int(max(groups.max(initial=-1), -1 if centers is None else len(centers) - 1)) + 1
-    colours = _group_colours(max(count, 1))
+def scatter_map(xy: np.ndarray, groups: Sequence, path: str | Path, *, centers: np.ndarray | None = None,
+                marked: np.ndarray | None = None, marked_label: str = "marked", title: str | None = None,
+                xlabel: str = "", ylabel: str = "", group_name: str | None = None) -> None:
+    """A 2-D map (PCA, UMAP, t-SNE): ``xy`` (N, 2) points coloured by ``groups`` (N labels: class
+    names, or cluster numbers 0..G-1). ``centers`` (G, 2), when given, are drawn as large numbered
+    crosses in the colour of cluster 0..G-1; ``marked`` (N booleans) draws those points as black
+    crosses on top (e.g. misclassified images). While there are at most 20 groups a legend names
+    them (``group_name`` before a cluster number) with their counts."""
+    xy = np.asarray(xy, dtype=np.float64)
+    groups = np.asarray(list(groups), dtype=object)
+    names = list(range(len(centers))) if centers is not None else list(dict.fromkeys(groups.tolist()))
+    names += [group for group in dict.fromkeys(groups.tolist()) if group not in names]
+    colours = _group_colours(max(len(names), 1))
     figure, axes = plt.subplots(figsize=(7.0, 6.0))
     size = float(np.clip(3000.0 / max(len(xy), 1), 2.0, 30.0))
-    for group in range(count):
+    named = 0 < len(names) <= 20
+    for colour, group in zip(colours, names):
         members = groups == group
         if members.any():
-            axes.scatter(xy[members, 0], xy[members, 1], s=size, color=colours[group], alpha=0.6, linewidths=0,
-                         label=f"{group_name} {group}" if count <= 20 else None)
+            label = f"{group_name} {group}" if group_name else str(group)
+            axes.scatter(xy[members, 0], xy[members, 1], s=size, color=colour, alpha=0.6, linewidths=0,
+                         label=f"{label} ({int(members.sum())})" if named else None)
     if centers is not None:
-        centers = np.asarray(centers, dtype=np.float64)
-        for group, (cx, cy) in enumerate(centers):
+        for group, (cx, cy) in enumerate(np.asarray(centers, dtype=np.float64)):
             axes.scatter([cx], [cy], s=160, marker="X", color=colours[group], edgecolors="black", linewidths=1.2,
                          zorder=3)
             axes.annotate(str(group), (cx, cy), xytext=(6, 6), textcoords="offset points", fontsize=9,
                           weight="bold", zorder=4)
-    if 0 < count <= 20:
+    if marked is not None and np.any(marked):
+        marked = np.asarray(marked, dtype=bool)
+        axes.scatter(xy[marked, 0], xy[marked, 1], s=40, marker="x", color="black", linewidths=1.2, zorder=5,
+                     label=f"{marked_label} ({int(marked.sum())})")
+    if named or (marked is not None and np.any(marked)):
         axes.legend(loc="best", fontsize=7, markerscale=max(1.0, 20.0 / size) ** 0.5, framealpha=0.8)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     if title:
-        axes.set_title(title)
+        axes.set_title(title, fontsize=10)
     save_figure(figure, path)
 
 
@@ -308,30 +318,7 @@ def training_curves(history: Mapping[str, Sequence[float]], path: str | Path, *,
     save_figure(figure, path)
 
 
-def scatter_map(points: np.ndarray, groups: Sequence[str], path: str | Path, *, marked: np.ndarray | None = None,
-                marked_label: str = "marked", title: str | None = None) -> None:
-    """A 2-D map (UMAP, t-SNE, PCA) of ``points`` (N, 2), one colour per value of ``groups``, with
-    the rows where ``marked`` is true drawn as black crosses on top (e.g. misclassified images)."""
-    points = np.asarray(points, dtype=np.float64)
-    groups = np.asarray(groups, dtype=object)
-    figure, axis = plt.subplots(figsize=(6.5, 5.5))
-    for colour, group in enumerate(dict.fromkeys(groups)):
-        rows = groups == group
-        axis.scatter(points[rows, 0], points[rows, 1], s=14, alpha=0.7, color=f"C{colour % 10}",
-                     label=f"{group} ({int(rows.sum())})")
-    if marked is not None and np.any(marked):
-        marked = np.asarray(marked, dtype=bool)
-        axis.scatter(points[marked, 0], points[marked, 1], s=40, marker="x", color="black", linewidths=1.2,
-                     label=f"{marked_label} ({int(marked.sum())})")
-    axis.set_xticks([])
-    axis.set_yticks([])
-    axis.legend(fontsize=8, loc="best")
-    if title:
-        axis.set_title(title, fontsize=10)
-    save_figure(figure, path)
-
-
-def image_grid(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], path: str | Path, *,
+def image_rows(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], path: str | Path, *,
                title: str | None = None, cell: float = 1.3) -> None:
     """Images in labelled rows: each row is (row title, RGB uint8 images, one caption per image).
     An empty row shows its title and "none". Images keep their aspect ratio."""

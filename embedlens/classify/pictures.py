@@ -13,7 +13,7 @@ import umap
 
 from embedlens.classify.data import ClassSet
 from embedlens.export import safe_name
-from embedlens.plots import image_grid, scatter_map
+from embedlens.plots import image_rows, scatter_map
 from embedlens.summary import Artifact
 
 
@@ -94,7 +94,7 @@ def draw_pair(pair: tuple[int, int], classes: ClassSet, predictions: TestPredict
                      [image_of(int(predictions.index[r])) for r in confused],
                      [f"P({classes.names[other]})={probabilities[r, other]:.2f}\n"
                       f"P({classes.names[true]})={probabilities[r, true]:.2f}" for r in confused]))
-    image_grid(grid, folder / f"samples_{stem}.png", title=f"{name_a} vs {name_b}: test images")
+    image_rows(grid, folder / f"samples_{stem}.png", title=f"{name_a} vs {name_b}: test images")
 
     confused_ab = int(((targets == a) & (predicted == b)).sum())
     confused_ba = int(((targets == b) & (predicted == a)).sum())
