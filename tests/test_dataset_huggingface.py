@@ -171,17 +171,24 @@ def test_errors_name_columns_and_splits(saved, tmp_path):
         open_dataset(spec(saved, tmp_path, splits=["validation"])).scan()
 
 
-def test_offline_hub_id_says_how_to_use_a_local_copy(monkeypatch, tmp_path):
+def test_offline_hub_id_fails_at_once_and_says_how_to_use_a_local_copy(monkeypatch, tmp_path):
     import huggingface_hub.constants
 
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    from embedlens import hub
+    from embedlens.errors import FetchError
+
+    attempts = []
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: attempts.append(timeout) or False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     dataset = open_dataset({"name": "in1k", "kind": "huggingface", "path": "someone/imagenet-1k-128px",
                             "cache_dir": str(tmp_path / "cache")})
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(FetchError) as error:
         dataset.scan()
     message = str(error.value)
-    assert "someone/imagenet-1k-128px" in message and "save_to_disk" in message and "parquet" in message
+    assert "someone/imagenet-1k-128px" in message and "save_to_disk" in message and "data_files:" in message
+    assert len(attempts) == 1 and datasets.config.HF_HUB_OFFLINE  # one quick look, then no retries
 
 
 def _read(dataset, source):

@@ -35,6 +35,8 @@ import pandas as pd
 from PIL import Image
 
 from embedlens.datasets.base import DatasetScan, ImageDataset
+from embedlens.errors import FetchError
+from embedlens.hub import offline_unless_hub_reachable
 from embedlens.images import check_in_chunks, short_reason, to_rgb
 from embedlens.manifest import SKIPPED_COLUMNS
 
@@ -112,15 +114,18 @@ class HuggingFace(ImageDataset):
         elif path is not None and path.is_dir():
             loaded = datasets.load_dataset(str(path), name=self.config_name, **cache)
         else:
+            if offline_unless_hub_reachable():
+                datasets.config.HF_HUB_OFFLINE = True  # no retry loop: the cache, or a clear error at once
             try:
                 loaded = datasets.load_dataset(self.path, name=self.config_name, **cache)
             except Exception as error:
-                raise RuntimeError(
+                raise FetchError(
                     f"dataset {self.name!r}: could not load {self.path!r} from the Hugging Face hub "
-                    f"({type(error).__name__}: {error}). Without a network, point path at a local copy: "
+                    f"({type(error).__name__}). Without a network, point path at a local copy: "
                     f"a folder written by save_to_disk (DatasetDict or Dataset), a folder of parquet "
                     f"files as on the hub (e.g. a copy of the repo's data/ folder), or a .parquet "
-                    f"file; or list parquet files per split under data_files") from error
+                    f"file; or list parquet files per split under data_files, e.g.\n"
+                    f"    data_files: {{train: /data/imagenet/train-*.parquet}}") from error
         if isinstance(loaded, datasets.Dataset):
             loaded = {"train": loaded}
         return dict(loaded)
