@@ -85,6 +85,10 @@ def _tee_stderr(log_path: Path) -> None:
         for handler in logger.handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream in (previous, terminal):
                 handler.setStream(sys.stderr)
+                if logger is not logging.getLogger():
+                    # it prints to stderr itself (transformers does, and propagates too when CI is set):
+                    # passing its records on to the root's stderr handler would log each one twice
+                    logger.propagate = False
     if isinstance(previous, _Tee):
         previous.log_file.close()
 
