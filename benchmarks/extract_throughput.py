@@ -10,7 +10,7 @@ precision, in one run:
 
 ``--precision fp32`` (the notebooks' own) runs both models in float32; ``bf16`` runs both under
 CUDA bfloat16 autocast (CUDA only: embedlens autocasts only there). On CUDA both loaders pin memory
-and copy batches asynchronously, and ``--also-bf16`` adds the figure of embedlens's own setting (bf16
+and copy batches asynchronously, and ``--also-bf16`` adds the figure of embedlens's `extract.amp: true` (bf16
 autocast) to an fp32 comparison, printed separately and set against embedlens's fp32 figure, since
 its precision differs from the notebooks'.
 
@@ -164,8 +164,8 @@ def main() -> None:
         if len(rates) == 1:  # same precision as the notebooks' path: the like-for-like figure
             print(f"embedlens path ({args.precision}):  {rates[0]:8.1f} images/s, "
                   f"{rates[0] / notebook_rate:.2f}x the notebooks' path; {agreement}")
-        else:  # embedlens's own setting; its precision differs, so it is set against embedlens fp32
-            print(f"embedlens path (bf16 autocast, its own setting): {rates[1]:8.1f} images/s, "
+        else:  # extract.amp: true; its precision differs, so it is set against embedlens fp32
+            print(f"embedlens path (bf16 autocast, extract.amp: true): {rates[1]:8.1f} images/s, "
                   f"{rates[1] / rates[0]:.2f}x its fp32 figure; {agreement}")
         if cosine.mean() < 0.99:
             disagree.append("bf16" if amp else "fp32")

@@ -8,7 +8,7 @@
 #   gpu-tests    pytest -m gpu tests/test_gpu.py
 #   extract-w8   benchmarks/extract_throughput.py: DINO ViT-S/16 architecture (timm
 #   extract-w2   vit_small_patch16_224.dino, random weights), 8192 synthetic images, batch 256, CUDA,
-#                both paths fp32, plus embedlens's own bf16 figure; 8 DataLoader workers per path,
+#                both paths fp32, plus the bf16 figure (extract.amp: true); 8 DataLoader workers per path,
 #                then 2 (the notebooks' setting)
 #   knn          benchmarks/knn.py --device cuda, when that file exists
 #   precision    benchmarks/precision_pairs.py --compare precision: the overlap pair set of 10,000
@@ -112,13 +112,15 @@ if ((has_cuda)); then
     if [ -f benchmarks/knn.py ]; then
         step knn 120 "$PYTHON" benchmarks/knn.py --device cuda
     fi
-    for cifar in ../shared/datasets .cifar; do
-        if [ -f "$cifar/cifar-100-python/test" ]; then
-            step precision 150 "$PYTHON" benchmarks/precision_pairs.py --compare precision --device cuda \
-                --per-class 100 --workers 8 --root "$cifar"
-            break
-        fi
-    done
+    if [ -f ../shared/datasets/cifar-100-python/test ]; then
+        cifar=(--root ../shared/datasets)
+    else
+        cifar=(--root .cifar --partial-copy)
+    fi
+    if [ -f "${cifar[1]}/cifar-100-python/test" ]; then
+        step precision 150 "$PYTHON" benchmarks/precision_pairs.py --compare precision --device cuda \
+            --per-class 100 --workers 8 "${cifar[@]}"
+    fi
 fi
 
 step cpu-tests 90 "$PYTHON" -m pytest tests/test_extract.py tests/test_devices.py -q -p no:cacheprovider
