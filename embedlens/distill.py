@@ -11,19 +11,25 @@ or pseudo labels from the clustering stage, aligned to the store's rows by ``ind
    after every epoch (the *trajectories*).
 2. **Matching.** The synthetic vectors start as random real vectors of their class (seeded) and the
    synthetic learning rate as ``expert_lr``. Each iteration draws an expert and a start epoch ``t <=
-   max_start_epoch``, takes ``syn_steps`` full-batch gradient steps on the synthetic set from the
-   expert's parameters at ``t``, and measures how far they land from the expert's parameters at ``t +
-   expert_epochs_to_match``, relative to how far the expert itself moved:
+   max_start_epoch``, takes ``syn_steps`` gradient steps on random minibatches of ``syn_batch``
+   synthetic vectors from the expert's parameters at ``t``, and measures how far they land from the
+   expert's parameters at ``t + expert_epochs_to_match``, relative to how far the expert itself moved:
    ``||theta_N - theta*_{t+M}||^2 / ||theta*_t - theta*_{t+M}||^2``. That loss is differentiated through
    the unrolled steps and the synthetic vectors and learning rate follow SGD with momentum 0.5 (the
-   paper's optimiser; ``lr_features``, ``lr_lr``).
+   paper's optimiser; ``lr_features``, ``lr_lr``). A classifier's parameters are handled as one flat
+   vector (:class:`FlatClassifier`), so the unrolled steps stay differentiable.
 3. **Evaluation.** The same classifier is trained from scratch with the same plain SGD on (a) the
    distilled set (at its learned rate), (b) a random real subset of ``per_class`` vectors per class,
    (c) the class centroids (:func:`embedlens.geometry.class_centroids`, one per class), each for
    ``eval_epochs`` epochs at ``eval_lr`` (the baselines) and (d) the full train split exactly as the
    experts were trained, over ``eval_seeds`` seeds; each set's test accuracy (true labels of the test
    split) is reported as mean and standard deviation. The distilled set is worth having only when (a)
-   beats (b) beyond the seeds' spread: ``mean_a - std_a > mean_b + std_b``.
+   beats (b) beyond the seeds' spread: ``mean_a - std_a > mean_b + std_b``. One distillation is
+   evaluated: the seeds vary the classifiers trained on it, not the distillation.
+
+The experts' trajectories and the matching state are checkpointed (:mod:`embedlens.checkpoint`); the
+experts' checkpoint depends on the data and the expert settings only, so a run with another
+``per_class`` or other matching settings reuses it.
 
 All classifiers see the features standardised with the mean and standard deviation of the real train
 split (part of the classifier, the same for every set); the synthetic vectors are stored back in the
@@ -477,12 +483,12 @@ def distill(features: np.ndarray, labels: np.ndarray, num_classes: int, settings
 
 
 def evaluate(distilled: Distilled, train: LabelledFeatures, test: LabelledFeatures, num_classes: int,
-             settings: DistillSettings, device: torch.device,
+             settings: DistillSettings, device: torch.device, *, sets: Sequence[str] = tuple(dict(SETS)),
              progress: Callable[[dict], None] | None = None) -> pd.DataFrame:
-    """Test accuracy of the classifier trained from scratch on each set of :data:`SETS`, one row per
-    set and seed (:data:`EVALUATION_COLUMNS`; ``eval_seeds`` seeds, ``seed + s``). The seed draws the
-    initialisation and the shuffling, and for the random subset also which ``per_class`` real vectors
-    of each class it holds. ``progress`` gets each row."""
+    """Test accuracy of the classifier trained from scratch on each of ``sets`` (default: all of
+    :data:`SETS`), one row per set and seed (:data:`EVALUATION_COLUMNS`; ``eval_seeds`` seeds, ``seed +
+    s``). The seed draws the initialisation and the shuffling, and for the random subset also which
+    ``per_class`` real vectors of each class it holds. ``progress`` gets each row."""
     standardizer = distilled.standardizer
     x_test = torch.as_tensor(standardizer.forward(test.features), device=device)
     y_test = torch.as_tensor(test.labels, device=device)
@@ -493,11 +499,12 @@ def evaluate(distilled: Distilled, train: LabelledFeatures, test: LabelledFeatur
         seed = settings.seed + offset
         subset = initial_positions(train.labels, classes, settings.per_class,
                                    np.random.default_rng([settings.seed, offset]))
-        sets = {"distilled": (distilled.features, distilled.labels, distilled.learned_lr, settings.eval_epochs),
+        data = {"distilled": (distilled.features, distilled.labels, distilled.learned_lr, settings.eval_epochs),
                 "random": (train.features[subset], train.labels[subset], settings.baseline_lr, settings.eval_epochs),
                 "centroids": (centroids.vectors, centroids.labels, settings.baseline_lr, settings.eval_epochs),
                 "full": (train.features, train.labels, settings.expert_lr, settings.expert_epochs)}
-        for name, (features, labels, lr, epochs) in sets.items():
+        for name in sets:
+            features, labels, lr, epochs = data[name]
             model, _ = sgd_train(torch.as_tensor(standardizer.forward(features), device=device),
                                  torch.as_tensor(labels, dtype=torch.int64, device=device), num_classes, settings,
                                  lr=lr, epochs=epochs, seed=seed)

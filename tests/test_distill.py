@@ -138,6 +138,16 @@ def test_matching_moves_the_synthetic_vectors_and_lowers_the_matching_loss():
     assert np.array_equal(again.features, result.features) and again.learned_lr == result.learned_lr  # seeded
 
 
+def test_the_mlp_classifier_is_distilled_and_evaluated_the_same_way():
+    features, labels = blobs()
+    config = settings(classifier="mlp", hidden=8, iterations=5, eval_seeds=1)
+    result = distill(features, labels, len(NAMES), config, CPU)
+    assert result.features.shape == (8, 12) and np.isfinite(result.history["matching_loss"]).all()
+    train = LabelledFeatures(features, labels, np.arange(len(labels)))
+    per_seed = evaluate(result, train, train, len(NAMES), config, CPU)
+    assert per_seed["accuracy"].between(0, 1).all() and len(per_seed) == 4
+
+
 def test_a_killed_distillation_resumes_and_ends_as_an_uninterrupted_one(tmp_path):
     features, labels = blobs()
     config = settings(checkpoint_seconds=0)
