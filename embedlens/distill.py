@@ -55,11 +55,11 @@ from embedlens.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from embedlens.classify.training import build_mlp
 from embedlens.geometry import class_centroids
 from embedlens.knn import cosine_topk
+from embedlens.pseudo_labels import PSEUDO, read_pseudo_labels
 from embedlens.store import FeatureStore
 from embedlens.summary import Artifact, StageSummary
 
 CLASSIFIERS = ("linear", "mlp")
-PSEUDO = "pseudo"
 SETS = (("distilled", "(a) distilled"), ("random", "(b) random real subset"), ("centroids", "(c) class centroids"),
         ("full", "(d) full train split"))
 EVALUATION_COLUMNS = ["set", "seed", "vectors", "learning_rate", "epochs", "accuracy"]
@@ -149,44 +149,6 @@ class DistillSettings:
 
 # --------------------------------------------------------------------------------------------------
 # labels and features
-
-
-def pseudo_labels_path(results: str, dataset: str, backbone: str, method: str) -> str:
-    """Where the clustering stage writes the pseudo labels of ``method`` (the contract this stage reads)."""
-    return f"{results}/{dataset}/{backbone}/cluster/{method}/pseudo_labels.json"
-
-
-def read_pseudo_labels(path: str | Path, split: str, index: np.ndarray, num_classes: int) -> np.ndarray:
-    """The pseudo label of every row of ``split`` of a store whose rows have ``index`` (index_in_split),
-    in store order, from the clustering stage's ``pseudo_labels.json`` (keys ``split``, ``index`` and
-    ``pseudo_label``: a class index into the store's class names, one per sample). The file must cover
-    exactly the split's rows; its order may differ (rows are matched by ``index``)."""
-    with open(path) as handle:
-        document = json.load(handle)
-    absent = [key for key in ("split", "index", "pseudo_label") if key not in document]
-    if absent:
-        raise DistillInputError(f"{path}: no key(s) {', '.join(absent)}; the clustering stage's pseudo_labels.json "
-                                "has split, index and pseudo_label")
-    if document["split"] != split:
-        raise DistillInputError(f"{path}: pseudo labels of split {document['split']!r}, but distill.train_split is "
-                                f"{split!r}; cluster that split or set distill.train_split: {document['split']}")
-    given = np.asarray(document["index"], dtype=np.int64)
-    labels = np.asarray(document["pseudo_label"], dtype=np.int64)
-    if len(given) != len(labels):
-        raise DistillInputError(f"{path}: {len(given)} index entries but {len(labels)} pseudo labels")
-    if len(np.unique(given)) != len(given):
-        raise DistillInputError(f"{path}: the index lists some samples more than once")
-    missing, extra = np.setdiff1d(index, given), np.setdiff1d(given, index)
-    if len(missing) or len(extra):
-        raise DistillInputError(
-            f"{path}: the pseudo labels do not cover the store's {split!r} rows: {len(missing)} rows without a pseudo "
-            f"label (e.g. index {missing[:5].tolist()}), {len(extra)} labels of samples the store lacks (e.g. "
-            f"{extra[:5].tolist()}); the clustering stage was run on another store; rebuild it")
-    if labels.min(initial=0) < 0 or labels.max(initial=0) >= num_classes:
-        raise DistillInputError(f"{path}: pseudo labels must be class indices 0..{num_classes - 1} of the store's "
-                                f"class names; found {labels.min()}..{labels.max()}")
-    order = np.argsort(given)
-    return labels[order][np.searchsorted(given[order], index)]
 
 
 def label_source(settings: DistillSettings, pseudo_labels: str | Path | None = None) -> str:

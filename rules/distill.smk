@@ -15,30 +15,12 @@
 #
 # neighbours.json carries the nearest-image figures from distill_neighbours to distill_summary.
 
-from embedlens.distill import PSEUDO, pseudo_labels_path
-
 DISTILL = config["distill"]
 DISTILL_DIR = f"{RESULTS}/{{dataset}}/{{backbone}}/distill"
 # What the rules' results depend on: switching the stage off and on must not redistil.
 DISTILL_SETTINGS = {key: value for key, value in DISTILL.items() if key != "enabled"}
 if DISTILL["enabled"]:
     STAGE_SUMMARIES["distill"] = f"{DISTILL_DIR}/summary.json"
-
-
-def distill_inputs(wildcards):
-    """The store and its manifest, and with distill.labels: pseudo the clustering stage's pseudo labels."""
-    inputs = {"manifest": f"{RESULTS}/{wildcards.dataset}/manifest.csv",
-              "features": f"{RESULTS}/{wildcards.dataset}/{wildcards.backbone}/features.h5"}
-    if DISTILL["labels"] == PSEUDO:
-        inputs["pseudo_labels"] = pseudo_labels_path(RESULTS, wildcards.dataset, wildcards.backbone,
-                                                     DISTILL["cluster_method"])
-    return inputs
-
-
-def distill_runtime(wildcards, input, attempt):
-    """Minutes: the experts' epochs over the store plus the matching iterations, on a slow CPU (the 20,000 x
-    1280 train split, 100 MB of store, took about 10 minutes with the defaults on 2 busy cores)."""
-    return int((20 + store_mb(input) / 5) * attempt)
 
 
 rule distill_fit:

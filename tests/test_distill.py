@@ -15,8 +15,8 @@ import torch
 from embedlens.config import section_defaults
 from embedlens.distill import (SETS, DistillInputError, Distilled, DistillSettings, LabelledFeatures, beats_random,
                                distill, distill_document, distill_summary, evaluate, grid_vectors, initial_positions,
-                               label_source, nearest_real, pseudo_labels_path, read_pseudo_labels, read_rows,
-                               summarize_evaluation)
+                               label_source, nearest_real, read_rows, summarize_evaluation)
+from embedlens.pseudo_labels import PseudoLabelsError, pseudo_labels_path, read_pseudo_labels
 from embedlens.store import FeatureStore, SplitFeatures, write_store
 
 CPU = torch.device("cpu")
@@ -101,13 +101,13 @@ def test_pseudo_labels_of_another_split_or_other_samples_are_refused(tmp_path):
     index, labels = store.index("train"), store.labels("train")
     path = tmp_path / "pseudo_labels.json"
     write_pseudo_labels(path, split="test", index=index, pseudo_label=labels)
-    with pytest.raises(DistillInputError, match="pseudo labels of split 'test', but distill.train_split is 'train'"):
+    with pytest.raises(PseudoLabelsError, match="pseudo labels of split 'test', but they are read for split 'train'"):
         read_rows(store, settings(labels="pseudo"), path)
     write_pseudo_labels(path, split="train", index=index[:-1], pseudo_label=labels[:-1])
-    with pytest.raises(DistillInputError, match=r"1 rows without a pseudo label \(e.g. index \[242\]\)"):
+    with pytest.raises(PseudoLabelsError, match=r"1 rows without a pseudo label \(e.g. index \[242\]\)"):
         read_pseudo_labels(path, "train", index, len(NAMES))
     write_pseudo_labels(path, split="train", index=index, pseudo_label=np.full(len(index), 7))
-    with pytest.raises(DistillInputError, match="class indices 0..3"):
+    with pytest.raises(PseudoLabelsError, match="class indices 0..3"):
         read_pseudo_labels(path, "train", index, len(NAMES))
     with pytest.raises(DistillInputError, match="no pseudo_labels.json was given"):
         read_rows(store, settings(labels="pseudo"))

@@ -12,6 +12,7 @@ from embedlens.devices import acquire_device
 from embedlens.distill import (DistillInputError, Distilled, DistillSettings, distill_document, evaluate, read_rows,
                                summarize_evaluation)
 from embedlens.logs import exit_on, job_logger
+from embedlens.pseudo_labels import PseudoLabelsError
 from embedlens.manifest import write_table
 from embedlens.store import FeatureStore
 
@@ -19,7 +20,7 @@ log = job_logger("distill_evaluate", snakemake.log[0])
 settings = DistillSettings.from_config(snakemake.params.settings)
 store = FeatureStore(snakemake.input.features)
 store.check(dataset=snakemake.wildcards.dataset, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
-with exit_on(log, DistillInputError):
+with exit_on(log, DistillInputError, PseudoLabelsError):
     train, test = read_rows(store, settings, snakemake.input.get("pseudo_labels"))
 distilled, attrs = Distilled.load(snakemake.input.distilled)
 torch.set_num_threads(snakemake.threads)

@@ -7,6 +7,7 @@ from embedlens.classify.results import remove_checkpoints
 from embedlens.devices import acquire_device
 from embedlens.distill import DistillInputError, DistillSettings, distill, label_source, read_rows
 from embedlens.logs import exit_on, job_logger
+from embedlens.pseudo_labels import PseudoLabelsError
 from embedlens.plots import curve
 from embedlens.store import FeatureStore
 
@@ -16,7 +17,7 @@ settings = DistillSettings.from_config(snakemake.params.settings)
 store = FeatureStore(snakemake.input.features)
 store.check(dataset=name, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
 pseudo_labels = snakemake.input.get("pseudo_labels")
-with exit_on(log, DistillInputError):
+with exit_on(log, DistillInputError, PseudoLabelsError):
     train, _ = read_rows(store, settings, pseudo_labels)
 torch.set_num_threads(snakemake.threads)
 device, gpu_claim = acquire_device(settings.device)  # the claim holds the GPU until the job ends
