@@ -21,8 +21,8 @@ or pseudo labels from the clustering stage, aligned to the store's rows by ``ind
 3. **Evaluation.** The same classifier is trained from scratch with the same plain SGD on (a) the
    distilled set (at its learned rate), (b) a random real subset of ``per_class`` vectors per class,
    (c) the class centroids (:func:`embedlens.geometry.class_centroids`, one per class), each for
-   ``eval_epochs`` epochs at ``eval_lr`` (the baselines) and (d) the full train split exactly as the
-   experts were trained, over ``eval_seeds`` seeds; each set's test accuracy (true labels of the test
+   ``eval_epochs`` epochs (the baselines at ``eval_lr``), and (d) the full train split for
+   ``full_epochs`` at ``full_lr``, over ``eval_seeds`` seeds; each set's test accuracy (true labels of the test
    split) is reported as mean and standard deviation. The distilled set is worth having only when (a)
    beats (b) beyond the seeds' spread: ``mean_a - std_a > mean_b + std_b``. One distillation is
    evaluated: the seeds vary the classifiers trained on it, not the distillation.
@@ -77,9 +77,9 @@ class DistillInputError(ValueError):
 
 @dataclass(frozen=True)
 class DistillSettings:
-    """Every key of the schema's ``distill`` section; see ``embedlens/config.schema.yaml`` for each one."""
+    """Every key of the schema's ``distill`` section but ``enabled`` (which only the workflow reads); see
+    ``embedlens/config.schema.yaml`` for each one."""
 
-    enabled: bool
     labels: bool | str
     cluster_method: str
     train_split: str
@@ -102,7 +102,9 @@ class DistillSettings:
     lr_lr: float
     eval_seeds: int
     eval_epochs: int
-    eval_lr: float | None
+    eval_lr: float
+    full_epochs: int
+    full_lr: float
     checkpoint_seconds: float
     neighbours: int
     grid_rows: int
@@ -124,13 +126,14 @@ class DistillSettings:
     def from_config(cls, section: Mapping) -> DistillSettings:
         """Build from a validated config's ``distill`` section (every key present: validation fills in
         the schema's defaults; :func:`embedlens.config.section_defaults` gives them outside the
-        workflow). The error names unknown and missing keys."""
+        workflow; ``enabled`` may be there or not). The error names unknown and missing keys."""
+        values = {key: value for key, value in section.items() if key != "enabled"}
         known = {field.name for field in fields(cls)}
-        unknown, missing = sorted(set(section) - known), sorted(known - set(section))
+        unknown, missing = sorted(set(values) - known), sorted(known - set(values))
         if unknown or missing:
             raise ValueError(f"distill: unknown key(s) {unknown}, missing key(s) {missing}; validate the config "
                              f"against embedlens/config.schema.yaml (it fills in the defaults)")
-        return cls(**section)
+        return cls(**values)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -140,11 +143,6 @@ class DistillSettings:
         :data:`DISTILL_KEYS`: what decides the distilled set)."""
         values = self.as_dict()
         return {name: values[name] for name in names}
-
-    @property
-    def baseline_lr(self) -> float:
-        """The learning rate the random subset and the centroids are trained with."""
-        return self.expert_lr if self.eval_lr is None else self.eval_lr
 
 
 # --------------------------------------------------------------------------------------------------
@@ -462,9 +460,9 @@ def evaluate(distilled: Distilled, train: LabelledFeatures, test: LabelledFeatur
         subset = initial_positions(train.labels, classes, settings.per_class,
                                    np.random.default_rng([settings.seed, offset]))
         data = {"distilled": (distilled.features, distilled.labels, distilled.learned_lr, settings.eval_epochs),
-                "random": (train.features[subset], train.labels[subset], settings.baseline_lr, settings.eval_epochs),
-                "centroids": (centroids.vectors, centroids.labels, settings.baseline_lr, settings.eval_epochs),
-                "full": (train.features, train.labels, settings.expert_lr, settings.expert_epochs)}
+                "random": (train.features[subset], train.labels[subset], settings.eval_lr, settings.eval_epochs),
+                "centroids": (centroids.vectors, centroids.labels, settings.eval_lr, settings.eval_epochs),
+                "full": (train.features, train.labels, settings.full_lr, settings.full_epochs)}
         for name in sets:
             features, labels, lr, epochs = data[name]
             model, _ = sgd_train(torch.as_tensor(standardizer.forward(features), device=device),
@@ -559,8 +557,8 @@ def grid_vectors(labels: np.ndarray, count: int) -> list[int]:
 def neighbour_rows(dataset, table: pd.DataFrame, vectors: Sequence[int]
                    ) -> list[tuple[str, list[np.ndarray], list[str]]]:
     """Rows for :func:`embedlens.plots.image_rows`: per synthetic vector its class and number, then its
-    nearest real images (drawn through ``dataset.read_image``; one that cannot be read is left out,
-    its caption says so in the log of the caller) captioned with their class and cosine similarity."""
+    nearest real images (drawn through ``dataset.read_image``; one that cannot be read is left out of
+    the row, the table still lists it) captioned with their class and cosine similarity."""
     rows = []
     for vector in vectors:
         found = table[table["vector"] == vector].sort_values("rank")
@@ -613,8 +611,8 @@ def distill_summary(document: Mapping, neighbours: Mapping, *, dataset: str, bac
         "50-100x compression with 80-95% of the accuracy kept, without evidence)." if document["accuracy_kept"]
         is not None else "The full split's accuracy is 0, so no share of it is kept.",
         f"The distilled set was trained at its learned learning rate {document['learned_lr']:.4g}; the random subset "
-        f"and the centroids at {random['learning_rate']:.4g}, each for {random['epochs']} epochs; the full split as "
-        f"the experts were ({full['epochs']} epochs at {full['learning_rate']:.4g}).",
+        f"and the centroids at {random['learning_rate']:.4g}, each for {random['epochs']} epochs; the full split for "
+        f"{full['epochs']} epochs at {full['learning_rate']:.4g}.",
         f"Of each synthetic vector's {neighbours['k']} nearest real train images, {neighbours['same_class']:.1%} "
         "have the vector's class as their true label.",
         f"Distillation took {document['seconds']['distillation']:.0f} s, the evaluation "

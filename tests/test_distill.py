@@ -27,7 +27,7 @@ def settings(**changes) -> DistillSettings:
     """The schema's defaults scaled down to tiny data, with ``changes``."""
     tiny = {"per_class": 2, "experts": 2, "expert_epochs": 6, "expert_lr": 0.05, "batch_size": 16, "syn_batch": 8,
             "syn_steps": 4, "expert_epochs_to_match": 2, "max_start_epoch": 3, "iterations": 12, "lr_features": 10.0,
-            "eval_seeds": 3, "eval_epochs": 30, "device": "cpu"}
+            "eval_seeds": 3, "eval_epochs": 30, "eval_lr": 0.05, "full_epochs": 6, "full_lr": 0.05, "device": "cpu"}
     return DistillSettings.from_config({**section_defaults("distill"), **tiny, **changes})
 
 

@@ -27,7 +27,7 @@ def shapes_config(**distill) -> dict:
         "overlap": {"export": False},
         "distill": {"enabled": True, "per_class": 2, "experts": 2, "expert_epochs": 4, "batch_size": 8,
                     "syn_batch": 8, "syn_steps": 3, "expert_epochs_to_match": 1, "max_start_epoch": 2,
-                    "iterations": 6, "lr_features": 1.0, "eval_seeds": 2, "eval_epochs": 10, "neighbours": 3,
+                    "iterations": 6, "lr_features": 1.0, "eval_seeds": 2, "eval_epochs": 10, "full_epochs": 4, "neighbours": 3,
                     "grid_rows": 5, **distill},
     }
 
