@@ -5,10 +5,11 @@ The clustering stage writes ``{results}/{dataset}/{backbone}/cluster/{method}/ps
 
     {"method": "temi", "split": "train",          # the split it was fitted on
      "index": [...],                              # index_in_split of every sample of that split, in store order
-     "cluster": [...], "pseudo_label": [...],     # per sample; pseudo_label indexes the store's class_names
+     "cluster": [...], "pseudo_label": [...],     # per sample; pseudo_label indexes the store's class_names, -1: none
      "cluster_to_label": {...}, "representatives": {...}, "purity": {...}, "k": 100}
 
-Readers join the labels to the store's rows by ``index``, never by position.
+Readers join the labels to the store's rows by ``index``, never by position. A fit that the clustering
+stage skipped leaves a file without samples and with the ``reason``.
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ def pseudo_labels_path(results: str, dataset: str, backbone: str, method: str) -
 def read_pseudo_labels(path: str | Path, split: str, index: np.ndarray, num_classes: int) -> np.ndarray:
     """The pseudo label of every row of ``split`` of a store whose rows have ``index`` (index_in_split),
     in store order, from the clustering stage's ``pseudo_labels.json`` (keys ``split``, ``index`` and
-    ``pseudo_label``: a class index into the store's class names, one per sample). The file must cover
-    exactly the split's rows; its order may differ (rows are matched by ``index``)."""
+    ``pseudo_label``: a class index into the store's class names, one per sample, -1 for none). The file
+    must cover exactly the split's rows; its order may differ (rows are matched by ``index``)."""
     with open(path) as handle:
         document = json.load(handle)
     absent = [key for key in ("split", "index", "pseudo_label") if key not in document]
     if absent:
         raise PseudoLabelsError(f"{path}: no key(s) {', '.join(absent)}; the clustering stage's pseudo_labels.json "
                                 "has split, index and pseudo_label")
+    if "reason" in document and not document["index"]:
+        raise PseudoLabelsError(f"{path}: the clustering stage has no pseudo labels: {document['reason']}")
     if document["split"] != split:
         raise PseudoLabelsError(f"{path}: pseudo labels of split {document['split']!r}, but they are read for split "
                                 f"{split!r}; cluster that split, or set the reading stage's train_split: "
@@ -58,8 +61,8 @@ def read_pseudo_labels(path: str | Path, split: str, index: np.ndarray, num_clas
             f"{path}: the pseudo labels do not cover the store's {split!r} rows: {len(missing)} rows without a pseudo "
             f"label (e.g. index {missing[:5].tolist()}), {len(extra)} labels of samples the store lacks (e.g. "
             f"{extra[:5].tolist()}); the clustering stage was run on another store; rebuild it")
-    if labels.min(initial=0) < 0 or labels.max(initial=0) >= num_classes:
+    if labels.min(initial=0) < -1 or labels.max(initial=0) >= num_classes:
         raise PseudoLabelsError(f"{path}: pseudo labels must be class indices 0..{num_classes - 1} of the store's "
-                                f"class names; found {labels.min()}..{labels.max()}")
+                                f"class names, or -1 for none; found {labels.min()}..{labels.max()}")
     order = np.argsort(given)
     return labels[order][np.searchsorted(given[order], index)]

@@ -92,6 +92,10 @@ def test_pseudo_labels_are_aligned_to_the_store_rows_by_index(tmp_path):
     write_pseudo_labels(path, split="train", index=index[shuffled], pseudo_label=pseudo[shuffled])
     train, test = read_rows(store, settings(labels="pseudo"), path)
     assert np.array_equal(train.labels, pseudo) and np.array_equal(train.index, index)
+    pseudo[:5] = -1  # the clustering stage's "no label" (a cluster whose representatives had none)
+    write_pseudo_labels(path, split="train", index=index, pseudo_label=pseudo)
+    train, _ = read_rows(store, settings(labels="pseudo"), path)
+    assert len(train.labels) == 75 and np.array_equal(train.index, index[5:])
     assert np.array_equal(test.labels, store.labels("test"))  # tested against the truth
     assert "pseudo labels of clustering method temi" in label_source(settings(labels="pseudo"), path)
 
@@ -108,6 +112,10 @@ def test_pseudo_labels_of_another_split_or_other_samples_are_refused(tmp_path):
         read_pseudo_labels(path, "train", index, len(NAMES))
     write_pseudo_labels(path, split="train", index=index, pseudo_label=np.full(len(index), 7))
     with pytest.raises(PseudoLabelsError, match="class indices 0..3"):
+        read_pseudo_labels(path, "train", index, len(NAMES))
+    path.write_text(json.dumps({"method": "temi", "split": "train", "index": [], "cluster": [], "pseudo_label": [],
+                                "reason": "the split has 3 images; clustering needs at least 10"}))
+    with pytest.raises(PseudoLabelsError, match="no pseudo labels: the split has 3 images"):
         read_pseudo_labels(path, "train", index, len(NAMES))
     with pytest.raises(DistillInputError, match="no pseudo_labels.json was given"):
         read_rows(store, settings(labels="pseudo"))
