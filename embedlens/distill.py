@@ -52,6 +52,7 @@ from torch import nn
 
 from embedlens.atomic import atomic_path
 from embedlens.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from embedlens.datasets import ImageDataset
 from embedlens.classify.training import build_mlp
 from embedlens.geometry import class_centroids
 from embedlens.knn import cosine_topk
@@ -554,7 +555,7 @@ def grid_vectors(labels: np.ndarray, count: int) -> list[int]:
     return order[:count]
 
 
-def neighbour_rows(dataset, table: pd.DataFrame, vectors: Sequence[int]
+def neighbour_rows(dataset: ImageDataset, table: pd.DataFrame, vectors: Sequence[int]
                    ) -> list[tuple[str, list[np.ndarray], list[str]]]:
     """Rows for :func:`embedlens.plots.image_rows`: per synthetic vector its class and number, then its
     nearest real images (drawn through ``dataset.read_image``; one that cannot be read is left out of
