@@ -291,3 +291,23 @@ def test_side_by_side_maps_and_coloured_captions_are_drawn(tmp_path):
     image_rows([("cluster 0", [image, image], ["a", "b"])], tmp_path / "grid.png",
                caption_colours=[["tab:green", "tab:red"]])
     assert (tmp_path / "map.png").stat().st_size > 10_000 and (tmp_path / "grid.png").stat().st_size > 1000
+
+
+def test_a_kmeans_warm_start_points_every_head_at_the_given_clusters():
+    features, labels = blobs()
+    temi = small()
+    torch.manual_seed(0)
+    heads = ClusterHeads(16, 5, temi.heads, temi.hidden_dim, temi.bottleneck_dim)
+    x = torch.as_tensor(features)
+    cold = heads(x).argmax(dim=-1).numpy()
+    clusters = fit_kmeans(features, 5, settings().kmeans, seed=0).labels_
+    heads.warm_start(x, torch.as_tensor(clusters, dtype=torch.int64))
+    warm = heads(x).argmax(dim=-1).numpy()
+    assert all(cluster_metrics(clusters, warm[h], 5)["acc"] > 0.9 for h in range(temi.heads))
+    assert max(cluster_metrics(clusters, cold[h], 5)["acc"] for h in range(temi.heads)) < 0.9
+    assert torch.all(heads.last_gain == 1)
+    neighbours = cosine_topk(features, k=5, device="cpu").indices
+    fit = train_temi(features, neighbours, 5, dataclasses.replace(temi, epochs=3), seed=0, device=CPU,
+                     warm_start=clusters)
+    assigned = head_probabilities(load_heads(fit.teacher, temi, CPU), features, temi, CPU)[fit.best_head].argmax(1)
+    assert cluster_metrics(labels, assigned, 5)["acc"] > 0.9

@@ -8,6 +8,7 @@ import torch
 
 from embedlens.atomic import atomic_path, write_text_atomic
 from embedlens.classify.results import remove_checkpoints
+from embedlens.cluster.kmeans import fit_kmeans
 from embedlens.cluster.metrics import neighbour_agreement
 from embedlens.cluster.results import Assignment, number_of_clusters, read_splits, save_predictions
 from embedlens.cluster.settings import ClusterInputError, ClusterSettings
@@ -41,7 +42,9 @@ log.info("%d %r images, %d clusters, %d heads on %s; %d neighbours each mined in
          len(train.labels), settings.train_split, clusters, temi.heads, device, temi.neighbours,
          time.monotonic() - started, "n/a" if agreement is None else f"{agreement:.1%}")
 with exit_on(log, ClusterInputError):
-    fit = train_temi(train.features, neighbours, clusters, temi, settings.seed, device,
+    warm_start = (fit_kmeans(train.features, clusters, settings.kmeans, settings.seed).labels_
+                  if temi.warm_start == "kmeans" else None)
+    fit = train_temi(train.features, neighbours, clusters, temi, settings.seed, device, warm_start=warm_start,
                      checkpoint=f"{snakemake.params.checkpoints}/train.pt",
                      progress=lambda row: log.info("epoch %(epoch)d: loss %(loss_mean).4f (best head %(best_head)d: "
                                                    "%(loss_best).4f), lr %(learning_rate).2e", row))
@@ -67,7 +70,7 @@ training_curves(history, snakemake.output.curve, panels={"TEMI loss": ["loss_mea
                 title=f"{snakemake.wildcards.dataset} x {snakemake.wildcards.backbone}: TEMI, {clusters} clusters")
 document = {"method": "temi", "clusters": clusters, "seconds": round(seconds, 1), "device": str(device),
             "train_images": len(train.labels), "test_images": len(test.labels), "neighbours": temi.neighbours,
-            "neighbour_agreement": agreement, "heads": temi.heads, "epochs": temi.epochs,
+            "neighbour_agreement": agreement, "heads": temi.heads, "epochs": temi.epochs, "warm_start": temi.warm_start,
             "batch_size": fit.batch_size, "steps_per_epoch": fit.steps_per_epoch, "best_head": fit.best_head,
             "final_loss": float(fit.head_losses[-1][fit.best_head]), "uniform_loss": uniform_loss(clusters, temi.beta),
             "head_statistics": statistics, "resumed_at_epoch": fit.resumed_at_epoch, "warnings": warnings}

@@ -34,6 +34,7 @@ class TemiSettings:
     hidden_dim: int
     bottleneck_dim: int
     freeze_last_layer_epochs: int
+    warm_start: str
     checkpoint_every: int
 
 

@@ -86,13 +86,31 @@ class ClusterHeads(nn.Module):
         """The weight-normalised last layer's parameters (frozen during the first epochs)."""
         return [self.last_direction, self.last_gain]
 
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+    def bottleneck(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised bottleneck of every head, (heads, B, bottleneck)."""
         rows = len(embeddings)
         hidden = F.gelu(torch.addmm(self.hidden_bias, embeddings, self.hidden_weight))
         hidden = hidden.view(rows, self.heads, self.hidden).transpose(0, 1)
-        bottleneck = F.normalize(torch.baddbmm(self.bottleneck_bias, hidden, self.bottleneck_weight), dim=-1)
+        return F.normalize(torch.baddbmm(self.bottleneck_bias, hidden, self.bottleneck_weight), dim=-1)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         weight = self.last_gain * self.last_direction / self.last_direction.norm(dim=1, keepdim=True)
-        return torch.bmm(bottleneck, weight)
+        return torch.bmm(self.bottleneck(embeddings), weight)
+
+    @torch.no_grad()
+    def warm_start(self, embeddings: torch.Tensor, clusters: torch.Tensor) -> None:
+        """Point the last layer of every head at given clusters (e.g. k-means'): cluster c's direction
+        becomes the normalised mean bottleneck of the rows in c, so each head starts by assigning a row
+        to the cluster whose members' bottlenecks are nearest its own. Empty clusters keep their random
+        direction; the gain g stays 1."""
+        sums = torch.zeros(self.heads, self.last_direction.shape[2], self.last_direction.shape[1],
+                           device=embeddings.device)
+        for start in range(0, len(embeddings), PREDICT_BATCH):
+            sums.index_add_(1, clusters[start:start + PREDICT_BATCH],
+                            self.bottleneck(embeddings[start:start + PREDICT_BATCH]))
+        present = torch.bincount(clusters, minlength=sums.shape[1]) > 0
+        directions = F.normalize(sums, dim=-1).transpose(1, 2)  # (heads, bottleneck, clusters)
+        self.last_direction[:, :, present] = directions[:, :, present]
 
 
 def temi_head_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, prior: torch.Tensor,
@@ -156,10 +174,13 @@ def build_heads(dim: int, clusters: int, settings: TemiSettings) -> ClusterHeads
 
 
 def train_temi(features: np.ndarray, neighbours: np.ndarray, clusters: int, settings: TemiSettings, seed: int,
-               device: torch.device, *, checkpoint: str | Path | None = None,
+               device: torch.device, *, warm_start: np.ndarray | None = None, checkpoint: str | Path | None = None,
                progress: Callable[[dict], None] | None = None) -> TemiFit:
     """Train TEMI heads on ``features`` (N, D, raw embeddings) with ``neighbours`` (N, k: row numbers of
     each image's nearest neighbours) into ``clusters`` clusters (see the module docstring).
+
+    ``warm_start``: a cluster (0..K-1) per row, e.g. k-means', that the heads' last layers are pointed
+    at before training (:meth:`ClusterHeads.warm_start`); None: the published cold start.
 
     ``checkpoint``: a file to checkpoint to and resume from; a checkpoint of other data or settings is
     ignored and overwritten; a finished training leaves a checkpoint from which a second call returns
@@ -176,10 +197,14 @@ def train_temi(features: np.ndarray, neighbours: np.ndarray, clusters: int, sett
     learning_rates = cosine_schedule(settings.learning_rate * scale, settings.min_learning_rate * scale, total,
                                      settings.warmup_epochs * steps)
     momenta = cosine_schedule(settings.teacher_momentum, settings.teacher_momentum_end, total)
-    digest = fingerprint(settings, clusters, seed, features, neighbours)
+    digest = fingerprint(settings, clusters, seed, features, neighbours,
+                         *([] if warm_start is None else [np.asarray(warm_start, np.int64)]))
 
     torch.manual_seed(seed)
+    x = torch.as_tensor(features, dtype=torch.float32, device=device)
     student = build_heads(features.shape[1], clusters, settings).to(device)
+    if warm_start is not None:
+        student.warm_start(x, torch.as_tensor(warm_start, dtype=torch.int64, device=device))
     teacher = build_heads(features.shape[1], clusters, settings).to(device)
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
@@ -208,7 +233,6 @@ def train_temi(features: np.ndarray, neighbours: np.ndarray, clusters: int, sett
             torch.save({"fingerprint": digest, "student": student.state_dict(), "teacher": teacher.state_dict(),
                         "optimizer": optimizer.state_dict(), "draws": draws.get_state(), "state": state}, tmp)
 
-    x = torch.as_tensor(features, dtype=torch.float32, device=device)
     partners_of = torch.as_tensor(neighbours, dtype=torch.int64)
     prior = state["prior"].to(device)
     while state["epoch"] < settings.epochs:
