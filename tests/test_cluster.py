@@ -171,7 +171,8 @@ def test_a_killed_training_resumes_from_its_checkpoint_and_ends_as_an_uninterrup
 
     checkpoint = tmp_path / "checkpoints" / "train.pt"
     with pytest.raises(KeyboardInterrupt):
-        train_temi(features, neighbours, 5, temi, seed=3, device=CPU, checkpoint=checkpoint, progress=kill_after_epoch_3)
+        train_temi(features, neighbours, 5, temi, seed=3, device=CPU, checkpoint=checkpoint,
+                   progress=kill_after_epoch_3)
     assert checkpoint.is_file() and not list(checkpoint.parent.glob(".*.tmp"))
     resumed = train_temi(features, neighbours, 5, temi, seed=3, device=CPU, checkpoint=checkpoint)
     assert resumed.resumed_at_epoch == 2  # the last checkpoint before the kill
@@ -277,9 +278,15 @@ def test_results_summary_and_map_columns(tmp_path):
     assert {"nmi", "ari", "acc_kmeans"} <= set(summary.headline)
     assert any("kmeans: warning: collapse" in note for note in summary.notes)
     assert any("80.0% of the mined neighbour pairs" in note for note in summary.notes)
-    assert {"temi/map.png", "kmeans/representatives.png", "temi/training_curve.png"} <= {f.path for f in summary.figures}
-    columns = map_columns({"temi": loaded, "kmeans": collapsed})
-    assert len(columns) == 40 and list(columns.columns) == ["split", "index_in_split", "temi cluster", "kmeans cluster"]
+    figures = {figure.path for figure in summary.figures}
+    assert {"temi/map.png", "kmeans/representatives.png", "temi/training_curve.png"} <= figures
+    columns = map_columns({"temi": loaded, "kmeans": collapsed, "skipped": {}})
+    assert list(columns.columns) == ["split", "index_in_split", "temi cluster", "kmeans cluster", "skipped cluster"]
+    assert len(columns) == 40 and columns["skipped cluster"].isna().all() and columns["temi cluster"].notna().all()
+    skipped = {"method": "temi", "status": "skipped", "reason": "no split 'val'", "metrics": {}, "warnings": []}
+    assert metrics_table([skipped, kmeans])["method"].unique().tolist() == ["kmeans"]
+    alone = cluster_summary([skipped], config, dataset="d", backbone="b")
+    assert alone.headline == {"clustered": "no"} and alone.notes == ["temi: not clustered: no split 'val'"]
 
 
 def test_side_by_side_maps_and_coloured_captions_are_drawn(tmp_path):

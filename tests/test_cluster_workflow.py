@@ -96,8 +96,17 @@ def test_only_the_configured_methods_run_and_without_labels_nothing_is_faked(tmp
     assert "acc" not in summary.headline and pd.read_csv(stage / "metrics.csv")["acc"].isna().all()
 
 
-def test_a_split_the_store_lacks_stops_with_a_clear_message(tmp_path):
-    result = snakemake(tmp_path, f"{CLUSTER}/kmeans/fit.json", config=shapes_config(test_split="val"), check=False)
-    assert result.returncode != 0
-    log = (tmp_path / "results/logs/cluster_kmeans/shapes/tiny.log").read_text()
-    assert "cluster.test_split" in log and "has no split 'val'" in log and "Traceback" not in log
+def test_data_that_cannot_be_clustered_leave_empty_files_with_the_reason_and_the_report_still_builds(tmp_path):
+    snakemake(tmp_path, config=shapes_config(test_split="val"))
+    stage = tmp_path / CLUSTER
+    reason = "has no split 'val'; it has train, test (set cluster.test_split to one of them)"
+    for method in ("temi", "kmeans"):
+        results = json.loads((stage / method / "results.json").read_text())
+        assert results["status"] == "skipped" and reason in results["reason"] and results["metrics"] == {}
+        pseudo = json.loads((stage / method / "pseudo_labels.json").read_text())
+        assert PSEUDO_KEYS <= set(pseudo) and pseudo["index"] == []
+        assert (stage / method / "map.png").stat().st_size > 0
+    summary = StageSummary.read(stage / "summary.json")
+    assert summary.headline == {"clustered": "no"} and all(reason in note for note in summary.notes)
+    assert reason in (tmp_path / "results/logs/cluster_temi/shapes/tiny.log").read_text()
+    assert "not clustered" in (tmp_path / "results/report.html").read_text()

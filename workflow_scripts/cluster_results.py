@@ -6,7 +6,7 @@ import json
 from embedlens.atomic import write_text_atomic
 from embedlens.cluster.pseudo import pseudo_labels
 from embedlens.cluster.results import (load_predictions, map_figure, read_splits, representatives_figure,
-                                       results_document, sizes_figure)
+                                       results_document, sizes_figure, skipped_results)
 from embedlens.cluster.settings import ClusterSettings
 from embedlens.datasets import open_dataset
 from embedlens.logs import job_logger
@@ -23,6 +23,12 @@ store.check(dataset=name, recipe=snakemake.params.recipe, manifest=snakemake.inp
 method, clusters, assignments, class_names = load_predictions(snakemake.input.predictions)
 with open(snakemake.input.fit) as handle:
     fit = json.load(handle)
+if fit["status"] == "skipped":
+    document, pseudo = skipped_results(fit, class_names, settings, [output.map, output.sizes, output.representatives])
+    write_text_atomic(output.pseudo_labels, json.dumps(pseudo) + "\n")
+    write_text_atomic(output.results, json.dumps(document, indent=2) + "\n")
+    log.warning("%s not clustered: %s", method, fit["reason"])
+    raise SystemExit(0)
 train, test = read_splits(store, settings)
 fitted, scored = assignments[settings.train_split], assignments[settings.test_split]
 title = f"{name} x {backbone}: {method}, {clusters} clusters"

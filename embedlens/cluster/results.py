@@ -9,16 +9,20 @@ each split (:func:`embedlens.cluster.metrics.cluster_metrics`), the fit's detail
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
-from embedlens.atomic import atomic_path
+from embedlens.atomic import atomic_path, write_text_atomic
 from embedlens.cluster.metrics import cluster_metrics
 from embedlens.cluster.settings import ClusterInputError, ClusterSettings
+from embedlens.cluster.temi import HISTORY_COLUMNS
 from embedlens.datasets import ImageDataset
+from embedlens.manifest import write_table
 from embedlens.plots import bar_chart, image_rows, note_figure, scatter_maps
 from embedlens.store import FeatureStore, SplitFeatures
 from embedlens.summary import Artifact, StageSummary
@@ -26,6 +30,28 @@ from embedlens.summary import Artifact, StageSummary
 METRIC_COLUMNS = ["method", "split", "images", "labelled", "acc", "nmi", "ari", "active_clusters", "size_min",
                   "size_max", "size_mean", "size_std", "size_cv"]
 MATCH, MISMATCH = "tab:green", "tab:red"
+
+
+def clustering_problem(store: FeatureStore, settings: ClusterSettings) -> str | None:
+    """Why ``store`` cannot be clustered as ``settings`` ask (a split it lacks, too few images, no way
+    to know K), naming the setting that would work; None when it can. The stage then writes its files
+    empty, with this reason, so that the rest of the workflow (the report) still runs."""
+    for key in ("train_split", "test_split"):
+        split = getattr(settings, key)
+        if split not in store.splits:
+            return (f"cluster.{key}: {store.path} has no split {split!r}; it has {', '.join(store.splits)} "
+                    f"(set cluster.{key} to one of them)")
+    images = store.split_size(settings.train_split)
+    if settings.clusters is None:
+        labels = store.labels(settings.train_split)
+        if len(np.unique(labels[labels >= 0])) < 2:
+            return (f"cluster.clusters is null, which takes the number of classes of split "
+                    f"{settings.train_split!r}, but its images have fewer than 2 classes; set cluster.clusters")
+    clusters = number_of_clusters(settings, store.labels(settings.train_split))
+    if clusters > images:
+        return (f"split {settings.train_split!r} has {images} images, too few for {clusters} clusters; lower "
+                "cluster.clusters or add images")
+    return None
 
 
 def read_splits(store: FeatureStore, settings: ClusterSettings) -> tuple[SplitFeatures, SplitFeatures]:
@@ -78,6 +104,36 @@ def load_predictions(path) -> tuple[str, int, dict[str, Assignment], list[str]]:
         return (str(data["method"]), int(data["clusters"]),
                 {split: Assignment(data[f"{split}_index"], data[f"{split}_cluster"], data[f"{split}_label"])
                  for split in splits}, [str(name) for name in data["class_names"]])
+
+
+def write_skipped_fit(method: str, reason: str, class_names: Sequence[str], *, predictions, fit, model=None,
+                      history=None, curve=None) -> None:
+    """A fit rule's files when the data cannot be clustered (:func:`clustering_problem`): ``fit``
+    (status skipped and the reason), ``predictions`` without splits, and, where their paths are given,
+    an empty ``history``, and a ``curve`` and ``model`` that carry the reason."""
+    save_predictions(predictions, method, 0, {}, class_names)
+    write_text_atomic(fit, json.dumps({"method": method, "status": "skipped", "reason": reason}, indent=2) + "\n")
+    if model is not None:
+        with atomic_path(model) as tmp:
+            torch.save({"status": "skipped", "reason": reason}, tmp)
+    if history is not None:
+        write_table(pd.DataFrame(columns=HISTORY_COLUMNS), history)
+    if curve is not None:
+        note_figure(f"not clustered: {reason}", curve)
+
+
+def skipped_results(fit: Mapping, class_names: Sequence[str], settings: ClusterSettings,
+                    figures: Sequence[str]) -> tuple[dict, dict]:
+    """``results.json`` and ``pseudo_labels.json`` of a skipped fit (empty, with its reason); each of
+    the ``figures`` paths gets a picture that gives the reason."""
+    for path in figures:
+        note_figure(f"not clustered: {fit['reason']}", path)
+    document = {"method": fit["method"], "status": "skipped", "reason": fit["reason"], "metrics": {}, "warnings": [],
+                "fit": dict(fit)}
+    pseudo = {"method": fit["method"], "split": settings.train_split, "k": settings.representatives, "index": [],
+              "cluster": [], "pseudo_label": [], "cluster_to_label": {}, "representatives": {}, "purity": {},
+              "class_names": list(class_names), "reason": fit["reason"]}
+    return document, pseudo
 
 
 def collapse_warning(active: int, clusters: int, fraction: float) -> str | None:
@@ -184,12 +240,15 @@ def representatives_figure(dataset: ImageDataset, rows: pd.DataFrame, document: 
 def map_columns(predictions: Mapping[str, Mapping[str, Assignment]]) -> pd.DataFrame:
     """The explore map's colourings (:mod:`embedlens.report.explore`): ``split, index_in_split`` and,
     per method, each image's cluster (``<method> cluster``: "cluster 3")."""
-    table = None
-    for method, assignments in predictions.items():
-        part = pd.concat([pd.DataFrame({"split": split, "index_in_split": a.index,
-                                        f"{method} cluster": [f"cluster {c}" for c in a.cluster.tolist()]})
-                          for split, a in assignments.items()], ignore_index=True)
-        table = part if table is None else table.merge(part, on=["split", "index_in_split"], how="outer")
+    table = pd.DataFrame({"split": pd.Series(dtype=str), "index_in_split": pd.Series(dtype="int64")})
+    for method, assignments in predictions.items():  # a skipped method has no splits: an empty column
+        parts = [pd.DataFrame({"split": split, "index_in_split": a.index,
+                               f"{method} cluster": [f"cluster {c}" for c in a.cluster.tolist()]})
+                 for split, a in assignments.items()]
+        part = (pd.concat(parts, ignore_index=True) if parts
+                else pd.DataFrame(columns=["split", "index_in_split", f"{method} cluster"]).astype(
+                    {"split": str, "index_in_split": "int64"}))
+        table = table.merge(part, on=["split", "index_in_split"], how="outer")
     return table
 
 
@@ -207,6 +266,13 @@ def cluster_summary(documents: Sequence[Mapping], settings: ClusterSettings, *, 
     order). The headline figures (``acc``, ``nmi``, ``ari``, ``active_clusters`` on the scored split)
     are the first method's, TEMI by default, so the report compares one method across backbones; the
     other methods' accuracy follows as ``acc_<method>``."""
+    skipped = [document for document in documents if document.get("status") == "skipped"]
+    documents = [document for document in documents if document.get("status") != "skipped"]
+    notes = [f"{document['method']}: not clustered: {document['reason']}" for document in skipped]
+    if not documents:
+        return StageSummary(stage="cluster", title="Clustering", dataset=dataset, backbone=backbone,
+                            headline={"clustered": "no"}, tables=[], figures=[], notes=notes,
+                            settings=settings.as_dict())
     first = documents[0]
     scored = first["metrics"][first["score_split"]]
     headline = {"method": first["method"], "clusters": first["clusters"]}
@@ -220,7 +286,7 @@ def cluster_summary(documents: Sequence[Mapping], settings: ClusterSettings, *, 
                        "NMI and ARI (empty without labels), the clusters holding at least one image (active_clusters) "
                        "and the cluster sizes (min, max, mean, std and coefficient of variation std/mean). Clusters "
                        f"are fitted on {settings.train_split!r} and scored on {settings.test_split!r}.")]
-    figures, notes = [], []
+    figures = []
     for document in documents:
         method, fit = document["method"], document["fit"]
         scored = document["metrics"][document["score_split"]]
@@ -243,13 +309,13 @@ def cluster_summary(documents: Sequence[Mapping], settings: ClusterSettings, *, 
                                     "head) against the loss of uniform probabilities: a curve that stays on that line "
                                     "has learned nothing (the uniform solution)."))
         figures += [
-            Artifact(f"{method}/map.png", f"{method}: the {document['score_split']!r} images in 2-D ({document['map']}), "
-                     "coloured by cluster (left) and by true class (right): clusters that match classes share their "
-                     "outlines."),
-            Artifact(f"{method}/sizes.png", f"{method}: images of {document['fit_split']!r} per cluster, largest first; "
-                     "a flat profile is balanced, a few tall bars and many empty clusters is collapse."),
-            Artifact(f"{method}/representatives.png", f"{method}: the {settings.representatives} images nearest to the "
-                     f"centre of each of the {settings.grid_clusters} largest clusters, which vote the cluster's pseudo "
+            Artifact(f"{method}/map.png", f"{method}: the {document['score_split']!r} images in 2-D "
+                     f"({document['map']}), coloured by cluster (left) and by true class (right): clusters that match "
+                     "classes share their outlines."),
+            Artifact(f"{method}/sizes.png", f"{method}: images of {document['fit_split']!r} per cluster, largest "
+                     "first; a flat profile is balanced, a few tall bars and many empty clusters is collapse."),
+            Artifact(f"{method}/representatives.png", f"{method}: the {settings.representatives} images nearest to "
+                     f"the centre of each of the {settings.grid_clusters} largest clusters, which vote the cluster's pseudo "
                      "label; a caption is green when the image's true class is that label, red when not "
                      "(pseudo_labels.json has every cluster)."),
         ]

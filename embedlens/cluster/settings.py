@@ -6,7 +6,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
-METHODS = ("temi", "kmeans")
 
 
 class ClusterInputError(ValueError):

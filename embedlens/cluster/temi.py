@@ -325,4 +325,5 @@ def diagnose(statistics: list[dict], last_losses: np.ndarray, clusters: int, bet
     return [f"uniform solution: every head gives near-uniform probabilities (mean entropy at least "
             f"{min(s['entropy'] for s in statistics):.2f} of log K); the last epoch's loss, best head "
             f"{float(np.min(last_losses)):.4f}, against {uniform_loss(clusters, beta):.4f} for uniform probabilities "
-            "(-(1/K) log K^(2-2beta)). The heads learned nothing; try more epochs or another learning rate."]
+            "(-(1/K) log K^(2-2beta)). The heads have hardly left the uniform solution; train longer or with a higher "
+            "learning rate, or try cluster.temi.warm_start: kmeans."]
