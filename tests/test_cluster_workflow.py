@@ -99,7 +99,7 @@ def test_only_the_configured_methods_run_and_without_labels_nothing_is_faked(tmp
 def test_data_that_cannot_be_clustered_leave_empty_files_with_the_reason_and_the_report_still_builds(tmp_path):
     snakemake(tmp_path, config=shapes_config(test_split="val"))
     stage = tmp_path / CLUSTER
-    reason = "has no split 'val'; it has train, test (set cluster.test_split to one of them)"
+    reason = "has no split 'val'; it has test, train (set cluster.test_split to one of them)"
     for method in ("temi", "kmeans"):
         results = json.loads((stage / method / "results.json").read_text())
         assert results["status"] == "skipped" and reason in results["reason"] and results["metrics"] == {}
