@@ -366,9 +366,12 @@ def image_rows(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], 
         for c, (image, caption) in enumerate(zip(images, captions)):
             axes[r][c].imshow(image, interpolation="nearest")
             axes[r][c].set_title(caption, fontsize=6,
-                                 color=caption_colours[r][c] if caption_colours is not None else None)
+                                 color=caption_colours[r][c] if caption_colours is not None else "black")
+    # the title keeps about 0.6 inch above the rows: matplotlib's default top margin is a share of the
+    # height, which leaves inches of blank paper above tens of rows
+    figure.subplots_adjust(top=1.0 - 0.6 / height)
     if title:
-        figure.suptitle(title, fontsize=10)
+        figure.suptitle(title, fontsize=10, y=1.0 - 0.15 / height)
     save_figure(figure, path)
 
 

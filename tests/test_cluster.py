@@ -297,7 +297,9 @@ def test_side_by_side_maps_and_coloured_captions_are_drawn(tmp_path):
     image = np.zeros((8, 8, 3), np.uint8)
     image_rows([("cluster 0", [image, image], ["a", "b"])], tmp_path / "grid.png",
                caption_colours=[["tab:green", "tab:red"]])
+    image_rows([("cluster 0", [image], ["a"])], tmp_path / "plain.png", title="captions black by default")
     assert (tmp_path / "map.png").stat().st_size > 10_000 and (tmp_path / "grid.png").stat().st_size > 1000
+    assert (tmp_path / "plain.png").stat().st_size > 1000
 
 
 def test_a_kmeans_warm_start_points_every_head_at_the_given_clusters():
