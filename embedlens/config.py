@@ -136,5 +136,18 @@ def section_defaults(section: str, schema_path: str | Path = SCHEMA_PATH) -> dic
     properties = load_schema(schema_path)["properties"]
     if section not in properties:
         raise KeyError(f"the config schema has no section {section!r}; sections: {', '.join(properties)}")
-    return {key: copy.deepcopy(spec["default"]) for key, spec in properties[section].get("properties", {}).items()
-            if "default" in spec}
+    return _object_defaults(properties[section])
+
+
+def _object_defaults(spec: Mapping) -> dict:
+    """The defaults of an object's properties; a nested object whose default is ``{}`` gets its own
+    properties' defaults, as validation fills them in."""
+    values = {}
+    for key, inner in spec.get("properties", {}).items():
+        if "default" not in inner:
+            continue
+        if inner["default"] == {} and "properties" in inner:
+            values[key] = _object_defaults(inner)
+        else:
+            values[key] = copy.deepcopy(inner["default"])
+    return values

@@ -2,21 +2,22 @@
 
 Snakemake shows a failed job's log file (``--show-failed-logs``), so that file must hold what the job
 said: its own messages, warnings of PIL, timm and transformers (Python warnings and library loggers),
-anything else written to stderr, and the error that ended it. An error the user can act on
+anything else written to stderr, by C code and by worker processes too, and the error that ended it. An error the user can act on
 (:class:`embedlens.errors.FetchError`: a download or hub model that could not be had) ends the job
 with its one-paragraph message and no traceback; ``EMBEDLENS_DEBUG=1`` shows the traceback as well.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import subprocess
 import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
 
 from embedlens.errors import FetchError
 
@@ -24,27 +25,43 @@ DEBUG_VARIABLE = "EMBEDLENS_DEBUG"
 FORMAT = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
 
 
-class _Tee:
-    """A text stream that writes to the terminal's stream and to a log file."""
+class _StderrCopy:
+    """File descriptor 2 of this process, and of every process it starts, goes into ``tee``, which
+    writes it to the terminal and to the log file.
 
-    def __init__(self, terminal: TextIO, log_file: TextIO):
-        self.terminal, self.log_file = terminal, log_file
+    At the level of the descriptor, what C code prints (libpng, libjpeg, CUDA) and what forked
+    DataLoader workers print is caught too, not only what passes through ``sys.stderr``. ``tee`` is a
+    process of its own, in a session of its own: a job that holds the GIL while C code fills the pipe
+    cannot stall it, and when the job is killed it still writes out what was said until then.
+    """
 
-    def write(self, text: str) -> int:
-        self.log_file.write(text)
-        return self.terminal.write(text)
+    def __init__(self, log_path: Path):
+        sys.stderr.flush()
+        self.terminal = os.dup(2)
+        self.tee = subprocess.Popen(["tee", str(log_path)], stdin=subprocess.PIPE, stdout=self.terminal,
+                                    start_new_session=True)
+        os.dup2(self.tee.stdin.fileno(), 2)
 
-    def flush(self) -> None:
-        self.log_file.flush()
-        self.terminal.flush()
+    def stop(self) -> None:
+        """Give fd 2 back to the terminal and wait until ``tee`` has written everything out (at most a
+        few seconds: a child that outlives the job keeps the pipe open)."""
+        sys.stderr.flush()
+        os.dup2(self.terminal, 2)
+        os.close(self.terminal)
+        self.tee.stdin.close()
+        try:
+            self.tee.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
 
-    def __getattr__(self, name):  # isatty, fileno, encoding, ... are the terminal's
-        return getattr(self.terminal, name)
+
+_stderr_copy: _StderrCopy | None = None
 
 
 def job_logger(name: str, log_path: str | Path | None = None) -> logging.Logger:
     """A logger named ``embedlens.<name>`` that writes to stderr, and with a ``log_path``, everything
-    this process writes to stderr from now on goes to that file too (see the module docstring).
+    this process and its children write to stderr from now on goes to that file too (see the module
+    docstring).
 
     Library loggers (PIL, timm, transformers, ...) print their warnings in the same format. Calling it
     again replaces the handlers and the log file instead of adding more.
@@ -73,24 +90,27 @@ def _replace_handler(logger: logging.Logger, level: int) -> None:
 
 
 def _tee_stderr(log_path: Path) -> None:
-    """Make ``sys.stderr`` write to ``log_path`` as well, also for the stream handlers that libraries
-    set up on stderr before (transformers keeps its own)."""
-    previous = sys.stderr
-    terminal = previous.terminal if isinstance(previous, _Tee) else previous
+    """Send everything written to stderr from now on to ``log_path`` as well (see :class:`_StderrCopy`);
+    a second call ends the first copy, its file complete, and starts one into the new file."""
+    global _stderr_copy
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stderr = _Tee(terminal, open(log_path, "w", buffering=1))
-    loggers = [logging.getLogger(), *(logger for logger in logging.Logger.manager.loggerDict.values()
-                                      if isinstance(logger, logging.Logger))]
-    for logger in loggers:
-        for handler in logger.handlers:
-            if isinstance(handler, logging.StreamHandler) and handler.stream in (previous, terminal):
-                handler.setStream(sys.stderr)
-                if logger is not logging.getLogger():
-                    # it prints to stderr itself (transformers does, and propagates too when CI is set):
-                    # passing its records on to the root's stderr handler would log each one twice
-                    logger.propagate = False
-    if isinstance(previous, _Tee):
-        previous.log_file.close()
+    if _stderr_copy is None:
+        atexit.register(_stop_stderr_copy)
+    else:
+        _stderr_copy.stop()
+    _stderr_copy = _StderrCopy(log_path)
+    for logger in logging.Logger.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger) and any(
+                isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr
+                for handler in logger.handlers):
+            # it prints to stderr itself (transformers does, and propagates too when CI is set):
+            # passing its records on to the root's stderr handler would log each one twice
+            logger.propagate = False
+
+
+def _stop_stderr_copy() -> None:
+    if _stderr_copy is not None:
+        _stderr_copy.stop()
 
 
 def _report_fatal_error(kind, value, trace) -> None:

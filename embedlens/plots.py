@@ -160,14 +160,7 @@ def scatter_map(xy: np.ndarray, groups: Sequence, path: str | Path, *, centers: 
     names += [group for group in dict.fromkeys(groups.tolist()) if group not in names]
     colours = _group_colours(max(len(names), 1))
     figure, axes = plt.subplots(figsize=(7.0, 6.0))
-    size = float(np.clip(3000.0 / max(len(xy), 1), 2.0, 30.0))
-    named = 0 < len(names) <= 20
-    for colour, group in zip(colours, names):
-        members = groups == group
-        if members.any():
-            label = f"{group_name} {group}" if group_name else str(group)
-            axes.scatter(xy[members, 0], xy[members, 1], s=size, color=colour, alpha=0.6, linewidths=0,
-                         label=f"{label} ({int(members.sum())})" if named else None)
+    size, named = _scatter_groups(axes, xy, groups, names, colours, group_name)
     if centers is not None:
         for group, (cx, cy) in enumerate(np.asarray(centers, dtype=np.float64)):
             axes.scatter([cx], [cy], s=160, marker="X", color=colours[group], edgecolors="black", linewidths=1.2,
@@ -184,6 +177,42 @@ def scatter_map(xy: np.ndarray, groups: Sequence, path: str | Path, *, centers: 
     axes.set_ylabel(ylabel)
     if title:
         axes.set_title(title, fontsize=10)
+    save_figure(figure, path)
+
+
+def _scatter_groups(axes: plt.Axes, xy: np.ndarray, groups: np.ndarray, names: list, colours: np.ndarray,
+                    group_name: str | None) -> tuple[float, bool]:
+    """Draw the points of each group of ``names`` in its colour; while there are at most 20 groups each
+    gets a legend label with its count. Returns the marker size and whether the groups are labelled."""
+    size = float(np.clip(3000.0 / max(len(xy), 1), 2.0, 30.0))
+    named = 0 < len(names) <= 20
+    for colour, group in zip(colours, names):
+        members = groups == group
+        if members.any():
+            label = f"{group_name} {group}" if group_name else str(group)
+            axes.scatter(xy[members, 0], xy[members, 1], s=size, color=colour, alpha=0.6, linewidths=0,
+                         label=f"{label} ({int(members.sum())})" if named else None)
+    return size, named
+
+
+def scatter_maps(xy: np.ndarray, panels: Sequence[tuple[str, Sequence]], path: str | Path, *,
+                 title: str | None = None, xlabel: str = "", ylabel: str = "") -> None:
+    """The same 2-D map ``xy`` (N, 2) side by side, one panel per ``(panel title, groups)``, each
+    colouring the points by its N group labels (e.g. by cluster and by true class). Groups get
+    distinguishable colours, in sorted order; at most 20 groups are named in a legend."""
+    xy = np.asarray(xy, dtype=np.float64)
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 6.0), squeeze=False)
+    for axis, (panel_title, groups) in zip(axes[0], panels):
+        groups = np.asarray(list(groups), dtype=object)
+        names = sorted(dict.fromkeys(groups.tolist()), key=lambda group: (str(type(group)), group))
+        size, named = _scatter_groups(axis, xy, groups, names, _group_colours(max(len(names), 1)), None)
+        if named:
+            axis.legend(loc="best", fontsize=7, markerscale=max(1.0, 20.0 / size) ** 0.5, framealpha=0.8)
+        axis.set_title(f"{panel_title} ({len(names)} groups)", fontsize=10)
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(ylabel)
+    if title:
+        figure.suptitle(title, fontsize=11)
     save_figure(figure, path)
 
 
@@ -319,9 +348,11 @@ def training_curves(history: Mapping[str, Sequence[float]], path: str | Path, *,
 
 
 def image_rows(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], path: str | Path, *,
-               title: str | None = None, cell: float = 1.3) -> None:
+               title: str | None = None, cell: float = 1.3,
+               caption_colours: Sequence[Sequence[str]] | None = None) -> None:
     """Images in labelled rows: each row is (row title, RGB uint8 images, one caption per image).
-    An empty row shows its title and "none". Images keep their aspect ratio."""
+    An empty row shows its title and "none". Images keep their aspect ratio. ``caption_colours``, one
+    list per row, colours each caption (e.g. green for a match, red for a mismatch)."""
     columns = max([len(images) for _, images, _ in rows] + [1])
     height = (cell + 0.5) * max(len(rows), 1)
     figure, axes = plt.subplots(len(rows) or 1, columns, figsize=(cell * columns + 1.5, height), squeeze=False)
@@ -334,9 +365,13 @@ def image_rows(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], 
             axes[r][0].text(0.5, 0.5, "none", transform=axes[r][0].transAxes, ha="center", va="center", fontsize=8)
         for c, (image, caption) in enumerate(zip(images, captions)):
             axes[r][c].imshow(image, interpolation="nearest")
-            axes[r][c].set_title(caption, fontsize=6)
+            axes[r][c].set_title(caption, fontsize=6,
+                                 color=caption_colours[r][c] if caption_colours is not None else "black")
+    # the title keeps about 0.6 inch above the rows: matplotlib's default top margin is a share of the
+    # height, which leaves inches of blank paper above tens of rows
+    figure.subplots_adjust(top=1.0 - 0.6 / height)
     if title:
-        figure.suptitle(title, fontsize=10)
+        figure.suptitle(title, fontsize=10, y=1.0 - 0.15 / height)
     save_figure(figure, path)
 
 

@@ -21,6 +21,14 @@ DISTILL_DIR = f"{RESULTS}/{{dataset}}/{{backbone}}/distill"
 DISTILL_SETTINGS = {key: value for key, value in DISTILL.items() if key != "enabled"}
 if DISTILL["enabled"]:
     STAGE_SUMMARIES["distill"] = f"{DISTILL_DIR}/summary.json"
+if DISTILL["labels"] == PSEUDO:
+    if DISTILL["cluster_method"] not in config["cluster"]["methods"]:
+        raise WorkflowError(f"distill.cluster_method: {DISTILL['cluster_method']} is not among cluster.methods "
+                            f"({', '.join(config['cluster']['methods'])}), so no pseudo labels of it are made; "
+                            "add it there or pick one of them")
+    if DISTILL["train_split"] != config["cluster"]["train_split"]:
+        raise WorkflowError(f"distill.train_split ({DISTILL['train_split']}) differs from cluster.train_split "
+                            f"({config['cluster']['train_split']}): the pseudo labels cover the clustered split only")
 
 
 rule distill_fit:

@@ -9,15 +9,6 @@ import sys
 from embedlens.logs import job_logger
 
 
-def test_messages_go_to_the_file_and_to_stderr(tmp_path, capsys):
-    log = job_logger("unit", tmp_path / "logs" / "job.log")
-    log.info("shard %s: %d images", "1-of-2", 40)
-    assert "shard 1-of-2: 40 images" in (tmp_path / "logs" / "job.log").read_text()
-    assert "shard 1-of-2: 40 images" in capsys.readouterr().err
-    job_logger("unit", tmp_path / "logs" / "job.log").info("again")
-    assert (tmp_path / "logs" / "job.log").read_text().count("again") == 1
-
-
 def test_an_exception_that_ends_the_job_is_in_its_log(tmp_path):
     log_file = tmp_path / "job.log"
     script = ("from embedlens.logs import job_logger\n"
@@ -84,16 +75,51 @@ def test_embedlens_debug_shows_the_traceback_of_a_fetch_failure(tmp_path):
     assert "Traceback" in text and "could not connect to the hub" in text and "set weights:" in text
 
 
+def test_messages_go_to_the_file_and_to_stderr_and_a_second_logger_takes_a_new_file(tmp_path):
+    body = (f"log.info('shard %s: %d images', '1-of-2', 40)\n"
+            f"job_logger('job', {str(tmp_path / 'logs' / 'second.log')!r}).info('again')\n")
+    result, text = run_job(tmp_path, body)
+    assert result.returncode == 0, result.stderr
+    assert "shard 1-of-2: 40 images" in text and "shard 1-of-2: 40 images" in result.stderr
+    assert "again" not in text
+    second = (tmp_path / "logs" / "second.log").read_text()
+    assert second.count("again") == 1 and "shard 1-of-2" not in second
+
+
+def test_what_c_code_and_worker_processes_write_to_stderr_reaches_the_log(tmp_path):
+    body = ("import ctypes, multiprocessing, os, subprocess, sys\n"
+            "message = b'libpng warning: iCCP: known incorrect sRGB profile\\n'\n"
+            "ctypes.CDLL(None).write(2, message, len(message))\n"
+            "def worker():\n"
+            "    print('a DataLoader worker says so', file=sys.stderr)\n"
+            "process = multiprocessing.get_context('fork').Process(target=worker)\n"
+            "process.start(); process.join()\n"
+            "subprocess.run(['sh', '-c', 'echo a child program says so >&2'])\n"
+            "log.info('done')\n")
+    result, text = run_job(tmp_path, body)
+    assert result.returncode == 0, result.stderr
+    for line in ("libpng warning: iCCP: known incorrect sRGB profile", "a DataLoader worker says so",
+                 "a child program says so", "embedlens.job INFO done"):
+        assert text.count(line) == 1 and line in result.stderr, line
+
+
+def test_a_killed_job_keeps_what_it_wrote_in_its_log(tmp_path):
+    body = "import os, signal\nlog.info('shard 1-of-2: 40 images')\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    result, text = run_job(tmp_path, body)
+    assert result.returncode == -9
+    assert "shard 1-of-2: 40 images" in text
+
+
 def test_exit_on_turns_a_named_error_into_one_log_line_and_status_1(tmp_path):
-    import pytest
-
-    from embedlens.logs import exit_on
-
-    log = job_logger("unit", tmp_path / "job.log")
-    with pytest.raises(SystemExit) as stopped, exit_on(log, ValueError):
-        raise ValueError("novelty.k=40 but the fit part has only 19 images")
-    assert stopped.value.code == 1
-    text = (tmp_path / "job.log").read_text()
+    body = ("from embedlens.logs import exit_on\n"
+            "try:\n"
+            "    with exit_on(log, ValueError):\n"
+            "        raise KeyError('x')\n"
+            "except KeyError:\n"
+            "    log.info('other errors are bugs: they propagate with their trace')\n"
+            "with exit_on(log, ValueError):\n"
+            "    raise ValueError('novelty.k=40 but the fit part has only 19 images')\n")
+    result, text = run_job(tmp_path, body)
+    assert result.returncode == 1
     assert "ERROR novelty.k=40 but the fit part has only 19 images" in text and "Traceback" not in text
-    with pytest.raises(KeyError), exit_on(log, ValueError):  # other errors are bugs: they keep their trace
-        raise KeyError("x")
+    assert "other errors are bugs" in text

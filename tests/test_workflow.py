@@ -162,7 +162,7 @@ def test_changing_the_feature_recipe_rebuilds_the_store(tmp_path):
     store = tmp_path / STORE
     before = read_split(store, "train").features
     assert planned(tmp_path, config) == {}
-    changes = {"extract.amp": {**config, "extract": {**config["extract"], "amp": False}},
+    changes = {"extract.amp": {**config, "extract": {**config["extract"], "amp": True}},
                "extract.preprocess": {**config, "extract": {**config["extract"], "preprocess": "pil"}},
                "preprocessing": {**config, "backbones": [{**config["backbones"][0],
                                                           "preprocessing": {"resize": 40, "crop": 32}}]},

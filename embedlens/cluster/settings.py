@@ -1,0 +1,88 @@
+"""The ``cluster:`` section of the config as typed objects (its defaults live in the schema only)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+
+
+
+class ClusterInputError(ValueError):
+    """The data cannot support the requested clustering; the message names the setting that would work."""
+
+
+@dataclass(frozen=True)
+class TemiSettings:
+    """The ``cluster.temi`` section; see ``embedlens/config.schema.yaml`` for each key."""
+
+    neighbours: int
+    heads: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    min_learning_rate: float
+    warmup_epochs: int
+    weight_decay: float
+    beta: float
+    student_temperature: float
+    teacher_temperature: float
+    teacher_momentum: float
+    teacher_momentum_end: float
+    prior_momentum: float
+    hidden_dim: int
+    bottleneck_dim: int
+    freeze_last_layer_epochs: int
+    warm_start: str
+    checkpoint_every: int
+
+
+@dataclass(frozen=True)
+class KmeansSettings:
+    """The ``cluster.kmeans`` section."""
+
+    n_init: int
+    normalize: bool
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Every key of the schema's ``cluster`` section."""
+
+    enabled: bool
+    methods: tuple[str, ...]
+    train_split: str
+    test_split: str
+    clusters: int | None
+    seed: int
+    device: str
+    collapse_fraction: float
+    representatives: int
+    grid_clusters: int
+    map: str
+    map_points: int
+    temi: TemiSettings
+    kmeans: KmeansSettings
+
+    @classmethod
+    def from_config(cls, section: Mapping) -> ClusterSettings:
+        """Build from a validated config's ``cluster`` section (every key present: validation fills in
+        the schema's defaults; :func:`embedlens.config.section_defaults` gives them outside the
+        workflow). The error names unknown and missing keys."""
+        values = dict(section)
+        for name, kind in (("temi", TemiSettings), ("kmeans", KmeansSettings), (None, cls)):
+            part = values if name is None else values.get(name, {})
+            known = {field.name for field in fields(kind)}
+            unknown, missing = sorted(set(part) - known), sorted(known - set(part))
+            if unknown or missing:
+                raise ValueError(f"cluster{'.' + name if name else ''}: unknown key(s) {unknown}, missing key(s) "
+                                 f"{missing}; validate the config against embedlens/config.schema.yaml (it fills in "
+                                 "the defaults)")
+        values["temi"] = TemiSettings(**values["temi"])
+        values["kmeans"] = KmeansSettings(**values["kmeans"])
+        values["methods"] = tuple(values["methods"])
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        """JSON-friendly form, for provenance in the stage's outputs."""
+        return json.loads(json.dumps(asdict(self)))

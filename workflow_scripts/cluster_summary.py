@@ -1,0 +1,26 @@
+"""Rule cluster_summary: every method's metrics side by side (metrics.csv), the stage's summary.json and
+each image's cluster per method for the explore map (map_columns.csv)."""
+
+import json
+
+from embedlens.cluster.results import cluster_summary, load_predictions, map_columns, metrics_table
+from embedlens.cluster.settings import ClusterSettings
+from embedlens.logs import job_logger
+from embedlens.manifest import write_table
+
+log = job_logger("cluster_summary", snakemake.log[0])
+settings = ClusterSettings.from_config(snakemake.params.settings)
+documents = []
+for path in snakemake.input.results:
+    with open(path) as handle:
+        documents.append(json.load(handle))
+predictions = {}
+for path in snakemake.input.predictions:
+    method, _, assignments, _ = load_predictions(path)
+    predictions[method] = assignments
+write_table(metrics_table(documents), snakemake.output.metrics)
+write_table(map_columns(predictions), snakemake.output.map_columns)
+summary = cluster_summary(documents, settings, dataset=snakemake.wildcards.dataset,
+                          backbone=snakemake.wildcards.backbone)
+summary.write(snakemake.output.summary)
+log.info("%s", json.dumps(summary.headline))
