@@ -16,7 +16,7 @@ With ``--pseudo-labels PATH`` (a ``pseudo_labels.json`` of the clustering stage 
 split) the same runs follow with those labels. The replaced clustering repo claimed 50-100x compression
 with 80-95% of the accuracy kept, without evidence.
 
-    python benchmarks/distill_cifar100.py [--store PATH] [--per-class 1 10] [--pseudo-labels PATH]
+    python benchmarks/distill_cifar100.py [--store PATH] [--per-class 1 10] [--pseudo-labels PATH [--pseudo-only]]
                                           [--set iterations=300 ...] [--baseline-lrs ...] [--baseline-epochs ...]
 """
 
@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--store", default=DEFAULT_STORE)
     parser.add_argument("--per-class", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--pseudo-labels", help="the clustering stage's pseudo_labels.json of the store's train split")
+    parser.add_argument("--pseudo-only", action="store_true", help="with --pseudo-labels: leave out the true-label runs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="distill settings to override")
     parser.add_argument("--baseline-lrs", type=float, nargs="*", default=[0.01, 0.03, 0.1, 0.3],
                         help="learning rates searched for the baselines (none: no search)")
@@ -108,7 +109,8 @@ def main() -> None:
     started = time.monotonic()
     best_full = {}  # label source -> the best full-split training, searched by the first run with those labels
     with tempfile.TemporaryDirectory() as experts_dir:
-        for labels in [None] + ([arguments.pseudo_labels] if arguments.pseudo_labels else []):
+        sources = [None] + ([arguments.pseudo_labels] if arguments.pseudo_labels else [])
+        for labels in sources[1:] if arguments.pseudo_labels and arguments.pseudo_only else sources:
             for per_class in arguments.per_class:
                 settings = DistillSettings.from_config({**defaults, "per_class": per_class,
                                                         "labels": True if labels is None else "pseudo"})

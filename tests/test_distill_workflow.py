@@ -1,5 +1,6 @@
 """The distillation stage run by snakemake on tiny data: the distilled set, the evaluation against the
-three baselines, the nearest real images and the summary."""
+three baselines, the nearest real images and the summary; with true labels and with the clustering
+stage's pseudo labels."""
 
 from __future__ import annotations
 
@@ -59,6 +60,31 @@ def test_distillation_writes_the_set_its_evaluation_pictures_and_summary(tmp_pat
     assert len(neighbours) == 8 * 3 and set(neighbours["split"]) == {"train"}
     assert not (distill / "checkpoints").exists()  # removed once the set is written
     assert (tmp_path / "results/logs/distill_fit/shapes/tiny.log").read_text().count("iteration 6: matching loss") == 1
+
+
+def test_pseudo_labels_of_the_clustering_stage_are_distilled_and_tested_against_the_true_labels(tmp_path):
+    config = shapes_config(labels="pseudo", cluster_method="kmeans")
+    config["cluster"] = {"methods": ["kmeans"], "representatives": 3, "grid_clusters": 3, "map_points": 30,
+                         "map": "tsne"}
+    snakemake(tmp_path, f"{DISTILL}/summary.json", config=config)
+    pseudo = json.loads((tmp_path / "results/shapes/tiny/cluster/kmeans/pseudo_labels.json").read_text())
+    labelled = sorted({label for label in pseudo["pseudo_label"] if label >= 0})
+    with h5py.File(tmp_path / DISTILL / "distilled.h5", "r") as handle:
+        assert sorted(set(handle["labels"][:].tolist())) == labelled  # the classes the clusters voted for
+        assert "pseudo labels of clustering method kmeans" in json.loads(handle.attrs["label_source"])
+    document = json.loads((tmp_path / DISTILL / "distill.json").read_text())
+    assert document["label_source"].startswith("pseudo labels") and document["classes"] == len(labelled)
+    assert document["train_images"] == sum(label >= 0 for label in pseudo["pseudo_label"])
+    assert "Labels: pseudo labels of clustering method kmeans" in " ".join(
+        StageSummary.read(tmp_path / DISTILL / "summary.json").notes)
+
+
+def test_pseudo_labels_of_a_method_the_clustering_does_not_run_stop_before_any_job(tmp_path):
+    config = shapes_config(labels="pseudo", cluster_method="temi")
+    config["cluster"] = {"methods": ["kmeans"]}
+    result = snakemake(tmp_path, "-n", f"{DISTILL}/summary.json", config=config, check=False)
+    assert result.returncode != 0
+    assert "distill.cluster_method: temi is not among cluster.methods (kmeans)" in result.stdout + result.stderr
 
 
 def test_a_bad_setting_stops_before_any_job(tmp_path):
