@@ -34,7 +34,6 @@ from embedlens.knn import cosine_topk
 from embedlens.store import FeatureStore
 
 DEFAULT_STORE = "/work/stores/results/cifar100/lite0/features.h5"
-CPU = torch.device("cpu")
 SPEED_ROWS = 50_000
 
 
@@ -60,9 +59,11 @@ def main() -> None:
                         help="heads of the timed epoch on 50,000 rows (default: the stage's)")
     parser.add_argument("--skip-speed", action="store_true", help="leave out the timed epoch on 50,000 rows")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the neighbours and TEMI run")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    device = torch.device(args.device)
 
     settings = ClusterSettings.from_config(section_defaults("cluster"))
     changes = {name: value for name, value in (("epochs", args.epochs), ("heads", args.heads),
@@ -79,7 +80,7 @@ def main() -> None:
           f"K = {args.clusters}", flush=True)
 
     started = time.perf_counter()
-    neighbours = cosine_topk(train.features, k=temi.neighbours, device=CPU).indices
+    neighbours = cosine_topk(train.features, k=temi.neighbours, device=device).indices
     report["neighbour_seconds"] = round(time.perf_counter() - started, 1)
     report["neighbour_agreement"] = round(neighbour_agreement(neighbours, train.labels), 4)
     print(f"neighbours: {temi.neighbours} per image in {report['neighbour_seconds']} s; "
@@ -93,16 +94,16 @@ def main() -> None:
     print(f"k-means: {report['kmeans']}", flush=True)
 
     started = time.perf_counter()
-    fit = train_temi(train.features, neighbours, args.clusters, temi, args.seed, CPU,
+    fit = train_temi(train.features, neighbours, args.clusters, temi, args.seed, device,
                      warm_start=model.labels_ if temi.warm_start == "kmeans" else None,
                      progress=lambda row: print(f"  temi epoch {row['epoch']}: loss {row['loss_mean']:.4f} "
                                                 f"(best head {row['best_head']}: {row['loss_best']:.4f}) "
                                                 f"{time.perf_counter() - started:.0f} s", flush=True))
     seconds = time.perf_counter() - started
-    heads = load_heads(fit.teacher, temi, CPU)
-    train_probabilities = head_probabilities(heads, train.features, temi, CPU)
+    heads = load_heads(fit.teacher, temi, device)
+    train_probabilities = head_probabilities(heads, train.features, temi, device)
     statistics = head_statistics(train_probabilities)
-    test_clusters = head_probabilities(heads, test.features, temi, CPU)[fit.best_head].argmax(axis=1)
+    test_clusters = head_probabilities(heads, test.features, temi, device)[fit.best_head].argmax(axis=1)
     report["temi"] = {
         "seconds": round(seconds, 1), "seconds_per_epoch": round(seconds / temi.epochs, 1),
         "best_head": fit.best_head, "final_loss": round(float(fit.head_losses[-1][fit.best_head]), 4),
@@ -110,7 +111,7 @@ def main() -> None:
         "test": scores(test.labels, test_clusters, args.clusters),
         "train": scores(train.labels, train_probabilities[fit.best_head].argmax(axis=1), args.clusters),
         "test_acc_per_head": [round(cluster_metrics(test.labels, p.argmax(axis=1), args.clusters)["acc"], 4)
-                              for p in head_probabilities(heads, test.features, temi, CPU)],
+                              for p in head_probabilities(heads, test.features, temi, device)],
         "head_entropy": [round(s["entropy"], 3) for s in statistics],
         "warnings": diagnose(statistics, fit.head_losses[-1], args.clusters, temi.beta),
         "loss_per_epoch": [round(v, 4) for v in fit.history["loss_best"]],
@@ -123,7 +124,7 @@ def main() -> None:
         rows = np.resize(np.concatenate([train.features, test.features]), (SPEED_ROWS, store.dim))  # tiled rows
         random_neighbours = np.random.default_rng(args.seed).integers(0, SPEED_ROWS, (SPEED_ROWS, temi.neighbours))
         started = time.perf_counter()
-        train_temi(rows, random_neighbours, args.clusters, speed, args.seed, CPU)
+        train_temi(rows, random_neighbours, args.clusters, speed, args.seed, device)
         report["epoch_50k"] = {"rows": SPEED_ROWS, "dim": store.dim, "heads": speed.heads,
                                "batch_size": speed.batch_size, "seconds": round(time.perf_counter() - started, 1)}
         print(f"one TEMI epoch on {SPEED_ROWS} x {store.dim} (tiled store rows), {speed.heads} heads, batch "
