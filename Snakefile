@@ -60,6 +60,7 @@ include: "rules/classify.smk"
 include: "rules/imagenet_subset.smk"
 include: "rules/novelty.smk"
 include: "rules/cluster.smk"
+include: "rules/distill.smk"
 include: "rules/report.smk"
 
 

@@ -4,6 +4,7 @@ import os
 
 from embedlens.config import entry
 from embedlens.datasets.cifar import ARCHIVE_FILES, archive_folder
+from embedlens.pseudo_labels import PSEUDO, pseudo_labels_path
 from embedlens.recipe import requested_recipe
 
 RESULTS = config["results"]
@@ -101,6 +102,22 @@ def features_runtime(wildcards, input, attempt):
     a quarter of an hour plus a minute per 20 MB of store (4,000 x 1280 features, 20 MB, took about a
     minute on 2 busy cores; k-means and the exact k-NN grow faster than the store)."""
     return int((15 + features_mb(input) / 20) * attempt)
+
+
+def distill_inputs(wildcards):
+    """The store and its manifest, and with distill.labels: pseudo the clustering stage's pseudo labels."""
+    inputs = {"manifest": f"{RESULTS}/{wildcards.dataset}/manifest.csv",
+              "features": f"{RESULTS}/{wildcards.dataset}/{wildcards.backbone}/features.h5"}
+    if config["distill"]["labels"] == PSEUDO:
+        inputs["pseudo_labels"] = pseudo_labels_path(RESULTS, wildcards.dataset, wildcards.backbone,
+                                                     config["distill"]["cluster_method"])
+    return inputs
+
+
+def distill_runtime(wildcards, input, attempt):
+    """Minutes: the experts' epochs over the store plus the matching iterations, on a slow CPU (the 20,000 x
+    1280 train split, 100 MB of store, took about 10 minutes with the defaults on 2 busy cores)."""
+    return int((20 + store_mb(input) / 5) * attempt)
 
 
 def new_dataset_recipe(wildcards):

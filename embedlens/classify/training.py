@@ -14,8 +14,6 @@ restored, so an interrupted run ends with the same weights as an uninterrupted o
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ import torch
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch import nn
 
-from embedlens.atomic import atomic_path
+from embedlens.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from embedlens.classify.settings import ClassifySettings
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate"]
@@ -72,12 +70,7 @@ def train_val_split(targets: np.ndarray, val_fraction: float, seed: int) -> tupl
 def data_fingerprint(settings: ClassifySettings, num_classes: int, *arrays: np.ndarray) -> str:
     """SHA-256 of the training settings, the class count and the arrays: a checkpoint is resumed only
     when this matches."""
-    digest = hashlib.sha256(json.dumps([settings.training_key(), num_classes], sort_keys=True).encode())
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
+    return fingerprint([settings.training_key(), num_classes], *arrays)
 
 
 def _evaluate(model: nn.Module, features: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
@@ -111,7 +104,7 @@ def fit_mlp(train_features: np.ndarray, train_targets: np.ndarray, val_features:
     epoch's checkpoint (if any) is written.
     """
     dim = train_features.shape[1]
-    fingerprint = data_fingerprint(settings, num_classes, train_features, train_targets, val_features, val_targets)
+    key = data_fingerprint(settings, num_classes, train_features, train_targets, val_features, val_targets)
     torch.manual_seed(settings.seed)
     model = build_mlp(dim, hidden_sizes(dim, settings.hidden_fractions), num_classes, settings.dropout).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
@@ -123,26 +116,14 @@ def fit_mlp(train_features: np.ndarray, train_targets: np.ndarray, val_features:
 
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     resumed_at = 0
-    if checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if saved.get("fingerprint") == fingerprint:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            shuffle.set_state(saved["shuffle_rng"])
-            torch.set_rng_state(saved["cpu_rng"])
-            if device.type == "cuda" and saved.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(saved["cuda_rng"], device)
-            state = saved["state"]
-            resumed_at = state["epoch"]
-
-    def save_checkpoint() -> None:
-        with atomic_path(checkpoint) as tmp:
-            torch.save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "shuffle_rng": shuffle.get_state(),
-                        "cpu_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                        "state": state}, tmp)
+    saved = load_checkpoint(checkpoint, key, device)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        shuffle.set_state(saved["shuffle_rng"])
+        state = saved["state"]
+        resumed_at = state["epoch"]
 
     x_train = torch.as_tensor(train_features, dtype=torch.float32, device=device)
     y_train = torch.as_tensor(train_targets, dtype=torch.int64, device=device)
@@ -179,7 +160,8 @@ def fit_mlp(train_features: np.ndarray, train_targets: np.ndarray, val_features:
         state["finished"] = state["stopped_early"] or epoch >= settings.max_epochs
         if checkpoint is not None and (state["finished"] or
                                        time.monotonic() - last_checkpoint >= settings.checkpoint_seconds):
-            save_checkpoint()
+            save_checkpoint(checkpoint, key, device, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), shuffle_rng=shuffle.get_state(), state=state)
             last_checkpoint = time.monotonic()
         if progress is not None:
             progress(row)

@@ -51,6 +51,7 @@ COMPARED = (
     ("novelty", "auroc", "novelty AUROC"),
     ("audit", "duplicates", "duplicates found"),
     ("audit", "label_issues", "label issues found"),
+    ("distill", "accuracy", "distilled accuracy"),
 )
 VERSIONED = ("embedlens", "snakemake", "torch", "torchvision", "timm", "transformers", "numpy", "scipy",
              "scikit-learn", "pandas", "h5py", "pillow", "matplotlib", "umap-learn", "plotly", "jinja2")

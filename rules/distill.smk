@@ -1,0 +1,119 @@
+# Dataset distillation in feature space by matching training trajectories (Cazenavette et al. 2022):
+# per_class synthetic feature vectors per class and a learned learning rate, distilled from the train
+# split with the dataset's labels or the clustering stage's pseudo labels (distill_fit), measured
+# against a random real subset of the same size, the class centroids and the full train split
+# (distill_evaluate), each synthetic vector's nearest real images (distill_neighbours), and the stage
+# summary (distill_summary). Settings: the distill: section of the config. The two training rules claim a
+# GPU when there is one; distill_fit checkpoints into distill/checkpoints/ and resumes from it when killed.
+#
+#     {RESULTS}/{dataset}/{backbone}/distill/distilled.h5          synthetic features, labels, learned lr, settings
+#     {RESULTS}/{dataset}/{backbone}/distill/matching_loss.png     the matching loss per iteration
+#     {RESULTS}/{dataset}/{backbone}/distill/distill.json          settings, accuracy of each set, compression, times
+#     {RESULTS}/{dataset}/{backbone}/distill/evaluation.csv        test accuracy per set, mean ± std (evaluation_seeds.csv: per seed)
+#     {RESULTS}/{dataset}/{backbone}/distill/neighbours.csv, .png  each synthetic vector's nearest real train images
+#     {RESULTS}/{dataset}/{backbone}/distill/summary.json          the stage's summary for the report
+#
+# neighbours.json carries the nearest-image figures from distill_neighbours to distill_summary.
+
+DISTILL = config["distill"]
+DISTILL_DIR = f"{RESULTS}/{{dataset}}/{{backbone}}/distill"
+# What the rules' results depend on: switching the stage off and on must not redistil.
+DISTILL_SETTINGS = {key: value for key, value in DISTILL.items() if key != "enabled"}
+if DISTILL["enabled"]:
+    STAGE_SUMMARIES["distill"] = f"{DISTILL_DIR}/summary.json"
+if DISTILL["labels"] == PSEUDO:
+    if DISTILL["cluster_method"] not in config["cluster"]["methods"]:
+        raise WorkflowError(f"distill.cluster_method: {DISTILL['cluster_method']} is not among cluster.methods "
+                            f"({', '.join(config['cluster']['methods'])}), so no pseudo labels of it are made; "
+                            "add it there or pick one of them")
+    if DISTILL["train_split"] != config["cluster"]["train_split"]:
+        raise WorkflowError(f"distill.train_split ({DISTILL['train_split']}) differs from cluster.train_split "
+                            f"({config['cluster']['train_split']}): the pseudo labels cover the clustered split only")
+
+
+rule distill_fit:
+    input:
+        unpack(distill_inputs),
+    output:
+        distilled=f"{DISTILL_DIR}/distilled.h5",
+        curve=f"{DISTILL_DIR}/matching_loss.png",
+    params:
+        settings=DISTILL_SETTINGS,
+        recipe=feature_recipe,
+        checkpoints=f"{DISTILL_DIR}/checkpoints/fit",
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=features_mem_mb,
+        runtime=distill_runtime,
+    log:
+        f"{RESULTS}/logs/distill_fit/{{dataset}}/{{backbone}}.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/distill_fit.py"
+
+
+rule distill_evaluate:
+    input:
+        unpack(distill_inputs),
+        distilled=f"{DISTILL_DIR}/distilled.h5",
+    output:
+        table=f"{DISTILL_DIR}/evaluation.csv",
+        seeds=f"{DISTILL_DIR}/evaluation_seeds.csv",
+        document=f"{DISTILL_DIR}/distill.json",
+    params:
+        settings=DISTILL_SETTINGS,
+        recipe=feature_recipe,
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=features_mem_mb,
+        runtime=distill_runtime,
+    log:
+        f"{RESULTS}/logs/distill_evaluate/{{dataset}}/{{backbone}}.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/distill_evaluate.py"
+
+
+rule distill_neighbours:
+    input:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
+        features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
+        distilled=f"{DISTILL_DIR}/distilled.h5",
+    output:
+        table=f"{DISTILL_DIR}/neighbours.csv",
+        grid=f"{DISTILL_DIR}/neighbours.png",
+        document=f"{DISTILL_DIR}/neighbours.json",
+    params:
+        settings=DISTILL_SETTINGS,
+        dataset=dataset_spec,
+        recipe=feature_recipe,
+    resources:
+        mem_mb=features_mem_mb,
+        runtime=features_runtime,
+    log:
+        f"{RESULTS}/logs/distill_neighbours/{{dataset}}/{{backbone}}.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/distill_neighbours.py"
+
+
+rule distill_summary:
+    input:
+        document=f"{DISTILL_DIR}/distill.json",
+        neighbours=f"{DISTILL_DIR}/neighbours.json",
+    output:
+        f"{DISTILL_DIR}/summary.json",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    log:
+        f"{RESULTS}/logs/distill_summary/{{dataset}}/{{backbone}}.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/distill_summary.py"
