@@ -84,7 +84,7 @@ rule cluster_results:
         results=f"{CLUSTER_DIR}/{{method}}/results.json",
         map=f"{CLUSTER_DIR}/{{method}}/map.png",
         sizes=f"{CLUSTER_DIR}/{{method}}/sizes.png",
-        pseudo_labels=f"{CLUSTER_DIR}/{{method}}/pseudo_labels.json",
+        pseudo_labels=pseudo_labels_path(RESULTS, "{dataset}", "{backbone}", "{method}"),
         representatives=f"{CLUSTER_DIR}/{{method}}/representatives.png",
     wildcard_constraints:
         method="|".join(CLUSTER["methods"]),

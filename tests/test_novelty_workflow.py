@@ -31,6 +31,7 @@ def shapes_config(**novelty) -> dict:
         "extract": {"shards": 1, "batch_size": 16, "num_workers": 0},
         "overlap": {"export": False},
         "novelty": {"k_max": 8, "quality": {"draws": 2}, **novelty},
+        "cluster": {"enabled": False},
     }
 
 

@@ -39,8 +39,6 @@ state and history are restored, so a resumed run ends with the same heads as an 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -52,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedlens.atomic import atomic_path
+from embedlens.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from embedlens.cluster.settings import ClusterInputError, TemiSettings
 
 HISTORY_COLUMNS = ["epoch", "loss_mean", "loss_best", "best_head", "learning_rate", "teacher_momentum"]
@@ -159,16 +157,6 @@ class TemiFit:
     resumed_at_epoch: int     # 0 for a fresh start, else the epoch the checkpoint held
 
 
-def fingerprint(settings: TemiSettings, clusters: int, seed: int, *arrays: np.ndarray) -> str:
-    """SHA-256 of the settings, K, the seed and the arrays: a checkpoint is resumed only when this matches."""
-    digest = hashlib.sha256(json.dumps([asdict(settings), clusters, seed], sort_keys=True).encode())
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
 def build_heads(dim: int, clusters: int, settings: TemiSettings) -> ClusterHeads:
     return ClusterHeads(dim, clusters, settings.heads, settings.hidden_dim, settings.bottleneck_dim)
 
@@ -197,7 +185,7 @@ def train_temi(features: np.ndarray, neighbours: np.ndarray, clusters: int, sett
     learning_rates = cosine_schedule(settings.learning_rate * scale, settings.min_learning_rate * scale, total,
                                      settings.warmup_epochs * steps)
     momenta = cosine_schedule(settings.teacher_momentum, settings.teacher_momentum_end, total)
-    digest = fingerprint(settings, clusters, seed, features, neighbours,
+    digest = fingerprint([asdict(settings), clusters, seed], features, neighbours,
                          *([] if warm_start is None else [np.asarray(warm_start, np.int64)]))
 
     torch.manual_seed(seed)
@@ -216,22 +204,14 @@ def train_temi(features: np.ndarray, neighbours: np.ndarray, clusters: int, sett
     state = {"epoch": 0, "history": [], "head_losses": [],
              "prior": torch.full((settings.heads, clusters), 1.0 / clusters)}
 
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
     resumed_at = 0
-    if checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if saved.get("fingerprint") == digest:
-            student.load_state_dict(saved["student"])
-            teacher.load_state_dict(saved["teacher"])
-            optimizer.load_state_dict(saved["optimizer"])
-            draws.set_state(saved["draws"])
-            state = saved["state"]
-            resumed_at = state["epoch"]
-
-    def save_checkpoint() -> None:
-        with atomic_path(checkpoint) as tmp:
-            torch.save({"fingerprint": digest, "student": student.state_dict(), "teacher": teacher.state_dict(),
-                        "optimizer": optimizer.state_dict(), "draws": draws.get_state(), "state": state}, tmp)
+    if (saved := load_checkpoint(checkpoint, digest, device)) is not None:
+        student.load_state_dict(saved["student"])
+        teacher.load_state_dict(saved["teacher"])
+        optimizer.load_state_dict(saved["optimizer"])
+        draws.set_state(saved["draws"])
+        state = saved["state"]
+        resumed_at = state["epoch"]
 
     partners_of = torch.as_tensor(neighbours, dtype=torch.int64)
     prior = state["prior"].to(device)
@@ -277,7 +257,8 @@ def train_temi(features: np.ndarray, neighbours: np.ndarray, clusters: int, sett
         state["prior"] = prior.cpu()
         if checkpoint is not None and (state["epoch"] % settings.checkpoint_every == 0
                                        or state["epoch"] == settings.epochs):
-            save_checkpoint()
+            save_checkpoint(checkpoint, digest, device, student=student.state_dict(), teacher=teacher.state_dict(),
+                            optimizer=optimizer.state_dict(), draws=draws.get_state(), state=state)
         if progress is not None:
             progress(row)
     history = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
