@@ -14,22 +14,16 @@
 #     {RESULTS}/{dataset}/{backbone}/audit/summary.json            for the report
 #
 # duplicates.json and labels.json carry the figures of the first two rules to audit_clean. Other stages
-# evaluate on the clean split through embedlens.audit.clean_index(AUDIT_CLEAN_INDEX, split=...).
+# evaluate on the clean split: input audit_clean_index(their test split) (rules/common.smk), read with
+# embedlens.audit.clean_index(path, split=...).
 
 AUDIT = config["audit"]
 AUDIT_DIR = f"{RESULTS}/{{dataset}}/{{backbone}}/audit"
-AUDIT_CLEAN_INDEX = f"{AUDIT_DIR}/clean_test_index.csv"
 # What the audit's results depend on: switching the stage off and on must not rerun it.
 AUDIT_SETTINGS = {key: value for key, value in AUDIT.items() if key != "enabled"}
 if AUDIT["enabled"]:
     STAGE_SUMMARIES["audit"] = f"{AUDIT_DIR}/summary.json"
     MAP_COLUMNS["audit"] = f"{AUDIT_DIR}/map_columns.csv"
-
-
-def audit_clean_index(split):
-    """The clean index for a stage that tests on ``split``: [AUDIT_CLEAN_INDEX] when the audit is enabled and
-    audits that split, else [] (for a rule's input, so the stage also runs without the audit)."""
-    return [AUDIT_CLEAN_INDEX] if AUDIT["enabled"] and AUDIT["query_split"] == split else []
 
 
 rule audit_duplicates:

