@@ -59,18 +59,18 @@ def test_the_audit_finds_planted_copies_and_the_classifier_reports_the_clean_spl
     exact = pairs[pairs["verdict"] == "exact"]
     found = {(row.search, row.query_index, row.reference_index, row.labels_differ)
              for row in exact.itertuples(index=False)}
-    assert found == {("cross", test["ant/leak.png"], train["ant/0.png"], False),
-                     ("cross", test["cat/leak.png"], train["bee/1.png"], True),
-                     ("within", test["cat/0.png"], test["cat/again.png"], False)}
+    assert found == {("cross", test["test/ant/leak.png"], train["train/ant/0.png"], False),
+                     ("cross", test["test/cat/leak.png"], train["train/bee/1.png"], True),
+                     ("within", test["test/cat/0.png"], test["test/cat/again.png"], False)}
     clean = pd.read_csv(audit / "clean_test_index.csv", keep_default_na=False)
     assert len(clean) == 12
     reasons = clean.set_index("index_in_split")["reason"]
-    assert reasons[test["ant/leak.png"]].startswith(f"exact copy of train #{train['ant/0.png']} (cosine 1.000)")
-    assert reasons[test["cat/again.png"]].startswith(f"exact copy of test #{test['cat/0.png']}")
-    assert not reasons[test["cat/0.png"]].startswith("exact")  # the first of a repeated pair stays
+    assert reasons[test["test/ant/leak.png"]].startswith(f"exact copy of train #{train['train/ant/0.png']} (cosine 1.000)")
+    assert reasons[test["test/cat/again.png"]].startswith(f"exact copy of test #{test['test/cat/0.png']}")
+    assert not reasons[test["test/cat/0.png"]].startswith("exact")  # the first of a repeated pair stays
     kept = clean_index(audit / "clean_test_index.csv", split="test")
     assert set(kept) == set(clean.loc[clean["reason"] == "", "index_in_split"])
-    assert not {test["ant/leak.png"], test["cat/leak.png"], test["cat/again.png"]} & set(kept)
+    assert not {test["test/ant/leak.png"], test["test/cat/leak.png"], test["test/cat/again.png"]} & set(kept)
 
     summary = StageSummary.read(audit / "summary.json")
     assert summary.stage == "audit" and (summary.dataset, summary.backbone) == ("pictures", "tiny")
