@@ -12,8 +12,8 @@ counts at stricter cosine thresholds; it writes the stage's tables and pictures 
 The literature, on the full training set (50,000 images): Barz & Denzler (2020, "Do we train on test
 data? Purging CIFAR of near-duplicates") found duplicates in the training set (exact, near-duplicate or
 very similar) for 10% of CIFAR-100's test images; Northcutt et al. (2021, "Pervasive label errors in
-test sets destabilize machine learning benchmarks") flagged 2,235 CIFAR-100 test images with confident
-learning and confirmed 585 (5.85%) as label errors by human review.
+test sets destabilize machine learning benchmarks") flagged CIFAR-100 test images with confident
+learning and confirmed by human review that about 6% of the test set (585 images) is mislabelled.
 
     python benchmarks/audit_cifar100.py [--store PATH] [--manifest PATH] [--root CIFAR_ROOT] [--out DIR]
 """
