@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +148,14 @@ class FeatureStore:
                                  f"positions {rows.min()}..{rows.max()}")
             unique, inverse = np.unique(rows, return_inverse=True)  # h5py reads increasing positions
             return data[unique][inverse]
+
+    @contextmanager
+    def open_features(self, split: str) -> Iterator[h5py.Dataset]:
+        """The features of ``split`` as an open, read-only h5py dataset, read only where it is sliced:
+        for searches that take rows block by block (:func:`embedlens.knn.cosine_topk`), so a split
+        larger than memory never sits in it whole."""
+        with h5py.File(self.path, "r") as handle:
+            yield self._group(handle, split)["features"]
 
     def read_split(self, split: str) -> SplitFeatures:
         """Every row of ``split`` in memory."""

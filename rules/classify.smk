@@ -3,7 +3,9 @@
 # its best-validation-loss weights (classify_train); K-fold out-of-sample probabilities on the train
 # split (classify_crossval); the per-class report, confusion matrix, confusion pairs and cleanlab's
 # model-based overlap beside the centroid pairs, with their rank agreement (classify_report); a UMAP
-# and a sample grid per flagged pair (classify_pair_figures); the stage summary (classify_summary).
+# and a sample grid per flagged pair (classify_pair_figures); the stage summary (classify_summary). When the
+# dataset audit (rules/audit.smk) audits the test split, classify_report also reports accuracy and macro F1
+# on its clean test split.
 # Settings: the classify: section of the config. Both training rules claim a GPU when there is one,
 # checkpoint into classify/checkpoints/ and resume from it when killed.
 #
@@ -81,6 +83,7 @@ rule classify_report:
         crossval_info=f"{CLASSIFY}/crossval.json",
         similarity=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/similarity.csv",
         centroid_pairs=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/pairs.csv",
+        clean=audit_clean_index(config["classify"]["test_split"]),  # figures on the clean test split too
     output:
         report=f"{CLASSIFY}/report.csv",
         confusion=f"{CLASSIFY}/confusion.csv",

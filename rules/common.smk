@@ -19,6 +19,8 @@ MAP_COLUMNS = {}
 # A stage that runs on some datasets only (novelty leaves out the datasets it merely scores) lists them
 # here under its name; the report then expects its summary and map columns for those datasets alone.
 STAGE_DATASETS = {}
+# The audit stage's clean query split (rules/audit.smk), which other stages also evaluate on.
+AUDIT_CLEAN_INDEX = f"{RESULTS}/{{dataset}}/{{backbone}}/audit/clean_test_index.csv"
 
 
 wildcard_constraints:
@@ -172,3 +174,11 @@ def all_targets():
     """What `snakemake` builds without a target: the report, which needs every stage's outputs for every
     dataset x backbone, and the ImageNet subsets."""
     return [f"{RESULTS}/report.html"] + expand(f"{RESULTS}/imagenet_subset/{{name}}.npz", name=IMAGENET_SUBSET_NAMES)
+
+
+def audit_clean_index(split):
+    """[AUDIT_CLEAN_INDEX] for a stage that tests on ``split`` when the audit is enabled and audits that
+    split, else []: a rule's input, so the stage runs with or without the audit. The job reads the kept
+    rows with embedlens.audit.clean_index(path, split=split)."""
+    audit = config["audit"]
+    return [AUDIT_CLEAN_INDEX] if audit["enabled"] and audit["query_split"] == split else []

@@ -2,7 +2,8 @@
 
 import json
 
-from embedlens.classify.analysis import analyse, empty_analysis, write_analysis
+from embedlens.audit import clean_index
+from embedlens.classify.analysis import analyse, clean_split_figures, empty_analysis, write_analysis
 from embedlens.classify.results import load_crossval, load_predictions, read_training
 from embedlens.classify.settings import ClassifySettings
 from embedlens.logs import job_logger
@@ -28,6 +29,9 @@ else:
                        crossval_targets=crossval_targets if crossval["status"] == "done" else None,
                        crossval_probabilities=crossval_probabilities if crossval["status"] == "done" else None,
                        disagreement_rows=settings.disagreements, notes=notes)
+    if snakemake.input.clean:  # the dataset audit is enabled and audits the test split
+        clean_split_figures(analysis, predictions.index, predictions.targets, predictions.probabilities, classes,
+                            clean_index(snakemake.input.clean[0], split=settings.test_split))
     confusion_heatmap(analysis.rates.to_numpy(), list(classes.names), snakemake.output.heatmap,
                       title=f"{dataset} x {backbone}: test confusion of the MLP on {len(classes)} classes "
                             f"(accuracy {100 * analysis.headline['accuracy']:.2f}%)")

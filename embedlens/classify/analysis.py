@@ -332,6 +332,26 @@ def analyse(classes: ClassSet, test_targets: np.ndarray, test_probabilities: np.
         notes=notes)
 
 
+def clean_split_figures(analysis: Analysis, index: np.ndarray, targets: np.ndarray, probabilities: np.ndarray,
+                        classes: ClassSet, kept: np.ndarray) -> None:
+    """Add the test figures on the clean test split to ``analysis`` (headline ``clean_test_images``,
+    ``clean_accuracy``, ``clean_macro_f1``, and a note beside the full split's): the test rows (their
+    ``index_in_split`` in ``index``) that the dataset audit kept, ``kept`` being
+    :func:`embedlens.audit.clean_index` of its clean_test_index.csv."""
+    clean = np.isin(np.asarray(index), np.asarray(kept))
+    report = classification_table(np.asarray(targets)[clean], np.asarray(probabilities)[clean].argmax(axis=1),
+                                  list(classes.names))
+    accuracy = float(report.loc[report["class"] == "accuracy", "f1"].iloc[0]) if clean.any() else None
+    macro_f1 = float(report.loc[report["class"] == "macro avg", "f1"].iloc[0]) if clean.any() else None
+    analysis.headline.update(clean_test_images=int(clean.sum()), clean_accuracy=accuracy, clean_macro_f1=macro_f1)
+    full = analysis.headline["accuracy"]
+    analysis.notes.append(
+        f"On the clean test split (the dataset audit removed {int((~clean).sum())} of these {len(clean)} test images: "
+        f"copies of training images, repeated test images, likely label errors): accuracy "
+        + ("n/a" if accuracy is None else f"{100 * accuracy:.2f}%") + f" against {100 * full:.2f}% on the full split, "
+        "macro F1 " + ("n/a" if macro_f1 is None else f"{macro_f1:.3f}") + f" against {analysis.headline['macro_f1']:.3f}.")
+
+
 def empty_analysis(classes: ClassSet, reason: str) -> Analysis:
     """Well-formed, empty tables for a classifier that could not be trained, and ``reason`` as the note."""
     names = list(classes.names)

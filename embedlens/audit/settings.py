@@ -1,0 +1,66 @@
+"""The ``audit:`` section of the config as a typed object (its defaults live in the schema only)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+
+SELECTIONS = ("threshold", "top_n")
+VERDICTS = ("exact", "near", "similar")
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Every key of the schema's ``audit`` section; see ``embedlens/config.schema.yaml`` for each one."""
+
+    enabled: bool
+    query_split: str
+    reference_split: str
+    within_query: bool
+    neighbours: int
+    selection: str
+    threshold: float
+    top_n: int
+    near_threshold: float
+    remove: tuple[str, ...]
+    remove_label_issues: bool
+    label_splits: tuple[str, ...] | None
+    folds: int
+    regularization: float
+    max_iter: int
+    seed: int
+    pairs_shown: int
+    issues_shown: int
+
+    def __post_init__(self):
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"audit.selection is {self.selection!r}; allowed values: {', '.join(SELECTIONS)}")
+        unknown = sorted(set(self.remove) - set(VERDICTS))
+        if unknown:
+            raise ValueError(f"audit.remove lists {unknown}; allowed verdicts: {', '.join(VERDICTS)}")
+        if self.query_split == self.reference_split:
+            raise ValueError(f"audit.query_split and audit.reference_split are both {self.query_split!r}; "
+                             "leakage is searched between two splits (within_query covers one split)")
+
+    @classmethod
+    def from_config(cls, section: Mapping) -> AuditSettings:
+        """Build from a validated config's ``audit`` section (every key present: validation fills in
+        the schema's defaults; :func:`embedlens.config.section_defaults` gives them outside the
+        workflow). The error names unknown and missing keys."""
+        known = {field.name for field in fields(cls)}
+        unknown, missing = sorted(set(section) - known), sorted(known - set(section))
+        if unknown or missing:
+            raise ValueError(f"audit: unknown key(s) {unknown}, missing key(s) {missing}; validate the config "
+                             f"against embedlens/config.schema.yaml (it fills in the defaults)")
+        values = dict(section)
+        values["remove"] = tuple(values["remove"])
+        if values["label_splits"] is not None:
+            values["label_splits"] = tuple(values["label_splits"])
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        """JSON-friendly form, for provenance in the stage's outputs."""
+        values = asdict(self)
+        values["remove"] = list(self.remove)
+        values["label_splits"] = None if self.label_splits is None else list(self.label_splits)
+        return values

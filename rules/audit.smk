@@ -1,0 +1,101 @@
+# The dataset audit: near-duplicates of the query split's images (audit.query_split, default test) in the
+# reference split (train: leakage) and within the query split, by cosine similarity of the stored features
+# (embedlens.knn), each candidate with a pixel verdict exact / near / similar (audit_duplicates); likely
+# label errors from cleanlab on the out-of-sample probabilities of a cross-validated linear probe
+# (audit_labels); the clean query split, the explore map's colourings and the summary (audit_clean).
+# Settings: the audit: section of the config.
+#
+#     {RESULTS}/{dataset}/{backbone}/audit/duplicates.csv          candidate pairs with verdicts, closest first
+#     {RESULTS}/{dataset}/{backbone}/audit/pairs.png               the closest cross-split pairs side by side
+#     {RESULTS}/{dataset}/{backbone}/audit/nearest_similarity.png  each query image's highest similarity, threshold marked
+#     {RESULTS}/{dataset}/{backbone}/audit/label_issues.csv, .png  likely label errors, most likely first
+#     {RESULTS}/{dataset}/{backbone}/audit/clean_test_index.csv    every query image kept or removed, with the reasons
+#     {RESULTS}/{dataset}/{backbone}/audit/map_columns.csv         copy verdict and label check per image, for the explore map
+#     {RESULTS}/{dataset}/{backbone}/audit/summary.json            for the report
+#
+# duplicates.json and labels.json carry the figures of the first two rules to audit_clean. Other stages
+# evaluate on the clean split: input audit_clean_index(their test split) (rules/common.smk), read with
+# embedlens.audit.clean_index(path, split=...).
+
+AUDIT = config["audit"]
+AUDIT_DIR = f"{RESULTS}/{{dataset}}/{{backbone}}/audit"
+# What the audit's results depend on: switching the stage off and on must not rerun it.
+AUDIT_SETTINGS = {key: value for key, value in AUDIT.items() if key != "enabled"}
+if AUDIT["enabled"]:
+    STAGE_SUMMARIES["audit"] = f"{AUDIT_DIR}/summary.json"
+    MAP_COLUMNS["audit"] = f"{AUDIT_DIR}/map_columns.csv"
+
+
+rule audit_duplicates:
+    input:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
+        features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
+    output:
+        pairs=f"{AUDIT_DIR}/duplicates.csv",
+        grid=f"{AUDIT_DIR}/pairs.png",
+        histogram=f"{AUDIT_DIR}/nearest_similarity.png",
+        document=f"{AUDIT_DIR}/duplicates.json",
+    params:
+        audit=AUDIT_SETTINGS,
+        dataset=dataset_spec,
+        recipe=feature_recipe,
+    threads: 2
+    resources:
+        mem_mb=features_mem_mb,
+        runtime=features_runtime,
+    log:
+        f"{RESULTS}/logs/audit_duplicates/{{dataset}}/{{backbone}}.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/audit_duplicates.py"
+
+
+rule audit_labels:
+    input:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
+        features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
+    output:
+        issues=f"{AUDIT_DIR}/label_issues.csv",
+        grid=f"{AUDIT_DIR}/label_issues.png",
+        document=f"{AUDIT_DIR}/labels.json",
+    params:
+        audit=AUDIT_SETTINGS,
+        dataset=dataset_spec,
+        recipe=feature_recipe,
+    threads: 2
+    resources:
+        mem_mb=features_mem_mb,
+        runtime=lambda wildcards, input, attempt: features_runtime(wildcards, input, attempt) * 2,
+    log:
+        f"{RESULTS}/logs/audit_labels/{{dataset}}/{{backbone}}.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/audit_labels.py"
+
+
+rule audit_clean:
+    input:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
+        features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
+        pairs=f"{AUDIT_DIR}/duplicates.csv",
+        issues=f"{AUDIT_DIR}/label_issues.csv",
+        duplicates=f"{AUDIT_DIR}/duplicates.json",
+        labels=f"{AUDIT_DIR}/labels.json",
+    output:
+        clean=AUDIT_CLEAN_INDEX,
+        map_columns=f"{AUDIT_DIR}/map_columns.csv",
+        summary=f"{AUDIT_DIR}/summary.json",
+    params:
+        audit=AUDIT_SETTINGS,
+        recipe=feature_recipe,
+    resources:
+        mem_mb=table_mem_mb,
+        runtime=lambda wildcards, attempt: 10 * attempt,
+    log:
+        f"{RESULTS}/logs/audit_clean/{{dataset}}/{{backbone}}.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/audit_clean.py"
