@@ -80,6 +80,7 @@ rule cluster_results:
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
         predictions=f"{CLUSTER_DIR}/{{method}}/predictions.npz",
         fit=f"{CLUSTER_DIR}/{{method}}/fit.json",
+        clean=audit_clean_index(CLUSTER["test_split"]),  # figures on the clean test split too
     output:
         results=f"{CLUSTER_DIR}/{{method}}/results.json",
         map=f"{CLUSTER_DIR}/{{method}}/map.png",

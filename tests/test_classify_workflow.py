@@ -28,6 +28,8 @@ def tiny_config(**overlap) -> dict:
         "overlap": {"export": False, **overlap},
         "classify": {"max_epochs": 30, "early_stopping_patience": 5, "folds": 3, "pair_figures": 2,
                      "samples_per_class": 2, "misclassified_samples": 2, "learning_rate": 0.01},
+        "cluster": {"enabled": False},
+        "audit": {"enabled": False},
     }
 
 

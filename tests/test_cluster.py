@@ -289,6 +289,25 @@ def test_results_summary_and_map_columns(tmp_path):
     assert alone.headline == {"clustered": "no"} and alone.notes == ["temi: not clustered: no split 'val'"]
 
 
+def test_figures_on_the_clean_test_split_leave_out_the_rows_the_audit_flagged():
+    truth = np.repeat(np.arange(4), 5)
+    wrong = truth.copy()
+    wrong[[0, 5]] = [3, 2]  # two test images clustered with another class
+    split = {"train": Assignment(np.arange(20), truth.copy(), truth),
+             "test": Assignment(np.arange(100, 120), wrong, truth)}
+    fit = {"seconds": 1.0, "device": "cpu"}
+    kept = np.setdiff1d(np.arange(100, 120), [100, 105])  # the audit flagged exactly those two
+    document = results_document("kmeans", 4, split, fit, settings(), clean_index=kept)
+    assert document["metrics"]["test"]["acc"] == pytest.approx(0.9)
+    clean = document["metrics"]["test (clean)"]
+    assert clean["images"] == 18 and clean["acc"] == 1.0
+    summary = cluster_summary([{**document, "map": "UMAP"}], settings(), dataset="d", backbone="b")
+    assert summary.headline["acc"] == pytest.approx(0.9) and summary.headline["clean_acc"] == 1.0
+    assert any("without the images the dataset audit flagged (18 of 20 images)" in note for note in summary.notes)
+    assert "test (clean)" in metrics_table([document])["split"].tolist()
+    assert "test (clean)" not in results_document("kmeans", 4, split, fit, settings())["metrics"]
+
+
 def test_side_by_side_maps_and_coloured_captions_are_drawn(tmp_path):
     rng = np.random.default_rng(0)
     xy = rng.normal(size=(300, 2))

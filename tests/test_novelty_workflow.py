@@ -32,6 +32,7 @@ def shapes_config(**novelty) -> dict:
         "overlap": {"export": False},
         "novelty": {"k_max": 8, "quality": {"draws": 2}, **novelty},
         "cluster": {"enabled": False},
+        "audit": {"enabled": False},
     }
 
 

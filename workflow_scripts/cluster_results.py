@@ -4,6 +4,7 @@ pseudo labels and the grid of each cluster's representatives."""
 import json
 
 from embedlens.atomic import write_text_atomic
+from embedlens.audit import clean_index
 from embedlens.cluster.pseudo import pseudo_labels
 from embedlens.cluster.results import (load_predictions, map_figure, read_splits, representatives_figure,
                                        results_document, sizes_figure, skipped_results)
@@ -33,7 +34,8 @@ train, test = read_splits(store, settings)
 fitted, scored = assignments[settings.train_split], assignments[settings.test_split]
 title = f"{name} x {backbone}: {method}, {clusters} clusters"
 
-document = results_document(method, clusters, assignments, fit, settings)
+kept = clean_index(snakemake.input.clean[0], split=settings.test_split) if snakemake.input.clean else None
+document = results_document(method, clusters, assignments, fit, settings, clean_index=kept)
 document["map"] = map_figure(test.features, scored, class_names, output.map, settings=settings,
                              title=f"{title}, {settings.test_split!r} images")
 sizes_figure(fitted.cluster, clusters, output.sizes, title=f"{title}: {settings.train_split!r} images per cluster")

@@ -144,11 +144,25 @@ def collapse_warning(active: int, clusters: int, fraction: float) -> str | None:
             f"cluster.collapse_fraction = {fraction:g} of them)")
 
 
+def clean_split_name(split: str) -> str:
+    """The metrics key of ``split`` without the images the dataset audit flagged."""
+    return f"{split} (clean)"
+
+
 def results_document(method: str, clusters: int, assignments: Mapping[str, Assignment], fit: Mapping,
-                     settings: ClusterSettings) -> dict:
+                     settings: ClusterSettings, clean_index: np.ndarray | None = None) -> dict:
     """``results.json``: the metrics of each split, the fit's details (``fit.json``) and the warnings
-    (the fit's own, and collapse on the fit split)."""
+    (the fit's own, and collapse on the fit split).
+
+    ``clean_index``: the index_in_split values of the scored split that the dataset audit keeps
+    (:func:`embedlens.audit.clean_index`); the metrics of those rows alone are added under
+    :func:`clean_split_name` of the scored split."""
     metrics = {split: cluster_metrics(a.label, a.cluster, clusters) for split, a in assignments.items()}
+    if clean_index is not None:
+        scored = assignments[settings.test_split]
+        kept = np.isin(scored.index, clean_index)
+        metrics[clean_split_name(settings.test_split)] = cluster_metrics(scored.label[kept], scored.cluster[kept],
+                                                                         clusters)
     warnings = list(fit.get("warnings", []))
     collapsed = collapse_warning(metrics[settings.train_split]["active_clusters"], clusters,
                                  settings.collapse_fraction)
@@ -278,6 +292,8 @@ def cluster_summary(documents: Sequence[Mapping], settings: ClusterSettings, *, 
     headline = {"method": first["method"], "clusters": first["clusters"]}
     headline.update({key: round(scored[key], 4) for key in ("acc", "nmi", "ari") if key in scored})
     headline["active_clusters"] = scored["active_clusters"]
+    clean = first["metrics"].get(clean_split_name(first["score_split"]), {})
+    headline.update({f"clean_{key}": round(clean[key], 4) for key in ("acc", "nmi", "ari") if key in clean})
     for document in documents[1:]:
         other = document["metrics"][document["score_split"]]
         if "acc" in other:
@@ -294,6 +310,11 @@ def cluster_summary(documents: Sequence[Mapping], settings: ClusterSettings, *, 
                      f"{_figure(scored.get('ari'))} on {document['score_split']!r} ({scored['images']} images), "
                      f"{scored['active_clusters']} of {document['clusters']} clusters active; fitted in "
                      f"{fit['seconds']:.0f} s on {fit['device']}.")
+        clean = document["metrics"].get(clean_split_name(document["score_split"]))
+        if clean is not None:
+            notes.append(f"{method}: ACC {_figure(clean.get('acc'))}, NMI {_figure(clean.get('nmi'))}, ARI "
+                         f"{_figure(clean.get('ari'))} on {document['score_split']!r} without the images the dataset "
+                         f"audit flagged ({clean['images']} of {scored['images']} images).")
         notes += [f"{method}: warning: {warning}" for warning in document["warnings"]]
         if method == "temi":
             agreement = fit.get("neighbour_agreement")
