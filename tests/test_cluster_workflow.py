@@ -46,12 +46,17 @@ def test_temi_and_kmeans_write_their_results_pseudo_labels_and_the_stage_summary
     for artifact in summary.tables + summary.figures:
         assert (stage / artifact.path).stat().st_size > 0, artifact.path
     metrics = pd.read_csv(stage / "metrics.csv")
-    assert metrics[["method", "split"]].values.tolist() == [["temi", "train"], ["temi", "test"],
-                                                           ["kmeans", "train"], ["kmeans", "test"]]
-    assert metrics["acc"].between(0.25, 1).all() and (metrics["images"] == [40, 16, 40, 16]).all()
+    # the dataset audit is on by default: the test figures come on its clean split too
+    kept = int(pd.read_csv(tmp_path / "results/shapes/tiny/audit/clean_test_index.csv")["kept"].sum())
+    assert 0 < kept < 16
+    assert metrics[["method", "split"]].values.tolist() == [
+        ["temi", "train"], ["temi", "test"], ["temi", "test (clean)"],
+        ["kmeans", "train"], ["kmeans", "test"], ["kmeans", "test (clean)"]]
+    assert metrics["acc"].between(0.25, 1).all() and (metrics["images"] == [40, 16, kept, 40, 16, kept]).all()
+    assert {"clean_acc", "clean_nmi", "clean_ari"} <= set(summary.headline)
     for method in ("temi", "kmeans"):
         results = json.loads((stage / method / "results.json").read_text())
-        assert results["clusters"] == 4 and set(results["metrics"]) == {"train", "test"}
+        assert results["clusters"] == 4 and set(results["metrics"]) == {"train", "test", "test (clean)"}
         test = results["metrics"]["test"]
         assert {"acc", "nmi", "ari", "active_clusters", "size_min", "size_max", "size_mean", "size_std",
                 "size_cv"} <= set(test)
