@@ -103,7 +103,8 @@ def main() -> None:
     heads = load_heads(fit.teacher, temi, device)
     train_probabilities = head_probabilities(heads, train.features, temi, device)
     statistics = head_statistics(train_probabilities)
-    test_clusters = head_probabilities(heads, test.features, temi, device)[fit.best_head].argmax(axis=1)
+    test_probabilities = head_probabilities(heads, test.features, temi, device)
+    test_clusters = test_probabilities[fit.best_head].argmax(axis=1)
     report["temi"] = {
         "seconds": round(seconds, 1), "seconds_per_epoch": round(seconds / temi.epochs, 1),
         "best_head": fit.best_head, "final_loss": round(float(fit.head_losses[-1][fit.best_head]), 4),
@@ -111,7 +112,7 @@ def main() -> None:
         "test": scores(test.labels, test_clusters, args.clusters),
         "train": scores(train.labels, train_probabilities[fit.best_head].argmax(axis=1), args.clusters),
         "test_acc_per_head": [round(cluster_metrics(test.labels, p.argmax(axis=1), args.clusters)["acc"], 4)
-                              for p in head_probabilities(heads, test.features, temi, device)],
+                              for p in test_probabilities],
         "head_entropy": [round(s["entropy"], 3) for s in statistics],
         "warnings": diagnose(statistics, fit.head_losses[-1], args.clusters, temi.beta),
         "loss_per_epoch": [round(v, 4) for v in fit.history["loss_best"]],
