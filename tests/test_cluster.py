@@ -21,6 +21,7 @@ from embedlens.cluster.settings import ClusterInputError, ClusterSettings
 from embedlens.cluster.temi import (ClusterHeads, cosine_schedule, diagnose, head_probabilities, head_statistics,
                                     load_heads, temi_head_losses, train_temi, uniform_loss)
 from embedlens.config import section_defaults
+from embedlens.roles import SplitRoles, with_roles
 from embedlens.knn import cosine_topk
 from embedlens.plots import image_rows, scatter_maps
 
@@ -28,7 +29,7 @@ CPU = torch.device("cpu")
 
 
 def settings(**temi) -> ClusterSettings:
-    values = section_defaults("cluster")
+    values = with_roles("cluster", section_defaults("cluster"), SplitRoles("train", "test"), 0.2)
     values["temi"].update(temi)
     return ClusterSettings.from_config(values)
 
@@ -58,7 +59,7 @@ def test_settings_come_from_the_schema_with_the_published_defaults():
     assert (temi.teacher_momentum, temi.teacher_momentum_end) == (0.996, 1.0)
     assert (defaults.kmeans.n_init, defaults.kmeans.normalize) == (2, True)
     assert defaults.methods == ("temi", "kmeans") and defaults.train_split == "train" and defaults.test_split == "test"
-    values = section_defaults("cluster")
+    values = with_roles("cluster", section_defaults("cluster"), SplitRoles("train", "test"), 0.2)
     values["temi"]["epoch"] = 3
     with pytest.raises(ValueError, match=r"cluster.temi: unknown key\(s\) \['epoch'\]"):
         ClusterSettings.from_config(values)

@@ -102,8 +102,9 @@ def test_keys_of_another_kind_are_refused_listing_only_the_kinds_keys():
     assert [line.strip() for line in lines] == [
         "backbones[1]: unknown key(s) 'weights' for kind hf_clip; allowed keys: kind, model, name, "
         "preprocessing, pretrained",
-        "datasets[1]: unknown key(s) 'num_classes' for kind folder; allowed keys: classes, extensions, kind, "
-        "max_per_class, name, root, splits",
+        "datasets[1]: unknown key(s) 'num_classes' for kind folder; allowed keys: audit, classes, classify, cluster, "
+        "distill, eval_split, extensions, fit_split, holdout_fraction, kind, max_per_class, name, novelty, overlap, "
+        "root, splits",
     ]
 
 

@@ -19,7 +19,7 @@ from embedlens.extract import Progress, collate_images, extract_features
 from embedlens.preprocess import Preprocessing, preprocess_batch
 from embedlens.manifest import read_manifest, write_table
 from embedlens.recipe import job_recipe, requested_recipe
-from embedlens.shards import merge_shards, open_shard, shard_rows
+from embedlens.shards import NonFiniteFeatures, merge_shards, open_shard, shard_rows
 from embedlens.store import FeatureStore, StoreMismatch, read_attrs, read_split, store_splits
 
 DINO = Preprocessing(resize=256, crop=224, interpolation="bicubic")
@@ -180,6 +180,22 @@ def test_merge_refuses_shards_that_miss_or_repeat_rows(tmp_path):
     with pytest.raises(ValueError, match=r"missing e.g. \[2, 4\], repeated e.g. \[1\]"):
         merge_shards([tmp_path / "a.h5", tmp_path / "b.h5"], manifest, tmp_path / "f.h5", {})
     assert not (tmp_path / "f.h5").exists()
+
+
+def test_merge_refuses_nan_or_infinite_features_naming_the_images_and_writes_no_store(tmp_path):
+    manifest = _manifest(tmp_path)
+    features = np.arange(20, dtype=np.float32).reshape(5, 4)
+    features[2, 1], features[4, 0] = np.nan, np.inf
+    failed = np.arange(20, dtype=np.float32).reshape(5, 4)
+    failed[1] = np.nan  # a row that failed to decode is no feature, whatever it holds
+    shards = [make_shard(tmp_path / "1.h5", [0, 1, 2, 3, 4], features)]
+    with pytest.raises(NonFiniteFeatures, match=r"dataset toy x backbone tiny: 2 image\(s\) got NaN or infinite "
+                                                r"features, so no feature store was written; first: train #2 \(2\); "
+                                                r"test #1 \(1\)"):
+        merge_shards(shards, manifest, tmp_path / "f.h5", {"dataset": "toy"})
+    assert not (tmp_path / "f.h5").exists()
+    decoded = [make_shard(tmp_path / "2.h5", [0, 1, 2, 3, 4], failed, failed={1: "truncated"})]
+    assert merge_shards(decoded, manifest, tmp_path / "g.h5", {"dataset": "toy"})["images"] == 4
 
 
 def test_merge_refuses_shards_of_different_recipes_naming_shard_and_key(tmp_path):

@@ -31,11 +31,16 @@ class DatasetScan:
         """What ``dataset.json`` records: name, kind, class names, images per split, skipped count,
         plus the kind's extras (e.g. a synthetic dataset's designed look-alike pairs)."""
         counts = self.manifest["split"].value_counts()
+        labelled = self.manifest[self.manifest["label"] >= 0]
+        per_class = labelled.groupby(["split", "class_name"], sort=True).size()
         return {
             "name": dataset.name,
             "kind": dataset.kind,
             "class_names": list(self.class_names),
             "images": {split: int(counts.get(split, 0)) for split in dataset.splits},
+            # what the workflow decides with before any job: which stages can run on which split
+            "class_counts": {split: {str(name): int(count) for (s, name), count in per_class.items() if s == split}
+                             for split in dataset.splits},
             "skipped": int(len(self.skipped)),
             **self.extras,
         }
