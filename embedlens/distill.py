@@ -57,7 +57,7 @@ from embedlens.classify.training import build_mlp
 from embedlens.geometry import class_centroids
 from embedlens.knn import cosine_topk
 from embedlens.pseudo_labels import PSEUDO, read_pseudo_labels
-from embedlens.roles import holdout_note, stratified_holdout
+from embedlens.roles import stratified_holdout
 from embedlens.store import FeatureStore
 from embedlens.summary import Artifact, StageSummary
 

@@ -108,6 +108,15 @@ def with_roles(stage: str, section: Mapping, roles: SplitRoles, holdout_fraction
     return settings
 
 
+def stage_defaults(stage: str, roles: SplitRoles) -> dict:
+    """The schema's defaults of the stage's section for a dataset whose splits have ``roles`` (and the
+    schema's hold-out fraction): the settings code outside the workflow (benchmarks, notebooks) starts from."""
+    from embedlens.config import load_schema, section_defaults
+
+    holdout = load_schema()["properties"]["datasets"]["items"]["properties"]["holdout_fraction"]["default"]
+    return with_roles(stage, section_defaults(stage), roles, holdout)
+
+
 def stage_settings(config: Mapping, stage: str, dataset: Mapping, splits: Sequence[str]) -> dict:
     """The ``stage``'s settings for one dataset entry of a validated ``config`` whose splits are
     ``splits``: the entry's own section over the config's, null split settings from the roles."""

@@ -54,7 +54,7 @@ rule cluster_temi:
         gpu=1,
         mem_mb=features_mem_mb,
         runtime=lambda wildcards, input, attempt: int(
-            (20 + store_mb(input) / 100 * CLUSTER["temi"]["epochs"] * CLUSTER["temi"]["heads"] / 16) * attempt),
+            (20 + store_mb(input) / 100 * CLUSTER["temi"]["steps"] / 48 * CLUSTER["temi"]["heads"] / 16) * attempt),
     log:
         f"{RESULTS}/logs/cluster_temi/{{dataset}}/{{backbone}}.log",
     conda:

@@ -51,7 +51,7 @@ def shapes_config(root: Path) -> dict:
         "extract": {"shards": 1, "batch_size": 32, "num_workers": 0},
         "overlap": {"selection": "top_n", "top_n": 2},
         "classify": {"max_epochs": 3, "folds": 2, "pair_figures": 1, "samples_per_class": 2, "misclassified_samples": 2},
-        "cluster": {"temi": {"epochs": 2, "heads": 2, "warmup_epochs": 1, "batch_size": 16}, "map": "tsne",
+        "cluster": {"temi": {"steps": 4, "heads": 2, "batch_size": 16}, "map": "tsne",
                     "map_points": 30, "representatives": 3, "grid_clusters": 3},
         "novelty": {"quality": {"draws": 1}},
         "audit": {"folds": 2},
