@@ -87,4 +87,5 @@ if workflow.is_main_process:
               *(["imagenet_subset"] if IMAGENET_SUBSET_NAMES else []), "report"]
     print(plan_text(config, stages=stages,
                     targets=command_line_targets() or all_targets(), inherited=inherited,
-                    default_file=DEFAULT_CONFIGFILE, user_files=user_files), file=sys.stderr)
+                    default_file=DEFAULT_CONFIGFILE, user_files=user_files, skipped=planned_skips()),
+          file=sys.stderr)

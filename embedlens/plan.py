@@ -73,16 +73,18 @@ def _backbone_line(backbone: Mapping) -> str:
 
 
 def plan_text(config: Mapping, *, stages: Sequence[str], targets: Sequence[str], inherited: Sequence[str],
-              default_file: str, user_files: Sequence[str]) -> str:
-    """The plan block: config files, datasets (with image counts when known), backbones, stages,
-    targets, and the keys taken from ``default_file`` instead of ``user_files`` (when there are any),
-    with the command that runs the user's files on their own."""
+              default_file: str, user_files: Sequence[str], skipped: Sequence[str] = ()) -> str:
+    """The plan block: config files, datasets (with image counts when known), backbones, stages, the
+    stages skipped for a dataset (``skipped``: one line each, with the reason), targets, and the keys
+    taken from ``default_file`` instead of ``user_files`` (when there are any), with the command that
+    runs the user's files on their own."""
     files = " over ".join([*reversed(user_files), default_file]) if inherited else (
         ", ".join(user_files) or default_file)
     lines = [f"embedlens plan (config: {files})",
              *[f"  dataset   {_dataset_line(d, (known_info(d, config['results']) or {}).get('images'))}" for d in config["datasets"]],
              *[f"  backbone  {_backbone_line(b)}" for b in config["backbones"]],
              f"  stages    {', '.join(stages)}",
+             *[f"  skipped   {line}" for line in skipped],
              f"  targets   {', '.join(targets)}"]
     if inherited:
         mine = " ".join(f"--configfile {path}" for path in user_files)

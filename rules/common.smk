@@ -116,6 +116,20 @@ def stage_skip(stage, name):
     return reason
 
 
+def planned_skips():
+    """The plan block's lines on skipped stages: per dataset whose images per split and class are known
+    now, each stage that does not run on it and why; for the others, when that is decided."""
+    lines = []
+    for name in DATASETS:
+        if known_info(entry(config, "datasets", name), RESULTS) is None:
+            lines.append(f"decided for {name} once its manifest is built")
+            continue
+        stages = [stage for stage in STAGE_SUMMARIES if stage != "features" and name in STAGE_DATASETS.get(stage, DATASETS)]
+        _SKIPS_SAID.update((stage, name) for stage in stages)  # said here, not again by the jobs' planning
+        lines += [f"{stage} for {name}: {reason}" for stage in stages if (reason := stage_skip(stage, name))]
+    return lines
+
+
 def skip_param(stage):
     """A params function: why the stage is skipped for the {dataset} wildcard, or None."""
     return lambda wildcards: stage_skip(stage, wildcards.dataset)

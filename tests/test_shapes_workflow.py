@@ -1,7 +1,7 @@
 """Every dataset shape a user brings, in one config and one run: a folder without splits (one of its
-classes has a single image), a folder with train/val (ImageNet's layout) and one with train/test
-(CIFAR-100's). The default target builds; every stage runs or says in its summary why it was skipped;
-no job ends in a traceback; reordering the config's keys reruns nothing."""
+classes has a single image) beside a folder with train/val (ImageNet's layout; the train/test layout of
+CIFAR-100 is every other workflow test's). The default target builds; every stage runs or says in its
+summary why it was skipped; no job ends in a traceback; reordering the config's keys reruns nothing."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.workflow
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 STAGES = ("features", "overlap", "classify", "cluster", "novelty", "audit", "distill")
-SPLITS = {"nosplit": [None], "trainval": ["train", "val"], "traintest": ["train", "test"]}
+SPLITS = {"nosplit": [None], "trainval": ["train", "val"]}
 
 
 def draw(path: Path, colour, rng) -> None:
@@ -44,9 +44,7 @@ def folders(root: Path) -> None:
 def shapes_config(root: Path) -> dict:
     return {
         "datasets": [{"name": "nosplit", "kind": "folder", "root": str(root / "nosplit")},
-                     {"name": "trainval", "kind": "folder", "root": str(root / "trainval"), "splits": ["train", "val"]},
-                     {"name": "traintest", "kind": "folder", "root": str(root / "traintest"),
-                      "splits": ["train", "test"]}],
+                     {"name": "trainval", "kind": "folder", "root": str(root / "trainval"), "splits": ["train", "val"]}],
         "backbones": [TINY_BACKBONE],
         "extract": {"shards": 1, "batch_size": 32, "num_workers": 0},
         "overlap": {"selection": "top_n", "top_n": 2},
@@ -90,13 +88,15 @@ def test_every_shape_builds_the_report_and_no_job_ends_in_a_traceback(shapes_run
 
 def test_each_stage_uses_the_datasets_own_split_roles(shapes_run):
     workdir, _, _ = shapes_run
-    for dataset, evaluation in (("trainval", "val"), ("traintest", "test")):
-        assert summary(workdir, dataset, "audit").settings["query_split"] == evaluation
-        assert summary(workdir, dataset, "cluster").settings["test_split"] == evaluation
-        assert summary(workdir, dataset, "classify").settings["test_split"] == evaluation
-        clustered = json.loads((workdir / f"results/{dataset}/tiny/cluster/kmeans/results.json").read_text())
-        assert set(clustered["metrics"]) == {"train", evaluation}
-        assert summary(workdir, dataset, "overlap").settings["splits"] == ["train"]
+    assert summary(workdir, "trainval", "audit").settings["query_split"] == "val"
+    assert summary(workdir, "trainval", "cluster").settings["test_split"] == "val"
+    assert summary(workdir, "trainval", "classify").settings["test_split"] == "val"
+    clustered = json.loads((workdir / "results/trainval/tiny/cluster/kmeans/results.json").read_text())
+    assert set(clustered["metrics"]) == {"train", "val", "val (clean)"}  # the audit audits val: a clean val too
+    assert summary(workdir, "trainval", "overlap").settings["splits"] == ["train"]
+    plan = shapes_run[2].stderr
+    assert "  skipped   decided for nosplit once its manifest is built" in plan
+    assert "embedlens: classify skipped for dataset nosplit" not in plan  # found by its job, before training
 
 
 def test_a_folder_without_splits_holds_out_part_of_it_and_audits_it_alone(shapes_run):
