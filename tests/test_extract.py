@@ -79,12 +79,29 @@ def test_batch_preprocessing_gives_the_pil_paths_pixels(shape, interpolation, te
     assert (difference > 0.01).float().mean() < 5e-3
 
 
-def test_mixed_sizes_in_one_batch_equal_one_by_one():
+def test_mixed_sizes_in_one_batch_equal_one_by_one_in_order():
     rng = np.random.default_rng(1)
-    images = [torch.from_numpy(rng.integers(0, 256, size=s, dtype=np.uint8)) for s in [(40, 60, 3), (80, 50, 3)]]
+    shapes = [(40, 60, 3), (80, 50, 3), (40, 60, 3), (33, 33, 3)]  # sizes interleave: grouped, then put back
+    images = [torch.from_numpy(rng.integers(0, 256, size=s, dtype=np.uint8)) for s in shapes]
     together = preprocess_batch(images, DINO)
     apart = torch.cat([preprocess_batch(image[None], DINO) for image in images])
     assert torch.allclose(together, apart)
+
+
+def test_batch_preprocessing_keeps_pils_pixels_under_bf16_autocast():
+    # extract.amp runs the loop under bfloat16 autocast; the resampling products must stay float32.
+    image = torch.from_numpy(np.random.default_rng(2).integers(0, 256, size=(1, 32, 32, 3), dtype=np.uint8))
+    plain = preprocess_batch(image, DINO)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = preprocess_batch(image, DINO)
+    assert autocast.dtype == torch.float32 and torch.equal(plain, autocast)
+
+
+def test_nearest_takes_the_pixel_under_each_centre_like_pil():
+    image = np.random.default_rng(4).integers(0, 256, size=(30, 45, 3), dtype=np.uint8)
+    prep = Preprocessing(resize=64, crop=56, interpolation="nearest")
+    expected = _notebook_transform(prep)(Image.fromarray(image))
+    assert torch.allclose(preprocess_batch(torch.from_numpy(image)[None], prep)[0], expected, atol=1e-5)
 
 
 def test_progress_reports_images_rate_and_time_left(caplog):
