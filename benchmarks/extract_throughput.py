@@ -14,8 +14,9 @@ and copy batches asynchronously, and ``--also-bf16`` adds the figure of embedlen
 autocast) to an fp32 comparison, printed separately and set against embedlens's fp32 figure, since
 its precision differs from the notebooks'.
 
-Prints images/s of each, their ratio, and the mean cosine agreement of the feature sets (embedlens's
-must agree with the notebooks' to >= 0.99, else exit status 1). Images: the first --images of the
+Prints images/s of each, their ratio, embedlens's seconds of preprocessing on the device (decoding
+there included) and their share of its time, and the cosine agreement of the feature sets (embedlens's
+must agree with the notebooks' to a mean >= 0.99, else exit status 1). Images: the first --images of the
 genuine CIFAR-100 test split in ../shared/datasets, or a synthetic dataset (64x64) when that is absent.
 
     python benchmarks/extract_throughput.py                      # real EfficientNet-Lite0
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import time
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from embedlens.backbones import load_backbone
 from embedlens.datasets import open_dataset
 from embedlens.devices import resolve_device
-from embedlens.extract import extract_features
+from embedlens.extract import Progress, extract_features
 from embedlens.preprocess import pil_transform
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -155,12 +157,15 @@ def main() -> None:
     print(f"notebooks' path ({args.precision}): {notebook_rate:8.1f} images/s")
     disagree, rates = [], []
     for amp in amp_settings:
-        (ours, _), ours_seconds = timed(lambda amp=amp: extract_features(
+        progress = Progress(len(rows), logging.getLogger("extract_throughput"), every=float("inf"))
+        (ours, _), ours_seconds = timed(lambda amp=amp, progress=progress: extract_features(
             backbone, dataset, rows, device=device, batch_size=args.batch_size, num_workers=args.workers,
-            amp=amp))
+            amp=amp, progress=progress))
         rates.append(len(rows) / ours_seconds)
         cosine = row_cosines(reference, ours)
-        agreement = f"cosine agreement with the notebooks' features: mean {cosine.mean():.4f}, min {cosine.min():.4f}"
+        agreement = (f"preprocessing on the device {progress.preprocess_seconds:.2f} s "
+                     f"({100 * progress.preprocess_seconds / ours_seconds:.1f}% of its time); cosine agreement "
+                     f"with the notebooks' features: mean {cosine.mean():.5f}, min {cosine.min():.5f}")
         if len(rates) == 1:  # same precision as the notebooks' path: the like-for-like figure
             print(f"embedlens path ({args.precision}):  {rates[0]:8.1f} images/s, "
                   f"{rates[0] / notebook_rate:.2f}x the notebooks' path; {agreement}")

@@ -71,15 +71,20 @@ def collate_images(batch: list[tuple[int, torch.Tensor | str]]) -> ImageBatch:
 
 
 class Progress:
-    """Logs images done, images/s and the time left, at most every ``every`` seconds."""
+    """Logs images done, images/s, the time left and the seconds spent preprocessing on the model's
+    device (with their share of the time so far), at most every ``every`` seconds and at the end."""
 
     def __init__(self, total: int, logger: logging.Logger, label: str = "", every: float = 10.0):
         self.total, self.logger, self.label, self.every = total, logger, label, every
         self.done = 0
+        self.preprocess_seconds = 0.0
         self.start = self.last = time.monotonic()
 
-    def update(self, count: int) -> None:
+    def update(self, count: int, preprocess_seconds: float | None = None) -> None:
+        """``count`` more images done; ``preprocess_seconds``: the preprocessing time so far, in all."""
         self.done += count
+        if preprocess_seconds is not None:
+            self.preprocess_seconds = preprocess_seconds
         now = time.monotonic()
         if now - self.last >= self.every or self.done >= self.total:
             self.last = now
@@ -92,7 +97,40 @@ class Progress:
         left_text = time.strftime("%H:%M:%S", time.gmtime(left)) if np.isfinite(left) else "?"
         percent = 100.0 * self.done / max(self.total, 1)
         return (f"{self.label}{self.done}/{self.total} images ({percent:.0f}%), "
-                f"{rate:.1f} images/s, {left_text} left")
+                f"{rate:.1f} images/s, {left_text} left; preprocessing {self.preprocess_seconds:.1f} s "
+                f"({100.0 * self.preprocess_seconds / elapsed:.1f}% of the time)")
+
+
+class DeviceTimer:
+    """Seconds spent in :meth:`timing` blocks of work on ``device``: the wall clock on the CPU; on CUDA,
+    where work runs asynchronously, CUDA events, read back only in :attr:`seconds` (after a batch's
+    features came back, so the events are done and timing adds no synchronisation)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.total = 0.0
+        self.pending: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    @contextlib.contextmanager
+    def timing(self):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.pending.append((start, end))
+        else:
+            start = time.perf_counter()
+            yield
+            self.total += time.perf_counter() - start
+
+    @property
+    def seconds(self) -> float:
+        for start, end in self.pending:
+            end.synchronize()
+            self.total += start.elapsed_time(end) / 1000.0
+        self.pending.clear()
+        return self.total
 
 
 PREPROCESS_MODES = ("device", "pil")
@@ -112,6 +150,8 @@ def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, dev
     whole batches. ``preprocess="pil"``: the replaced notebooks' path, torchvision's PIL transforms per
     image in the workers (bit for bit what they computed). On CUDA with ``amp`` the model runs under
     bfloat16 autocast; without it in true float32 (TF32 off). The loaders pin memory on CUDA.
+    ``progress`` is told the images done and the seconds spent preprocessing in this process (on
+    the model's device), after every batch.
     """
     if preprocess not in PREPROCESS_MODES:
         raise ValueError(f"extract.preprocess {preprocess!r}; allowed values: {', '.join(PREPROCESS_MODES)}")
@@ -127,16 +167,18 @@ def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, dev
     if out is None:
         out = np.zeros((len(rows), backbone.dim), dtype=np.float32)
     failed: dict[int, str] = {}
+    timer = DeviceTimer(device)
     with torch.inference_mode(), autocast:
         for batch in loader:
             failed.update(batch.failed)
             if batch.positions:
-                pixels = (batch.images.to(device, non_blocking=True) if transform is not None
-                          else preprocess_batch(batch.images, backbone.preprocessing, device))
+                with timer.timing():
+                    pixels = (batch.images.to(device, non_blocking=True) if transform is not None
+                              else preprocess_batch(batch.images, backbone.preprocessing, device))
                 embeddings = backbone.embed(pixels).float().cpu().numpy()
                 _write_rows(out, batch.positions, embeddings)
             if progress is not None:
-                progress.update(len(batch.positions) + len(batch.failed))
+                progress.update(len(batch.positions) + len(batch.failed), timer.seconds)
     return out, failed
 
 

@@ -4,6 +4,7 @@ shard files merged into a store."""
 from __future__ import annotations
 
 import logging
+import time
 
 import h5py
 import numpy as np
@@ -108,9 +109,20 @@ def test_progress_reports_images_rate_and_time_left(caplog):
     logger = logging.getLogger("embedlens.test_progress")
     progress = Progress(total=100, logger=logger, label="shard 1-of-2: ", every=0.0)
     with caplog.at_level(logging.INFO, logger="embedlens.test_progress"):
-        progress.update(25)
+        progress.update(25, preprocess_seconds=0.0)
     assert "shard 1-of-2: 25/100 images (25%)" in caplog.text
     assert "images/s" in caplog.text and "left" in caplog.text
+    assert "preprocessing 0.0 s (0.0% of the time)" in caplog.text
+
+
+def test_extraction_tells_progress_the_preprocessing_seconds(tiny_backbone, caplog):
+    logger = logging.getLogger("embedlens.test_progress")
+    progress = Progress(total=5, logger=logger, every=0.0)
+    with caplog.at_level(logging.INFO, logger="embedlens.test_progress"):
+        extract_features(tiny_backbone, ToyImages(), _rows(["0", "1", "2", "3", "4"]), device=torch.device("cpu"),
+                         batch_size=2, num_workers=0, progress=progress)
+    assert progress.done == 5 and 0 < progress.preprocess_seconds < time.monotonic() - progress.start
+    assert caplog.text.count("preprocessing") == 3 and "5/5 images" in caplog.text
 
 
 TINY = {"name": "tiny", "kind": "timm", "model": "resnet10t", "pretrained": False,
