@@ -138,6 +138,7 @@ PREPROCESS_MODES = ("device", "pil")
 
 def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, device: torch.device,
                      batch_size: int = 64, num_workers: int = 2, amp: bool = True, preprocess: str = "device",
+                     compile: bool = False,
                      out: np.ndarray | h5py.Dataset | None = None, progress: Progress | None = None
                      ) -> tuple[np.ndarray | h5py.Dataset, dict[int, str]]:
     """Embed the images of ``rows`` (manifest rows) with ``backbone``.
@@ -149,7 +150,9 @@ def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, dev
     ``preprocess="device"``: workers only decode; resizing and normalisation run on ``device`` for
     whole batches. ``preprocess="pil"``: the replaced notebooks' path, torchvision's PIL transforms per
     image in the workers (bit for bit what they computed). On CUDA with ``amp`` the model runs under
-    bfloat16 autocast; without it in true float32 (TF32 off). The loaders pin memory on CUDA.
+    bfloat16 autocast; without it in true float32 (TF32 off). On CUDA the model runs channels-last;
+    ``compile`` runs it ``torch.compile``'d (:meth:`~embedlens.backbones.Backbone.for_speed`). The
+    loaders pin memory on CUDA.
     ``progress`` is told the images done and the seconds spent preprocessing in this process (on
     the model's device), after every batch.
     """
@@ -159,7 +162,7 @@ def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, dev
     loader = DataLoader(ManifestImages(dataset, rows, transform), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate_images,
                         pin_memory=device.type == "cuda", persistent_workers=False)
-    backbone.to(device)
+    backbone = backbone.to(device).for_speed(channels_last=device.type == "cuda", compile=compile)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and amp
                 else contextlib.nullcontext())
     if device.type == "cuda" and not amp:  # float32 in the recipe means float32, not cuDNN's TF32

@@ -305,3 +305,33 @@ def test_pil_mode_reproduces_the_notebooks_per_image_path_exactly(tiny_backbone)
 def test_an_unknown_preprocess_mode_is_refused(tiny_backbone):
     with pytest.raises(ValueError, match="extract.preprocess 'gpu'; allowed values: device, pil"):
         extract_features(tiny_backbone, ToyImages(), _rows(["0"]), device=torch.device("cpu"), preprocess="gpu")
+
+
+def test_compile_runs_the_torch_compiled_model_with_equal_features(tiny_backbone, monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def compile_eagerly(module, **kwargs):  # dynamo traces the model; no C++ compiler needed in tests
+        compiled.append(module)
+        return real_compile(module, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    rows = _rows(["0", "1", "2", "3"])
+    plain, _ = extract_features(tiny_backbone, ToyImages(), rows, device=torch.device("cpu"), batch_size=4,
+                                num_workers=0)
+    fast, _ = extract_features(tiny_backbone, ToyImages(), rows, device=torch.device("cpu"), batch_size=4,
+                               num_workers=0, compile=True)
+    assert compiled == [tiny_backbone.module] and not isinstance(tiny_backbone.module, torch._dynamo.OptimizedModule)
+    np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_gives_the_same_features(tiny_backbone):
+    pixels = preprocess_batch(torch.from_numpy(ToyImages().images["0"].copy())[None], tiny_backbone.preprocessing)
+    plain = tiny_backbone.embed(pixels)
+    fast = tiny_backbone.for_speed(channels_last=True)
+    try:
+        assert fast.module.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fast.embed(pixels), plain, rtol=1e-4, atol=1e-5)
+    finally:
+        tiny_backbone.module.to(memory_format=torch.contiguous_format)
+        tiny_backbone.for_speed(channels_last=False)
