@@ -1,7 +1,8 @@
 """Feature extraction: run a frozen backbone over manifest rows and embed every image once.
 
-Workers decode (and, in ``pil`` mode, preprocess) images; batches are preprocessed on the model's
-device and embedded. An image that fails to decode at extraction (the manifest step reads headers
+Workers decode (and, in ``pil`` mode, preprocess) images; on CUDA they hand over baseline JPEGs
+undecoded and each batch of those is decoded on the GPU (:mod:`embedlens.jpeg`); batches are
+preprocessed on the model's device and embedded. An image that fails to decode at extraction (the manifest step reads headers
 only) is skipped with its reason; the shard records it (see :mod:`embedlens.shards`).
 """
 
@@ -11,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
@@ -21,7 +22,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from embedlens.datasets import ImageDataset
 from embedlens.images import short_reason
+from embedlens.jpeg import decode_jpegs
 from embedlens.preprocess import pil_transform, preprocess_batch
+from embedlens.recipe import decodes_jpegs_on_device
+
+
+@dataclass
+class EncodedImage:
+    """A JPEG file's bytes (1-d uint8 tensor) for :func:`embedlens.jpeg.decode_jpegs`."""
+
+    data: torch.Tensor
 
 
 class ManifestImages(Dataset):
@@ -29,45 +39,92 @@ class ManifestImages(Dataset):
     or ``(i, reason)`` when the image cannot be decoded (the batch goes on without it).
 
     ``image`` is uint8 (H, W, 3) for batch preprocessing on the device, or, with ``transform`` (the
-    notebooks' per-image PIL path, :func:`embedlens.preprocess.pil_transform`), its float output."""
+    notebooks' per-image PIL path, :func:`embedlens.preprocess.pil_transform`), its float output.
+    With ``encoded``, files the kind offers undecoded (:meth:`ImageDataset.read_encoded`: baseline
+    JPEGs of the folder and imagenet kinds) come as :class:`EncodedImage`, for decoding on the device."""
 
     def __init__(self, dataset: ImageDataset, rows: pd.DataFrame,
-                 transform: Callable[[np.ndarray], torch.Tensor] | None = None):
-        self.dataset, self.transform = dataset, transform
+                 transform: Callable[[np.ndarray], torch.Tensor] | None = None, encoded: bool = False):
+        self.dataset, self.transform, self.encoded = dataset, transform, encoded
         self.splits = rows["split"].tolist()
         self.sources = rows["source"].tolist()
 
     def __len__(self) -> int:
         return len(self.sources)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | EncodedImage | str]:
+        if self.encoded:
+            try:
+                data = self.dataset.read_encoded(self.splits[i], self.sources[i])
+            except Exception as error:  # the file cannot be read at all
+                return i, self._reason(i, error)
+            if data is not None:
+                return i, EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        return self.decoded(i)
+
+    def decoded(self, i: int) -> tuple[int, torch.Tensor | str]:
+        """Item ``i`` decoded here, by the dataset kind (also for a file the device decoder refused)."""
         try:
             pixels = self.dataset.read_image(self.splits[i], self.sources[i])
         except Exception as error:  # a file that passed the header check but does not decode
-            return i, short_reason(error, self.dataset.source_file(self.splits[i], self.sources[i]))
+            return i, self._reason(i, error)
         if self.transform is not None:
             return i, self.transform(pixels)
         return i, torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C"))  # writable, contiguous
+
+    def _reason(self, i: int, error: Exception) -> str:
+        return short_reason(error, self.dataset.source_file(self.splits[i], self.sources[i]))
 
 
 @dataclass
 class ImageBatch:
     """A loader batch: ``positions`` of the decoded images and their ``images`` (one stacked tensor
-    when all have one size, else a list), plus ``failed`` (position, reason) pairs."""
+    when all have one size, else a list), ``failed`` (position, reason) pairs, and ``encoded``
+    (position, JPEG bytes) pairs still to decode."""
 
     positions: list[int]
     images: torch.Tensor | list[torch.Tensor]
     failed: list[tuple[int, str]]
+    encoded: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+
+    def pin_memory(self) -> ImageBatch:
+        """The batch with its decoded images in pinned memory (the DataLoader calls this on CUDA), so
+        copies to the GPU are asynchronous."""
+        images = (self.images.pin_memory() if isinstance(self.images, torch.Tensor)
+                  else [image.pin_memory() for image in self.images])
+        return ImageBatch(self.positions, images, self.failed, self.encoded)
 
 
-def collate_images(batch: list[tuple[int, torch.Tensor | str]]) -> ImageBatch:
-    """Stack equally sized images into one tensor; keep mixed sizes as a list; set failures apart."""
+def collate_images(batch: list[tuple[int, torch.Tensor | EncodedImage | str]]) -> ImageBatch:
+    """Stack equally sized images into one tensor; keep mixed sizes as a list; set failures and
+    undecoded JPEGs apart."""
     decoded = [(i, image) for i, image in batch if isinstance(image, torch.Tensor)]
     failed = [(i, reason) for i, reason in batch if isinstance(reason, str)]
+    encoded = [(i, item.data) for i, item in batch if isinstance(item, EncodedImage)]
     images = [image for _, image in decoded]
     if images and all(image.shape == images[0].shape for image in images):
         images = torch.stack(images)
-    return ImageBatch([i for i, _ in decoded], images, failed)
+    return ImageBatch([i for i, _ in decoded], images, failed, encoded)
+
+
+def decode_on_device(batch: ImageBatch, images: ManifestImages, device: torch.device
+                     ) -> tuple[list[int], list[torch.Tensor], list[tuple[int, str]]]:
+    """The batch's images, its JPEGs decoded together on ``device`` (:func:`embedlens.jpeg.decode_jpegs`)
+    and any the device decoder refused decoded here by the dataset kind instead.
+
+    Returns ``(positions, pixels, failed)``: uint8 (H, W, 3) images in the order of their positions,
+    and the (position, reason) pairs of files no decoder could read, the batch's own failures included."""
+    decoded = list(zip(batch.positions, batch.images))
+    failed = list(batch.failed)
+    for (position, _), image in zip(batch.encoded, decode_jpegs([data for _, data in batch.encoded], device)):
+        if isinstance(image, str):
+            position, image = images.decoded(position)
+        if isinstance(image, str):
+            failed.append((position, image))
+        else:
+            decoded.append((position, image))
+    decoded.sort(key=lambda item: item[0])  # consecutive positions are written as one slice
+    return [position for position, _ in decoded], [image for _, image in decoded], failed
 
 
 class Progress:
@@ -138,7 +195,7 @@ PREPROCESS_MODES = ("device", "pil")
 
 def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, device: torch.device,
                      batch_size: int = 64, num_workers: int = 2, amp: bool = True, preprocess: str = "device",
-                     compile: bool = False,
+                     compile: bool = False, decode_jpegs_on_device: bool | None = None,
                      out: np.ndarray | h5py.Dataset | None = None, progress: Progress | None = None
                      ) -> tuple[np.ndarray | h5py.Dataset, dict[int, str]]:
     """Embed the images of ``rows`` (manifest rows) with ``backbone``.
@@ -153,13 +210,19 @@ def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, dev
     bfloat16 autocast; without it in true float32 (TF32 off). On CUDA the model runs channels-last;
     ``compile`` runs it ``torch.compile``'d (:meth:`~embedlens.backbones.Backbone.for_speed`). The
     loaders pin memory on CUDA.
+    ``decode_jpegs_on_device`` (default: on CUDA with ``preprocess="device"``): workers hand over the
+    bytes of baseline JPEGs (folder and imagenet kinds) and each batch of them is decoded on
+    ``device`` (:func:`decode_on_device`; nvJPEG on CUDA), the other files in the workers as before.
     ``progress`` is told the images done and the seconds spent preprocessing in this process (on
     the model's device), after every batch.
     """
     if preprocess not in PREPROCESS_MODES:
         raise ValueError(f"extract.preprocess {preprocess!r}; allowed values: {', '.join(PREPROCESS_MODES)}")
     transform = pil_transform(backbone.preprocessing) if preprocess == "pil" else None
-    loader = DataLoader(ManifestImages(dataset, rows, transform), batch_size=batch_size,
+    if decode_jpegs_on_device is None:
+        decode_jpegs_on_device = decodes_jpegs_on_device(device.type, preprocess)
+    images = ManifestImages(dataset, rows, transform, encoded=decode_jpegs_on_device)
+    loader = DataLoader(images, batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate_images,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     backbone = backbone.to(device).for_speed(channels_last=device.type == "cuda", compile=compile)
@@ -173,15 +236,18 @@ def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, dev
     timer = DeviceTimer(device)
     with torch.inference_mode(), autocast:
         for batch in loader:
-            failed.update(batch.failed)
-            if batch.positions:
-                with timer.timing():
-                    pixels = (batch.images.to(device, non_blocking=True) if transform is not None
-                              else preprocess_batch(batch.images, backbone.preprocessing, device))
+            with timer.timing():
+                positions, pixels, batch_failed = (decode_on_device(batch, images, device) if batch.encoded
+                                                   else (batch.positions, batch.images, batch.failed))
+                if positions:
+                    pixels = (pixels.to(device, non_blocking=True) if transform is not None
+                              else preprocess_batch(pixels, backbone.preprocessing, device))
+            failed.update(batch_failed)
+            if positions:
                 embeddings = backbone.embed(pixels).float().cpu().numpy()
-                _write_rows(out, batch.positions, embeddings)
+                _write_rows(out, positions, embeddings)
             if progress is not None:
-                progress.update(len(batch.positions) + len(batch.failed), timer.seconds)
+                progress.update(len(positions) + len(batch_failed), timer.seconds)
     return out, failed
 
 
