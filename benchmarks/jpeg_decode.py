@@ -77,9 +77,9 @@ def main() -> None:
         dataset.scan_workers = max(1, args.workers)
         rows = dataset.scan().manifest.head(args.images)
         size = sum((folder / "tree" / source).stat().st_size for source in rows["source"]) / len(rows)
+        gpu = f" ({torch.cuda.get_device_name(device)}, torch {torch.__version__})" if device.type == "cuda" else ""
         print(f"{len(rows)} JPEGs of 500x375 ({size / 1024:.0f} KB each); batch {args.batch_size}; "
-              f"workers {args.workers}; device {device}"
-              + (f" ({torch.cuda.get_device_name(device)}, torch {torch.__version__})" if device.type == "cuda" else ""))
+              f"workers {args.workers}; device {device}{gpu}")
 
         warmup = rows.head(min(len(rows), args.batch_size))  # nvJPEG's handles, CUDA's context
         decode_all(ManifestImages(dataset, warmup, encoded=True), device, args.batch_size, 0)

@@ -2,8 +2,9 @@
 
 Workers decode (and, in ``pil`` mode, preprocess) images; on CUDA they hand over baseline JPEGs
 undecoded and each batch of those is decoded on the GPU (:mod:`embedlens.jpeg`); batches are
-preprocessed on the model's device and embedded. An image that fails to decode at extraction (the manifest step reads headers
-only) is skipped with its reason; the shard records it (see :mod:`embedlens.shards`).
+preprocessed on the model's device and embedded. An image that fails to decode at extraction (the
+manifest step reads headers only) is skipped with its reason; the shard records it (see
+:mod:`embedlens.shards`).
 """
 
 from __future__ import annotations

@@ -251,6 +251,6 @@ def check_headers(paths: Sequence[str], workers: int | None = None, chunk_size: 
 
 
 __all__ = [
-    "EMPTY_FILE", "MAX_REASON_CHARS", "batch_decodable_jpeg", "check_headers", "check_in_chunks", "decode_file", "default_chunk_size",
-    "failure_reason", "header_reason", "open_rgb", "rgb_image", "short_reason", "to_rgb",
+    "EMPTY_FILE", "MAX_REASON_CHARS", "batch_decodable_jpeg", "check_headers", "check_in_chunks", "decode_file",
+    "default_chunk_size", "failure_reason", "header_reason", "open_rgb", "rgb_image", "short_reason", "to_rgb",
 ]
