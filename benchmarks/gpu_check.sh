@@ -5,7 +5,7 @@
 # Steps, each time-boxed; a failed step does not stop the next; the exit status is 1 if any failed:
 #   install      the wheels in .whl/ (when present) into /tmp/site, put first on PYTHONPATH
 #   versions     nvidia-smi, Python, torch, CUDA, cuDNN, and where each package is imported from
-#   gpu-tests    pytest -m gpu tests/test_gpu.py
+#   gpu-tests    pytest -m gpu tests/test_gpu.py tests/test_jpeg.py
 #   extract-w8   benchmarks/extract_throughput.py: DINO ViT-S/16 architecture (timm
 #   extract-w2   vit_small_patch16_224.dino, random weights), 8192 synthetic images, batch 256, CUDA,
 #                both paths fp32, plus the bf16 figure (extract.amp: true); 8 DataLoader workers per path,
@@ -107,7 +107,7 @@ else
 fi
 
 # Also without CUDA: it then shows why the tests are skipped.
-step gpu-tests 180 "$PYTHON" -m pytest -m gpu tests/test_gpu.py -q -rs -p no:cacheprovider
+step gpu-tests 180 "$PYTHON" -m pytest -m gpu tests/test_gpu.py tests/test_jpeg.py -q -rs -p no:cacheprovider
 
 extract=("$PYTHON" benchmarks/extract_throughput.py --device cuda --model vit_small_patch16_224.dino
          --random-weights --batch-size 256 --precision fp32 --also-bf16)

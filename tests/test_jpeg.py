@@ -114,3 +114,38 @@ def test_extraction_decodes_jpegs_on_the_device_falls_back_and_lists_broken_file
     fine = [i for i in range(len(rows)) if i not in broken]
     np.testing.assert_allclose(on_device[fine], in_workers[fine], rtol=1e-5, atol=1e-5)
     assert np.all(on_device[list(broken)] == 0)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_nvjpeg_gives_pils_pixels_to_a_few_grey_levels_and_refuses_what_it_cannot_read(tree):
+    good = [tree / "a" / "baseline.jpg", tree / "a" / "baseline_other_size.jpg", tree / "a" / "grey.jpg"]
+    data = [torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8) for path in good]
+    refused = torch.frombuffer(bytearray((tree / "b" / "png_named.JPEG").read_bytes()), dtype=torch.uint8)
+    decoded = decode_jpegs([data[0], refused, *data[1:]], "cuda")
+    assert isinstance(decoded[1], str)
+    for path, image in zip(good, [decoded[0], *decoded[2:]]):
+        assert image.is_cuda and image.dtype == torch.uint8
+        difference = np.abs(image.cpu().numpy().astype(np.int16) - decode_file(path))
+        assert difference.mean() < 1.0 and difference.max() <= 16
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_extraction_decodes_jpegs_with_nvjpeg_and_lists_broken_files(tree, tiny_backbone):
+    dataset = FolderDataset({"name": "jpegs", "kind": "folder", "root": str(tree)})
+    dataset.scan_workers = 1
+    rows = dataset.scan().manifest
+    on_gpu, failed = extract_features(tiny_backbone, dataset, rows, device=torch.device("cuda"), batch_size=4,
+                                      num_workers=2)  # decodes JPEGs on the device by default on CUDA
+    in_workers, _ = extract_features(tiny_backbone, dataset, rows, device=torch.device("cuda"), batch_size=4,
+                                     num_workers=2, decode_jpegs_on_device=False)
+    names = rows["source"].map(lambda s: Path(s).name).tolist()
+    assert set(failed) == {names.index("truncated.jpg"), names.index("garbled.jpg")}
+    fine = [i for i in range(len(rows)) if i not in failed]
+    a, b = on_gpu[fine].astype(np.float64), in_workers[fine].astype(np.float64)
+    cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.999
