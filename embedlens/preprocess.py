@@ -5,8 +5,9 @@ By default workers only decode to uint8; whole batches move to the device as uin
 bytes of float32) and are resized there with PIL's own resampling coefficients (antialiased, its
 bicubic kernel, 8-bit rounding after each pass), so the batch path gives the notebooks' pixels to
 within one grey level; torch's own bicubic differs enough to move class-centroid similarities by
-~0.005 and with them the overlap pairs near a threshold. :func:`pil_transform` is the notebooks' exact
-per-image path (``extract.preprocess: pil``).
+~0.005 and with them the overlap pairs near a threshold. Each pass is a few matrix products with
+PIL's coefficients as a dense matrix (:func:`pil_resample_matrix`), over only the pixels the centre
+crop keeps. :func:`pil_transform` is the notebooks' exact per-image path (``extract.preprocess: pil``).
 """
 
 from __future__ import annotations
