@@ -87,8 +87,8 @@ def main() -> None:
         ours, ours_seconds = decode_all(ManifestImages(dataset, rows, encoded=True), device, args.batch_size,
                                         args.workers)
         difference = np.concatenate([np.abs(a.astype(np.int16) - b).ravel() for a, b in zip(ours, cpu)])
-        print(f"CPU decoding in the workers (PIL):   {len(rows) / cpu_seconds:8.1f} images/s")
-        print(f"batched decoding on the {device.type.upper():4s}:   {len(rows) / ours_seconds:8.1f} images/s, "
+        print(f"CPU decoding in the workers (PIL): {len(rows) / cpu_seconds:8.1f} images/s")
+        print(f"batched decoding on the {device.type.upper()}: {len(rows) / ours_seconds:8.1f} images/s, "
               f"{cpu_seconds / ours_seconds:.2f}x the workers'; pixels against PIL's: max {difference.max()} "
               f"grey levels, mean {difference.mean():.4f}, {100 * np.mean(difference > 0):.2f}% differ")
     finally:
