@@ -38,7 +38,7 @@ def test_defaults_are_filled_per_kind():
     config = validate_config(copy.deepcopy(MINIMAL))
     assert config["results"] == "results"
     assert config["extract"] == {"shards": 4, "batch_size": 64, "num_workers": 2, "device": "auto",
-                                 "amp": False, "preprocess": "device"}
+                                 "amp": False, "preprocess": "device", "compile": False}
     assert config["datasets"][0]["root"] == "resources/cifar100"
     assert config["datasets"][0]["download"] is True
     # keys of other kinds are not filled in

@@ -83,6 +83,12 @@ class ImageDataset(ABC):
     def read_image(self, split: str, source: str) -> np.ndarray:
         """The image as an RGB uint8 array of shape (H, W, 3)."""
 
+    def read_encoded(self, split: str, source: str) -> bytes | None:
+        """The image's file bytes when a batch JPEG decoder on the model's device gives the pixels
+        :meth:`read_image` would (:func:`embedlens.images.batch_decodable_jpeg`); None when
+        :meth:`read_image` must decode it, always for kinds that do not read files."""
+        return None
+
     def source_file(self, split: str, source: str) -> Path | None:
         """The file that holds the image, for kinds that read files; None for array-backed kinds."""
         return None
