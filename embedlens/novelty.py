@@ -65,6 +65,10 @@ spacing), so the two rank images identically and share their AUROC."""
 SCORE_COLUMNS = ["cluster", "centroid_distance", "novelty_score", "novel", "surprise_score", "surprising",
                  "knn_distance", "knn_novel"]
 CALIBRATION_ROWS = 10_000  # fit rows whose own kNN distances set the kNN threshold (a seeded sample)
+# Below this many fit images per cluster, a cluster's mean and spread of distances (the z-score) and the
+# calibration quantiles rest on a handful of points: on 36 images in 3 classes 62% of held-out images
+# came out "novel". The summary then says the flags are not to be trusted.
+TRUSTED_IMAGES_PER_CLUSTER = 30
 MODEL_FORMAT = 1
 
 
@@ -633,6 +637,11 @@ def novelty_summary(fit: Mapping, quality: Mapping, scored: Sequence[Mapping], *
              f"(distance > {thresholds['knn_distance']:.4f}, the {fit['settings']['flag_quantile']:.0%} quantile "
              f"on the fit images) {flags['knn_novel']} ({_percent(flags['knn_novel'], held_out)}).",
              *fit["notes"]]
+    if fit["fit_images"] < TRUSTED_IMAGES_PER_CLUSTER * fit["k"]:
+        headline["trusted"] = "no"
+        notes.insert(0, f"Too small to trust: {fit['fit_images']} fit images for k = {fit['k']} clusters, fewer than "
+                        f"{TRUSTED_IMAGES_PER_CLUSTER} per cluster, so each cluster's distance statistics and the "
+                        "calibrated thresholds rest on a few images; read the flags as a ranking, not as verdicts.")
     if fit["unreadable"]:
         notes.append(f"{fit['unreadable']} images of the dataset could not be read and have no scores; they are "
                      "listed in the dataset's skipped.csv and the features' skipped.csv.")

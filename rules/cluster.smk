@@ -15,19 +15,9 @@
 #     .../cluster/map_columns.csv                                       each image's cluster per method, for the explore map
 
 CLUSTER = config["cluster"]
-CLUSTER_DIR = f"{RESULTS}/{{dataset}}/{{backbone}}/cluster"
 # What the fits depend on: switching the stage off and on, or adding a method, must not refit the others.
 CLUSTER_FIT = settings_of("cluster", leave_out=("enabled", "methods"))
 
-
-def cluster_outputs(wildcards):
-    """What cluster_summary gathers: every method's results, predictions and figures (of the methods
-    that the {dataset}'s cluster settings run)."""
-    methods = resolved_settings("cluster", wildcards.dataset)["methods"]
-    return {"results": expand(f"{CLUSTER_DIR}/{{method}}/results.json", method=methods, allow_missing=True),
-            "predictions": expand(f"{CLUSTER_DIR}/{{method}}/predictions.npz", method=methods, allow_missing=True),
-            "figures": expand(f"{CLUSTER_DIR}/{{method}}/{{figure}}.png", method=methods,
-                              figure=["map", "sizes", "representatives"], allow_missing=True)}
 
 if CLUSTER["enabled"]:
     STAGE_SUMMARIES["cluster"] = f"{CLUSTER_DIR}/summary.json"

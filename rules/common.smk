@@ -23,6 +23,8 @@ MAP_COLUMNS = {}
 STAGE_DATASETS = {}
 # The audit stage's clean query split (rules/audit.smk), which other stages also evaluate on.
 AUDIT_CLEAN_INDEX = f"{RESULTS}/{{dataset}}/{{backbone}}/audit/clean_test_index.csv"
+# The clustering stage's folder (rules/cluster.smk), whose summary rule gathers every method's outputs.
+CLUSTER_DIR = f"{RESULTS}/{{dataset}}/{{backbone}}/cluster"
 
 
 wildcard_constraints:
@@ -72,7 +74,7 @@ def dataset_info(name):
 
 
 def dataset_info_file(wildcards):
-    """Input of every rule whose settings depend on the dataset's splits: its dataset.json."""
+    """The dataset.json of the {dataset}, an input wherever the settings depend on its splits."""
     dataset_info(wildcards.dataset)
     return f"{RESULTS}/{wildcards.dataset}/dataset.json"
 
@@ -136,7 +138,7 @@ def skip_param(stage):
 
 
 def unless_skipped(stage, inputs):
-    """An input function for the rule that writes the stage's summary: ``inputs`` (a function of the
+    """An input function for the job that writes the stage's summary, giving ``inputs`` (a function of the
     wildcards giving a dict of paths or lists of paths, with wildcards in braces), or only the dataset's
     dataset.json when the stage is skipped for it."""
     def chosen(wildcards):
@@ -221,6 +223,16 @@ def distill_runtime(wildcards, input, attempt):
     """Minutes: the experts' epochs over the store plus the matching iterations, on a slow CPU (the 20,000 x
     1280 train split, 100 MB of store, took about 10 minutes with the defaults on 2 busy cores)."""
     return int((20 + store_mb(input) / 5) * attempt)
+
+
+def cluster_outputs(wildcards):
+    """What cluster_summary gathers: every method's results, predictions and figures (of the methods
+    that the {dataset}'s cluster settings run)."""
+    methods = resolved_settings("cluster", wildcards.dataset)["methods"]
+    return {"results": expand(f"{CLUSTER_DIR}/{{method}}/results.json", method=methods, allow_missing=True),
+            "predictions": expand(f"{CLUSTER_DIR}/{{method}}/predictions.npz", method=methods, allow_missing=True),
+            "figures": expand(f"{CLUSTER_DIR}/{{method}}/{{figure}}.png", method=methods,
+                              figure=["map", "sizes", "representatives"], allow_missing=True)}
 
 
 def new_dataset_recipe(wildcards):

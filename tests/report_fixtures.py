@@ -79,5 +79,5 @@ def results_tree(root: Path) -> tuple[list[DatasetFiles], list[PairFiles]]:
     StageSummary.skipped("distill", "distill needs at least two classes with two or more images in "
                          "distill.train_split ('train'); dataset 'toy' has 1", dataset="toy", backbone="small",
                          settings={"per_class": 10}).write(distill / "summary.json")
-    small.summaries.append(distill / "summary.json")
+    small.summaries.insert(len(small.summaries) - 1, distill / "summary.json")
     return [DatasetFiles(data / "dataset.json", data / "skipped.csv")], pairs

@@ -87,6 +87,6 @@ def test_an_empty_overlap_set_gives_well_formed_outputs_that_say_why(tmp_path):
     for table in ("report.csv", "pairs.csv", "predictions.csv", "history.csv", "cleanlab_pairs.csv"):
         assert pd.read_csv(stage / table).empty, table
     summary = StageSummary.read(stage / "summary.json")
-    assert summary.headline["accuracy"] is None
-    assert any("no classifier" in note and "overlap.threshold" in note for note in summary.notes)
+    assert summary.status == "skipped" and summary.headline == {}
+    assert "at least two classes" in summary.reason and "overlap.threshold" in summary.reason
     assert (stage / "confusion.png").stat().st_size > 0

@@ -283,6 +283,17 @@ def test_the_summary_reports_counts_quality_and_scored_datasets(tmp_path):
                                  dataset="shapes", backbone="tiny")
     assert "quality.csv" not in [a.path for a in unmeasured.tables]
     assert any("not measured: novelty.quality.draws is 0" in note for note in unmeasured.notes)
+    assert "trusted" not in summary.headline  # 160 fit images, 32 per cluster
+
+
+def test_a_fit_too_small_to_trust_says_so_first():
+    features, _ = blobs(classes=3, per_class=15)
+    settings = NoveltySettings(k=3, quality=QualitySettings(draws=0))
+    document = fit_document(fit_novelty(features, settings), settings, unreadable=0)
+    summary = novelty_summary(document, {"measured": False, "reason": "novelty.quality.draws is 0"}, [],
+                              dataset="few", backbone="tiny")
+    assert summary.headline["trusted"] == "no"
+    assert summary.notes[0].startswith("Too small to trust: 36 fit images for k = 3 clusters, fewer than 30 per cluster")
 
 
 def test_map_columns_give_every_image_its_cluster_and_held_out_images_their_knn_distance():

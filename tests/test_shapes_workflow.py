@@ -108,7 +108,7 @@ def test_a_folder_without_splits_holds_out_part_of_it_and_audits_it_alone(shapes
     assert audit.status == "ok" and "no leakage between splits" in audit.notes[0]
     assert audit.headline["query_images"] == 31 and set(audit.headline["search_seconds"]) == {"within"}
     clustered = json.loads((workdir / "results/nosplit/tiny/cluster/kmeans/results.json").read_text())
-    assert set(clustered["metrics"]) == {"train"}  # scored on the fit split: the clustering sees no labels
+    assert set(clustered["metrics"]) == {"train", "train (clean)"}  # scored on the fit split: it sees no labels
     classify = summary(workdir, "nosplit", "classify")  # the one-image class cannot be split for validation
     assert classify.status == "skipped" and "lonely (1)" in classify.reason
     html = (workdir / "results" / "report.html").read_text()
@@ -130,4 +130,4 @@ def test_a_stage_setting_under_one_dataset_reruns_that_datasets_stage_only(shape
     changed["datasets"][1]["audit"] = {"neighbours": 3}
     assert planned(workdir, changed, target="results/report.html") == {
         "audit_duplicates": 1, "audit_labels": 1, "audit_clean": 1, "classify_report": 1, "cluster_results": 2,
-        "classify_summary": 1, "cluster_summary": 1, "explore": 1, "report": 1, "all": 1}
+        "classify_pair_figures": 1, "classify_summary": 1, "cluster_summary": 1, "explore": 1, "report": 1, "all": 1}

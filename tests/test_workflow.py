@@ -325,4 +325,4 @@ def test_two_cifar100_datasets_sharing_a_root_download_it_once(tmp_path):
     counts = planned(tmp_path, config, "results/all/manifest.csv")
     assert counts == {"download_cifar100": 1, "manifest": 1}
     out = snakemake(tmp_path, "-n", "results/all/manifest.csv", "results/trees/manifest.csv", config=config).stdout
-    assert out.count("rule download_cifar100:") == 1 and out.count("rule manifest:") == 2, out
+    assert out.count("rule download_cifar100:") == 1 and out.count("checkpoint manifest:") == 2, out
