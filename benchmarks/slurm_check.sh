@@ -5,14 +5,15 @@
 #   sudo bash benchmarks/slurm_check.sh        (root: it installs packages and starts daemons)
 #
 # Steps:
-#   1. installs what is missing of munge, slurmctld, slurmd, slurm-client, slurmdbd and mariadb-server
+#   1. starts, in the background, a local run of benchmarks/slurm_check.yaml (every stage, distillation
+#      too, on a tiny synthetic dataset with the demo's backbone) up to the feature store;
+#   2. installs what is missing of munge, slurmctld, slurmd, slurm-client, slurmdbd and mariadb-server
 #      (apt-get; no service is started by the packages) and snakemake-executor-plugin-slurm (pip, into
-#      the Python that runs snakemake: $PYTHON, default .venv/bin/python);
-#   2. starts, all under one temporary folder and on free local ports, munged, a MariaDB server,
+#      the Python that runs snakemake: $PYTHON, default .venv/bin/python; tested with 2.8.0);
+#   3. starts, all under one temporary folder and on free local ports, munged, a MariaDB server,
 #      slurmdbd (so that sacct works as on a real cluster), slurmctld and slurmd: one node with this
-#      machine's CPUs and memory (slurmd -C) in two partitions, `cpu` (the default) and `gpu`;
-#   3. runs benchmarks/slurm_check.yaml (every stage, distillation too, on a tiny synthetic dataset
-#      with the demo's backbone) locally up to the feature store;
+#      machine's CPUs and memory (slurmd -C) in two partitions, `cpu` (the default) and `gpu`, each
+#      letting two jobs share a CPU (so that two 2-thread jobs run at once on 2 cores);
 #   4. checks that `--profile profiles/slurm` is refused (profiles/default would leak into it);
 #   5. runs the whole config with `--workflow-profile` on a copy of profiles/slurm whose GPU request
 #      is switched off (gpu: 0, as on a CPU-only cluster; this node has no GPU), --max-threads set to
@@ -22,7 +23,8 @@
 #      declared; the feature store's datasets equal the local run's bit for bit; every stage's
 #      summary.json is there.
 # Then it cancels what is left of its jobs, stops the daemons it started (by their pid files), removes
-# the packages it installed and its temporary folder (kept, with the logs, when the check failed). The
+# the packages it installed with what their scripts made (/var/lib/mysql, the mysql user, ...) and its
+# temporary folder (kept, with the logs, when the check failed). The
 # last line is the verdict: `slurm check passed: N jobs` or `slurm check failed: <reason>`; the exit
 # status is 0 only when it passed.
 
@@ -32,10 +34,15 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
 PLUGIN=snakemake-executor-plugin-slurm
+# What the packages' scripts make and their purge leaves behind; removed after the purge when the check
+# installed the packages and these were not there before.
+LEFTOVER_PATHS=(/etc/mysql /var/lib/mysql /run/mysqld /etc/munge /var/lib/munge /var/log/munge /etc/slurm /var/lib/slurm /var/log/slurm)
+LEFTOVER_USERS=(mysql munge slurm)
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 WORK=$(mktemp -d /tmp/embedlens-slurm.XXXXXX)
 chmod 711 "$WORK"
 installed=()
+leftovers=()   # paths and users the package scripts made
 policy_created=0
 plugin_installed=0
 config_linked=0
@@ -44,6 +51,7 @@ config_linked=0
 # links its slurm.conf and slurmdbd.conf there, on a machine that has none, and removes the links after.
 ETC=/etc/slurm
 started=()   # pid files of the daemons this check started
+local_run=""  # pid of the local run while it runs in the background
 verdict=""
 
 say() { echo "[slurm check $(date +%T)] $*"; }
@@ -51,6 +59,7 @@ say() { echo "[slurm check $(date +%T)] $*"; }
 finish() {
     local status=$?
     [ -n "$verdict" ] || verdict="slurm check failed: interrupted (exit status $status)"
+    [ -n "$local_run" ] && kill "$local_run" 2>/dev/null && wait "$local_run"
     if ((${#started[@]})); then
         command -v scancel >/dev/null && scancel --user root 2>/dev/null
         local index pid
@@ -66,6 +75,10 @@ finish() {
     if ((${#installed[@]})); then
         DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq --auto-remove "${installed[@]}" >/dev/null 2>&1 \
             || echo "could not remove the packages this check installed: ${installed[*]}"
+        local leftover
+        for leftover in "${leftovers[@]}"; do
+            if [[ $leftover == /* ]]; then rm -rf "$leftover"; else userdel "$leftover" 2>/dev/null; groupdel "$leftover" 2>/dev/null; fi
+        done
     fi
     ((policy_created)) && rm -f /usr/sbin/policy-rc.d
     if [[ $verdict == "slurm check passed"* ]]; then
@@ -98,13 +111,23 @@ wait_for() {
 [ "$(id -u)" = 0 ] || fail "needs root (it installs packages and starts daemons)"
 [ -x "$PYTHON" ] || fail "no Python at $PYTHON (set PYTHON to the one that runs snakemake)"
 
-# 1. packages
+# 1. the local run, up to the feature store
+RUN=(--configfile benchmarks/slurm_check.yaml --replace-workflow-config --snakefile "$PWD/Snakefile")
+STORE=results/synthetic/effnet_lite0/features.h5
+mkdir -p "$WORK/log"
+say "local run of benchmarks/slurm_check.yaml up to $STORE, in the background"
+"$PYTHON" -m snakemake "${RUN[@]}" --directory "$WORK/local" --cores 1 "$STORE" >"$WORK/log/local.log" 2>&1 &
+local_run=$!
+
+# 2. packages
 for package in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || installed+=("$package")
 done
 if ((${#installed[@]})); then
     command -v apt-get >/dev/null || fail "apt-get is missing, and so are ${installed[*]}"
     say "installing ${installed[*]}"
+    for path in "${LEFTOVER_PATHS[@]}"; do [ -e "$path" ] || leftovers+=("$path"); done
+    for user in "${LEFTOVER_USERS[@]}"; do getent passwd "$user" >/dev/null || getent group "$user" >/dev/null || leftovers+=("$user"); done
     # No package may start its service (munge, mariadb, slurm*): the check starts its own.
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy_created=1
@@ -119,9 +142,9 @@ if ! "$PYTHON" -c "import snakemake_executor_plugin_slurm" 2>/dev/null; then
     plugin_installed=1
 fi
 
-# 2. the cluster: munge, MariaDB, slurmdbd, slurmctld, slurmd
+# 3. the cluster: munge, MariaDB, slurmdbd, slurmctld, slurmd
 say "starting munged, mariadbd, slurmdbd, slurmctld and slurmd in $WORK"
-mkdir -p "$WORK/munge" "$WORK/state" "$WORK/spool" "$WORK/log"
+mkdir -p "$WORK/munge" "$WORK/state" "$WORK/spool"
 chmod 711 "$WORK/munge"
 MUNGE="--socket=$WORK/munge/munge.socket"
 mungekey --create --keyfile "$WORK/munge/munge.key" || fail "mungekey could not create a key"
@@ -134,7 +157,7 @@ mariadb-install-db --user=root --datadir="$WORK/mysql" --auth-root-authenticatio
     >"$WORK/log/mariadb-install.log" 2>&1 || fail "mariadb-install-db failed (see $WORK/log/mariadb-install.log)"
 started+=("$WORK/mysql.pid")
 mariadbd --user=root --datadir="$WORK/mysql" --socket="$WORK/mysql.sock" --bind-address=127.0.0.1 --port="$DB_PORT" \
-    --pid-file="$WORK/mysql.pid" --log-error="$WORK/log/mariadb.log" --skip-grant-tables --innodb-buffer-pool-size=64M &
+    --pid-file="$WORK/mysql.pid" --log-error="$WORK/log/mariadb.log" --skip-grant-tables --innodb-buffer-pool-size=64M >"$WORK/log/mariadb.out" 2>&1 &
 wait_for 30 mariadb-admin --socket="$WORK/mysql.sock" ping || fail "the MariaDB server did not start (see $WORK/log/mariadb.log)"
 
 NODE=$(slurmd -C | head -1 | sed 's/ UpTime=.*//')   # NodeName=<host> CPUs=... RealMemory=...
@@ -206,13 +229,6 @@ wait_for 30 bash -c '[ "$(sinfo --noheader --partition cpu --format %T)" = idle 
     || fail "the node did not come up idle (see $WORK/log/slurmctld.log and slurmd.log)"
 sinfo
 
-# 3. the local run, up to the feature store
-RUN=(--configfile benchmarks/slurm_check.yaml --replace-workflow-config --snakefile "$PWD/Snakefile")
-STORE=results/synthetic/effnet_lite0/features.h5
-say "local run of benchmarks/slurm_check.yaml up to $STORE"
-"$PYTHON" -m snakemake "${RUN[@]}" --directory "$WORK/local" --cores "$CPUS" "$STORE" >"$WORK/log/local.log" 2>&1 \
-    || fail "the local run failed (see $WORK/log/local.log)"
-
 # 4. the slurm profile with the GPU request off; --profile refused
 cp -r profiles/slurm "$WORK/profile"
 sed -i 's/^\(    gpu:\) 1\b/\1 0/' "$WORK/profile/config.yaml"
@@ -221,6 +237,9 @@ grep -q '^    gpu: 0' "$WORK/profile/config.yaml" || fail "profiles/slurm/config
 grep -q "workflow-profile profiles/slurm" "$WORK/log/refused.log" \
     || fail "--profile profiles/slurm was not refused although profiles/default sets cores (see $WORK/log/refused.log)"
 squeue --noheader | grep -q . && fail "the refused run submitted jobs"
+
+wait "$local_run" || fail "the local run failed (see $WORK/log/local.log)"
+local_run=""
 
 # 5. the SLURM run
 say "SLURM run of benchmarks/slurm_check.yaml with --workflow-profile profiles/slurm (gpu: 0)"

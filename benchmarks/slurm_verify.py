@@ -43,11 +43,11 @@ def gpu_rules() -> set[str]:
 
 
 def submitted_jobs(log: str) -> dict[str, dict]:
-    """SLURM job id -> the rule, threads, mem_mb, runtime and partition Snakemake submitted it with."""
-    blocks, jobs, current = {}, {}, None
+    """SLURM job id -> the rule, threads and resources (mem_mb, runtime, ...) Snakemake submitted it with."""
+    blocks, jobs, submitted, current = {}, {}, set(), None
     for line in log.splitlines():
-        if match := re.match(r"(local)?rule (\w+):$", line):
-            current = {"rule": match.group(2), "local": bool(match.group(1)), "threads": 1}
+        if match := re.match(r"(?:local)?rule (\w+):$", line):
+            current = {"rule": match.group(1), "threads": 1}
         elif current is not None and (match := re.match(r"\s+(jobid|threads|resources): (.*)$", line)):
             key, value = match.groups()
             if key == "resources":
@@ -58,8 +58,8 @@ def submitted_jobs(log: str) -> dict[str, dict]:
                     blocks[value] = current
         elif match := re.match(r"Job (\d+) has been submitted with SLURM jobid (\d+)", line):
             jobs[match.group(2)] = blocks[match.group(1)]
-    unsubmitted = sorted({block["rule"] for block in blocks.values()
-                          if block not in jobs.values() and block["rule"] != "all"})
+            submitted.add(match.group(1))
+    unsubmitted = sorted({block["rule"] for jobid, block in blocks.items() if jobid not in submitted and block["rule"] != "all"})
     if unsubmitted:
         raise Mismatch(f"jobs of rules {unsubmitted} did not go through SLURM")
     if not jobs:
