@@ -25,7 +25,7 @@ envvars:
 
 import yaml
 
-from embedlens.config import ConfigError, validate_config
+from embedlens.config import ConfigError, canonical, validate_config
 from embedlens.plan import inherited_keys, plan_text
 from embedlens.preflight import path_problems
 
@@ -40,6 +40,8 @@ try:
     validate_config(config)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+# Settings in canonical key order: reordering the keys of a config file reruns nothing.
+config.update(canonical(config))
 # Paths are checked once, by the process that plans the jobs: a missing file stops the run before any job.
 if workflow.is_main_process and (problems := path_problems(config)):
     raise WorkflowError("paths in the configuration that are not there:\n  " + "\n  ".join(problems))
@@ -97,4 +99,5 @@ if workflow.is_main_process:
               *(["imagenet_subset"] if IMAGENET_SUBSET_NAMES else []), "report"]
     print(plan_text(config, stages=stages,
                     targets=command_line_targets() or all_targets(), inherited=inherited,
-                    default_file=DEFAULT_CONFIGFILE, user_files=user_files), file=sys.stderr)
+                    default_file=DEFAULT_CONFIGFILE, user_files=user_files, skipped=planned_skips()),
+          file=sys.stderr)

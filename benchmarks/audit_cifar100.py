@@ -34,7 +34,7 @@ from embedlens.audit.labels import check_labels, labelled_features
 from embedlens.audit.results import (COPIES, best_verdicts, audit_summary, duplicates_document, issue_pictures,
                                      labels_document, pair_pictures)
 from embedlens.audit.settings import AuditSettings
-from embedlens.config import section_defaults
+from embedlens.roles import SplitRoles, stage_defaults
 from embedlens.datasets import open_dataset
 from embedlens.manifest import read_manifest, write_table
 from embedlens.plots import histogram, image_grid
@@ -54,7 +54,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = AuditSettings.from_config(section_defaults("audit"))
+    settings = AuditSettings.from_config(stage_defaults("audit", SplitRoles("train", "test")))
     store = FeatureStore(args.store)
     manifest = read_manifest(args.manifest)
     dataset = open_dataset({"name": "cifar100", "kind": "cifar100", "root": args.root, "download": False})

@@ -31,6 +31,7 @@ from embedlens.classify.settings import ClassifySettings
 from embedlens.classify.training import (fit_mlp, hidden_sizes, out_of_fold_probabilities, predict_proba,
                                          train_val_split)
 from embedlens.config import section_defaults
+from embedlens.roles import SplitRoles, stage_defaults
 from embedlens.devices import resolve_device
 from embedlens.overlap import OverlapSettings, compute_overlap, overlap_classes, select_pairs
 from embedlens.store import FeatureStore
@@ -114,7 +115,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    values = section_defaults("classify")
+    values = stage_defaults("classify", SplitRoles("train", "test"))
     if args.folds:
         values["folds"] = args.folds
     settings = ClassifySettings.from_config(values)

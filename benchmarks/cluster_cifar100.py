@@ -1,17 +1,22 @@
-"""TEMI against k-means on a CIFAR-100 feature store: ACC, NMI, ARI on the test split, active clusters,
-run times, and the neighbour label agreement that bounds what TEMI can learn from pairs of neighbours;
-then the time of one TEMI epoch on 50,000 x 1,280 features.
+"""TEMI against k-means on a CIFAR-100 feature store (or on planted synthetic clusters): ACC, NMI, ARI on
+the test split, active clusters, run times, and the neighbour label agreement that bounds what TEMI can
+learn from pairs of neighbours; then the time of one TEMI epoch on 50,000 x 1,280 features.
 
-Both methods are fitted on the store's train split and scored on its test split, with K = 100 clusters.
-k-means runs as the published baselines do (L2-normalised features, n_init 2). TEMI runs with the
-stage's defaults except what the command line changes (epochs, heads, batch size, warm-up, a k-means
-warm start from the k-means fit above): on 2 shared CPU cores the published 100 epochs x 16 heads
-would take most of an hour.
+Both methods are fitted on the train split and scored on the test split, with K = 100 clusters.
+k-means runs as the published baselines do (L2-normalised features, n_init 2). TEMI runs as the stage
+does (embedlens.cluster.temi.run_temi) with the stage's defaults except what the command line changes
+(steps, heads, head widths, batch size, learning rate, teacher momentum ramp, embed_norm, a k-means
+warm start): on 2 shared CPU cores the default 4,800 steps x 16 heads on 50,000 images take hours.
 
     python benchmarks/cluster_cifar100.py                                   # the lead's store
-    python benchmarks/cluster_cifar100.py --epochs 30 --heads 4 --batch-size 256 --json out.json
+    python benchmarks/cluster_cifar100.py --steps 1900 --heads 4 --json out.json
+    python benchmarks/cluster_cifar100.py --synthetic --clusters 50 --heads 4 --hidden-dim 128 \\
+        --bottleneck-dim 64 --batch-size 256 --skip-speed --threads 1         # planted clusters, ~3 minutes
 
-The store is read where it is; nothing is copied.
+``--synthetic``: instead of a store, 50 Gaussian clusters of 100 train and 20 test images in 64
+dimensions, each with its own random spread and all sharing a large common part (like pooled CNN
+features: non-negative, offset), seeded by ``--seed``; K = ``--clusters``. The store is read where it is;
+nothing is copied.
 """
 
 from __future__ import annotations
@@ -19,22 +24,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import time
 
 import numpy as np
 import torch
 
 from embedlens.cluster.kmeans import assign, fit_kmeans
-from embedlens.cluster.metrics import cluster_metrics, neighbour_agreement
+from embedlens.cluster.metrics import cluster_metrics
 from embedlens.cluster.settings import ClusterSettings
-from embedlens.cluster.temi import (diagnose, head_probabilities, head_statistics, load_heads, train_temi,
-                                    uniform_loss)
-from embedlens.config import section_defaults
-from embedlens.knn import cosine_topk
-from embedlens.store import FeatureStore
+from embedlens.cluster.temi import run_temi, train_temi
+from embedlens.roles import SplitRoles, stage_defaults
+from embedlens.store import FeatureStore, SplitFeatures
 
 DEFAULT_STORE = "/work/stores/results/cifar100/lite0/features.h5"
 SPEED_ROWS = 50_000
+SYNTHETIC = {"classes": 50, "train": 100, "test": 20, "dim": 64}
 
 
 def scores(labels: np.ndarray, clusters: np.ndarray, k: int) -> dict:
@@ -43,48 +48,69 @@ def scores(labels: np.ndarray, clusters: np.ndarray, k: int) -> dict:
             for key in ("acc", "nmi", "ari", "active_clusters", "size_min", "size_max", "size_cv")}
 
 
+def synthetic_splits(seed: int) -> tuple[SplitFeatures, SplitFeatures]:
+    """Planted clusters (see the module docstring): train and test rows of the same clusters."""
+    rng = np.random.default_rng(seed)
+    classes, dim = SYNTHETIC["classes"], SYNTHETIC["dim"]
+    centres, spread = rng.normal(size=(classes, dim)), rng.uniform(0.5, 1.1, size=classes)
+
+    def split(per_class: int) -> SplitFeatures:
+        labels = np.repeat(np.arange(classes), per_class)
+        rows = np.abs(centres[labels] + spread[labels, None] * rng.normal(size=(len(labels), dim))) + 2.0
+        return SplitFeatures(rows.astype(np.float32), labels, np.arange(len(labels)))
+
+    return split(SYNTHETIC["train"]), split(SYNTHETIC["test"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", default=DEFAULT_STORE)
+    parser.add_argument("--synthetic", action="store_true", help="planted clusters instead of a store")
     parser.add_argument("--clusters", type=int, default=100)
-    parser.add_argument("--epochs", type=int, help="TEMI epochs (default: the stage's)")
+    parser.add_argument("--steps", type=int, help="TEMI's optimiser steps (default: the stage's, 4,800)")
     parser.add_argument("--heads", type=int, help="TEMI heads (default: the stage's)")
+    parser.add_argument("--hidden-dim", type=int, help="width of the heads' hidden layer (default: the stage's)")
+    parser.add_argument("--bottleneck-dim", type=int, help="width of the heads' bottleneck (default: the stage's)")
     parser.add_argument("--batch-size", type=int, help="TEMI batch size (default: the stage's)")
-    parser.add_argument("--warmup-epochs", type=int, help="TEMI warm-up epochs (default: the stage's)")
     parser.add_argument("--learning-rate", type=float,
                         help="TEMI's learning rate per 256 images, peak and end alike as in the official command "
                              "(default: the stage's)")
+    parser.add_argument("--teacher-momentum-end", type=float,
+                        help="ramp the teacher's momentum on a cosine to this (default: the stage's, constant)")
+    parser.add_argument("--neighbours-class-fraction", type=float,
+                        help="k at most this share of the typical class size (default: the stage's; 0: never lowered)")
+    parser.add_argument("--embed-norm", action="store_true", help="standardise the embeddings (official --embed_norm)")
     parser.add_argument("--warm-start", choices=["none", "kmeans"], help="TEMI's start (default: the stage's, none)")
     parser.add_argument("--speed-heads", type=int,
                         help="heads of the timed epoch on 50,000 rows (default: the stage's)")
     parser.add_argument("--skip-speed", action="store_true", help="leave out the timed epoch on 50,000 rows")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch's CPU threads (1 is faster on busy shared cores)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the neighbours and TEMI run")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="  %(message)s")  # run_temi's progress
     device = torch.device(args.device)
 
-    settings = ClusterSettings.from_config(section_defaults("cluster"))
-    changes = {name: value for name, value in (("epochs", args.epochs), ("heads", args.heads),
-                                               ("batch_size", args.batch_size), ("warmup_epochs", args.warmup_epochs),
-                                               ("warm_start", args.warm_start), ("learning_rate", args.learning_rate),
-                                               ("min_learning_rate", args.learning_rate))
-               if value is not None}
-    temi = dataclasses.replace(settings.temi, **changes)
-    store = FeatureStore(args.store)
-    train, test = store.read_split("train"), store.read_split("test")
-    report = {"store": args.store, "train_images": len(train.labels), "test_images": len(test.labels),
+    settings = ClusterSettings.from_config(stage_defaults("cluster", SplitRoles("train", "test")))
+    changes = {name: value for name, value in (
+        ("steps", args.steps), ("heads", args.heads), ("hidden_dim", args.hidden_dim),
+        ("bottleneck_dim", args.bottleneck_dim), ("batch_size", args.batch_size),
+        ("learning_rate", args.learning_rate), ("min_learning_rate", args.learning_rate),
+        ("teacher_momentum_end", args.teacher_momentum_end), ("warm_start", args.warm_start)) if value is not None}
+    if args.neighbours_class_fraction is not None:
+        changes["neighbours_class_fraction"] = args.neighbours_class_fraction or None  # 0: never lowered
+    temi = dataclasses.replace(settings.temi, **changes, embed_norm=args.embed_norm)
+    if args.synthetic:
+        source, (train, test) = "synthetic", synthetic_splits(args.seed)
+    else:
+        store = FeatureStore(args.store)
+        source, train, test = args.store, store.read_split("train"), store.read_split("test")
+    report = {"source": source, "train_images": len(train.labels), "test_images": len(test.labels),
               "clusters": args.clusters, "temi_settings": dataclasses.asdict(temi), "seed": args.seed}
-    print(f"{args.store}: {len(train.labels)} train, {len(test.labels)} test images, {store.dim}-d; "
+    print(f"{source}: {len(train.labels)} train, {len(test.labels)} test images, {train.features.shape[1]}-d; "
           f"K = {args.clusters}", flush=True)
-
-    started = time.perf_counter()
-    neighbours = cosine_topk(train.features, k=temi.neighbours, device=device).indices
-    report["neighbour_seconds"] = round(time.perf_counter() - started, 1)
-    report["neighbour_agreement"] = round(neighbour_agreement(neighbours, train.labels), 4)
-    print(f"neighbours: {temi.neighbours} per image in {report['neighbour_seconds']} s; "
-          f"{report['neighbour_agreement']:.1%} share the image's label", flush=True)
 
     started = time.perf_counter()
     model = fit_kmeans(train.features, args.clusters, settings.kmeans, args.seed)
@@ -93,42 +119,31 @@ def main() -> None:
                         "train": scores(train.labels, model.labels_, args.clusters)}
     print(f"k-means: {report['kmeans']}", flush=True)
 
-    started = time.perf_counter()
-    fit = train_temi(train.features, neighbours, args.clusters, temi, args.seed, device,
-                     warm_start=model.labels_ if temi.warm_start == "kmeans" else None,
-                     progress=lambda row: print(f"  temi epoch {row['epoch']}: loss {row['loss_mean']:.4f} "
-                                                f"(best head {row['best_head']}: {row['loss_best']:.4f}) "
-                                                f"{time.perf_counter() - started:.0f} s", flush=True))
-    seconds = time.perf_counter() - started
-    heads = load_heads(fit.teacher, temi, device)
-    train_probabilities = head_probabilities(heads, train.features, temi, device)
-    statistics = head_statistics(train_probabilities)
-    test_probabilities = head_probabilities(heads, test.features, temi, device)
-    test_clusters = test_probabilities[fit.best_head].argmax(axis=1)
+    run = run_temi(train, test, args.clusters, temi, settings.kmeans, args.seed, device)
+    fit = run.document(temi)
     report["temi"] = {
-        "seconds": round(seconds, 1), "seconds_per_epoch": round(seconds / temi.epochs, 1),
-        "best_head": fit.best_head, "final_loss": round(float(fit.head_losses[-1][fit.best_head]), 4),
-        "uniform_loss": round(uniform_loss(args.clusters, temi.beta), 4),
-        "test": scores(test.labels, test_clusters, args.clusters),
-        "train": scores(train.labels, train_probabilities[fit.best_head].argmax(axis=1), args.clusters),
-        "test_acc_per_head": [round(cluster_metrics(test.labels, p.argmax(axis=1), args.clusters)["acc"], 4)
-                              for p in test_probabilities],
-        "head_entropy": [round(s["entropy"], 3) for s in statistics],
-        "warnings": diagnose(statistics, fit.head_losses[-1], args.clusters, temi.beta),
-        "loss_per_epoch": [round(v, 4) for v in fit.history["loss_best"]],
+        **{key: fit[key] for key in ("seconds", "neighbours", "neighbour_agreement", "steps", "epochs",
+                                     "steps_per_epoch", "best_head", "final_loss", "uniform_loss", "warnings")},
+        "test": scores(test.labels, run.test_clusters, args.clusters),
+        "train": scores(train.labels, run.train_clusters, args.clusters),
+        "test_acc_per_head": [round(cluster_metrics(test.labels, clusters, args.clusters)["acc"], 4)
+                              for clusters in run.test_head_clusters],
+        "head_entropy": [round(s["entropy"], 3) for s in run.statistics],
+        "loss_per_epoch": [round(v, 4) for v in run.fit.history["loss_best"]],
     }
     print(f"temi: {json.dumps({k: v for k, v in report['temi'].items() if k != 'loss_per_epoch'})}", flush=True)
 
     if not args.skip_speed:
-        speed = dataclasses.replace(temi, epochs=1, warmup_epochs=0, warm_start="none",
-                                    heads=args.speed_heads or settings.temi.heads)
-        rows = np.resize(np.concatenate([train.features, test.features]), (SPEED_ROWS, store.dim))  # tiled rows
-        random_neighbours = np.random.default_rng(args.seed).integers(0, SPEED_ROWS, (SPEED_ROWS, temi.neighbours))
+        dim = train.features.shape[1]
+        heads = args.speed_heads or settings.temi.heads
+        speed = dataclasses.replace(temi, steps=SPEED_ROWS // temi.batch_size, warmup_fraction=0.0, heads=heads)
+        rows = np.resize(np.concatenate([train.features, test.features]), (SPEED_ROWS, dim))  # tiled rows
+        random_neighbours = np.random.default_rng(args.seed).integers(0, SPEED_ROWS, (SPEED_ROWS, run.neighbours))
         started = time.perf_counter()
         train_temi(rows, random_neighbours, args.clusters, speed, args.seed, device)
-        report["epoch_50k"] = {"rows": SPEED_ROWS, "dim": store.dim, "heads": speed.heads,
-                               "batch_size": speed.batch_size, "seconds": round(time.perf_counter() - started, 1)}
-        print(f"one TEMI epoch on {SPEED_ROWS} x {store.dim} (tiled store rows), {speed.heads} heads, batch "
+        report["epoch_50k"] = {"rows": SPEED_ROWS, "dim": dim, "heads": heads, "batch_size": speed.batch_size,
+                               "seconds": round(time.perf_counter() - started, 1)}
+        print(f"one TEMI epoch on {SPEED_ROWS} x {dim} (tiled rows), {heads} heads, batch "
               f"{speed.batch_size}: {report['epoch_50k']['seconds']} s", flush=True)
 
     print("\nmethod   ACC     NMI     ARI     active  seconds")

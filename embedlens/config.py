@@ -100,6 +100,8 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
     problems += [_describe(error) for error in errors if not _is_kind_key_error(error)
                  # the kind's own list of keys says more than the list of every kind's keys
                  and not (error.validator == "additionalProperties" and tuple(error.absolute_path) in kind_checked)]
+    if not problems:
+        problems += _override_problems(config, schema, validator_class)
     for section in ("datasets", "backbones"):
         names = [entry.get("name") for entry in config.get(section, []) if isinstance(entry, dict)]
         duplicated = sorted({n for n in names if names.count(n) > 1 and n is not None})
@@ -108,6 +110,35 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return config
+
+
+def _override_problems(config: dict, schema: dict, validator_class: type) -> list[str]:
+    """Problems of the stage sections under dataset entries (``datasets[i].audit: {...}``): each is
+    merged over the stage's own section and the result checked against that section's schema, so a
+    key or value is refused there exactly as it would be at the top level."""
+    from embedlens.roles import STAGES, merged
+
+    problems = []
+    for index, dataset in enumerate(config["datasets"]):
+        for stage in STAGES:
+            if stage not in dataset:
+                continue
+            section = validator_class(schema["properties"][stage])
+            for error in section.iter_errors(merged(config[stage], dataset[stage])):
+                where, _, what = _describe(error).partition(": ")
+                key = f"datasets[{index}].{stage}" + ("" if where == "(top level)" else f".{where}")
+                problems.append(f"{key}: {what}")
+    return problems
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with every mapping's keys in sorted order, recursively. Snakemake compares a rule's
+    params by their text, so settings in canonical order rerun nothing when a user reorders keys."""
+    if isinstance(value, Mapping):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
 
 
 def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import h5py
@@ -57,6 +57,7 @@ from embedlens.classify.training import build_mlp
 from embedlens.geometry import class_centroids
 from embedlens.knn import cosine_topk
 from embedlens.pseudo_labels import PSEUDO, read_pseudo_labels
+from embedlens.roles import stratified_holdout
 from embedlens.store import FeatureStore
 from embedlens.summary import Artifact, StageSummary
 
@@ -85,6 +86,7 @@ class DistillSettings:
     cluster_method: str
     train_split: str
     test_split: str
+    holdout_fraction: float
     per_class: int
     classifier: str
     hidden: int
@@ -169,7 +171,10 @@ class LabelledFeatures:
 def read_rows(store: FeatureStore, settings: DistillSettings, pseudo_labels: str | Path | None = None
               ) -> tuple[LabelledFeatures, LabelledFeatures]:
     """The train rows (with the label source's labels; rows without a class are left out) and the test
-    rows with a true label. The errors name the split, the file or the setting that would work."""
+    rows with a true label. When the test split is the train split (a dataset without an evaluation
+    split), the test rows are a seeded, stratified hold-out of ``settings.holdout_fraction`` of it by
+    true label, which the train rows leave out. The errors name the split, the file or the setting
+    that would work."""
     for key in ("train_split", "test_split"):
         split = getattr(settings, key)
         if split not in store.splits:
@@ -184,6 +189,9 @@ def read_rows(store: FeatureStore, settings: DistillSettings, pseudo_labels: str
     keep = labels >= 0
     test = store.read_split(settings.test_split)
     tested = test.labels >= 0
+    if settings.test_split == settings.train_split:
+        held, _ = stratified_holdout(train.labels, settings.holdout_fraction, settings.seed)
+        keep, tested = keep & ~held, held
     if keep.sum() == 0:
         raise DistillInputError(f"{store.path}: split {settings.train_split!r} has no labelled rows; distillation "
                                 f"learns vectors per class (use distill.labels: {PSEUDO} with the clustering stage)")
@@ -337,6 +345,37 @@ class Distilled:
         return distilled, decoded
 
 
+class Diverged(DistillInputError):
+    """The matching diverged (a non-finite loss, or the learned learning rate fell to zero or below)."""
+
+
+# Each retry of a diverged distillation lowers both matching rates this many times; the rates that work
+# scale with the data (a few dozen images diverged at the CIFAR-100 defaults, and at a tenth of them).
+BACKOFF_FACTOR = 10.0
+BACKOFF_TRIES = 4
+
+
+def distill_backing_off(features: np.ndarray, labels: np.ndarray, num_classes: int, settings: DistillSettings,
+                        device: torch.device, *, checkpoint_dir: str | Path | None = None,
+                        progress: Callable[[dict], None] | None = None) -> tuple[Distilled, DistillSettings, list[str]]:
+    """:func:`distill`, again with ``lr_features`` and ``lr_lr`` :data:`BACKOFF_FACTOR` times lower each
+    time it diverges, :data:`BACKOFF_TRIES` tries in all. Returns the set, the settings that worked and a
+    note per back-off; raises :class:`Diverged` when every try diverged."""
+    notes = []
+    for _ in range(BACKOFF_TRIES):
+        try:
+            return distill(features, labels, num_classes, settings, device, checkpoint_dir=checkpoint_dir,
+                           progress=progress), settings, notes
+        except Diverged as error:
+            lower = replace(settings, lr_features=settings.lr_features / BACKOFF_FACTOR,
+                            lr_lr=settings.lr_lr / BACKOFF_FACTOR)
+            notes.append(f"{str(error).split(';')[0].capitalize()} at distill.lr_features "
+                         f"{settings.lr_features:g} and lr_lr {settings.lr_lr:g}; retried with {lower.lr_features:g} "
+                         f"and {lower.lr_lr:g}.")
+            settings = lower
+    raise Diverged(" ".join(notes) + " Every try diverged; set distill.lr_features and lr_lr lower still")
+
+
 def train_experts(features: torch.Tensor, labels: torch.Tensor, num_classes: int, settings: DistillSettings
                   ) -> torch.Tensor:
     """The experts' trajectories: (experts, expert_epochs + 1, parameters), expert ``e`` seeded by
@@ -423,7 +462,7 @@ def distill(features: np.ndarray, labels: np.ndarray, num_classes: int, settings
         state["history"].append(row)
         state["seconds"] = time.monotonic() - resumed_clock
         if not np.isfinite(row["matching_loss"]) or row["learning_rate"] <= 0:
-            raise DistillInputError(
+            raise Diverged(
                 f"the distillation diverged at iteration {state['iteration']} (matching loss {row['matching_loss']:.4g}, "
                 f"learning rate {row['learning_rate']:.4g}); lower distill.lr_features or distill.lr_lr")
         if matching_file is not None and (state["iteration"] == settings.iterations or
@@ -601,6 +640,7 @@ def distill_summary(document: Mapping, neighbours: Mapping, *, dataset: str, bac
                "does NOT beat the random real subset beyond the seeds' spread (mean ± std overlap or lie below), "
                "so at these settings a random real subset of the same size serves as well")
     notes = [
+        *document.get("notes", []),
         f"Labels: {document['label_source']}. {document['per_class']} synthetic vector(s) per class for "
         f"{document['classes']} classes ({document['vectors']} vectors) stand for {document['train_images']} "
         f"real train images: {document['compression_ratio']:g}x compression.",

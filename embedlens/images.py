@@ -2,6 +2,8 @@
 
 - :func:`to_rgb` / :func:`rgb_image`: any PIL image as RGB (an array / a PIL image), one set of rules;
 - :func:`decode_file` / :func:`open_rgb`: a file fully decoded to RGB; raise on anything unreadable;
+- :func:`batch_decodable_jpeg`: a file's bytes when a batch JPEG decoder on the GPU gives the same
+  pixels (see :mod:`embedlens.jpeg`), else None;
 - :func:`header_reason`: None when PIL identifies a file from its header (format and size, no pixels
   decoded), else a short one-line reason (no path in it). This is what a dataset scan checks: a file
   that passes can still fail to decode (a truncated JPEG, corrupt data after a valid header);
@@ -21,6 +23,7 @@ unreadable, so the header check is the same either way.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -49,11 +52,16 @@ _OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 # --- converting ------------------------------------------------------------------------------------
 
-def _upright(image: Image.Image) -> Image.Image:
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1, upright, when absent or unreadable)."""
     try:
-        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        return image.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # a damaged EXIF block does not make the pixels unreadable
-        orientation = 1
+        return 1
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    orientation = _orientation(image)
     if orientation in ORIENTATION_TRANSPOSE:
         return image.transpose(ORIENTATION_TRANSPOSE[orientation])
     return image
@@ -116,6 +124,27 @@ def decode_file(path: str | os.PathLike, *, exif_orientation: bool = True) -> np
     with Image.open(path) as image:
         image.load()
         return to_rgb(image, exif_orientation=exif_orientation)
+
+
+def batch_decodable_jpeg(path: str | os.PathLike, *, exif_orientation: bool = True) -> bytes | None:
+    """The bytes of the file at ``path`` when a batch JPEG decoder (nvJPEG on a GPU,
+    :func:`embedlens.jpeg.decode_jpegs`) turns them into the pixels :func:`decode_file` gives; None
+    when the file needs :func:`decode_file`. Reads the whole file and parses its header, no pixels.
+
+    Taken: a baseline (sequential) JPEG in YCbCr or grey that ends with its end-of-image marker and,
+    with ``exif_orientation``, has no EXIF orientation to apply. Left to :func:`decode_file`:
+    progressive and CMYK/YCCK JPEGs (nvJPEG refuses them), other formats (a PNG under a .JPEG name),
+    files whose header PIL cannot read, truncated files (no end marker: PIL raises on them, a lenient
+    decoder would fill them in grey) and rotated photos. Raises only when the file cannot be read."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            taken = (image.format == "JPEG" and image.mode in ("RGB", "L") and not image.info.get("progressive")
+                     and not (exif_orientation and _orientation(image) in ORIENTATION_TRANSPOSE))
+    except Exception:  # not an image PIL can identify: decode_file gives the reason
+        return None
+    return data if taken and data.endswith(b"\xff\xd9") else None
 
 
 def open_rgb(path: str | os.PathLike, *, exif_orientation: bool = True) -> Image.Image:
@@ -222,6 +251,6 @@ def check_headers(paths: Sequence[str], workers: int | None = None, chunk_size: 
 
 
 __all__ = [
-    "EMPTY_FILE", "MAX_REASON_CHARS", "check_headers", "check_in_chunks", "decode_file", "default_chunk_size",
-    "failure_reason", "header_reason", "open_rgb", "rgb_image", "short_reason", "to_rgb",
+    "EMPTY_FILE", "MAX_REASON_CHARS", "batch_decodable_jpeg", "check_headers", "check_in_chunks", "decode_file",
+    "default_chunk_size", "failure_reason", "header_reason", "open_rgb", "rgb_image", "short_reason", "to_rgb",
 ]

@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pandas as pd
+
 
 def inherited_keys(default: Mapping, given: Mapping, prefix: str = "") -> list[str]:
     """Dotted keys of ``default`` that ``given`` does not set, as Snakemake merges them: a mapping in
@@ -26,16 +28,35 @@ def inherited_keys(default: Mapping, given: Mapping, prefix: str = "") -> list[s
     return keys
 
 
-def known_images(dataset: Mapping, results: str | Path) -> dict[str, int] | None:
-    """Images per split of a dataset when known without scanning it: from the ``dataset.json`` of an
-    earlier manifest job, or, for a synthetic dataset without filters, from its settings."""
+def known_info(dataset: Mapping, results: str | Path) -> dict | None:
+    """What the workflow decides with, when known without scanning the dataset: ``images`` per split
+    and ``class_counts`` per split and class, from the ``dataset.json`` of an earlier manifest job
+    (older ones without class counts do not count), or, for a synthetic dataset without filters,
+    from its settings. None when only the manifest job can tell."""
     info = Path(results) / dataset["name"] / "dataset.json"
     if info.is_file():
-        return json.loads(info.read_text())["images"]
+        known = json.loads(info.read_text())
+        return known if "class_counts" in known else None
     if dataset["kind"] == "synthetic" and not dataset.get("classes") and not dataset.get("max_per_class"):
         per_class = dataset["images_per_class"]
-        return {split: dataset["num_classes"] * per_class[split] for split in dataset.get("splits") or per_class}
+        splits = dataset.get("splits") or list(per_class)
+        return {"images": {split: dataset["num_classes"] * per_class[split] for split in splits},
+                "class_counts": {split: {str(label): per_class[split] for label in range(dataset["num_classes"])}
+                                 for split in splits}}
     return None
+
+
+def read_info(info_path: str | Path, manifest_path: str | Path) -> dict:
+    """A manifest job's ``dataset.json``; one written before class counts were recorded gets them from
+    the manifest (labelled rows per split and class)."""
+    info = json.loads(Path(info_path).read_text())
+    if "class_counts" not in info:
+        frame = pd.read_csv(manifest_path, usecols=["split", "label", "class_name"], keep_default_na=False,
+                            dtype={"split": str, "class_name": str})
+        sizes = frame[frame["label"] >= 0].groupby(["split", "class_name"]).size()
+        info["class_counts"] = {split: {name: int(count) for (s, name), count in sizes.items() if s == split}
+                                for split in info["images"]}
+    return info
 
 
 def _dataset_line(dataset: Mapping, images: dict[str, int] | None) -> str:
@@ -52,16 +73,18 @@ def _backbone_line(backbone: Mapping) -> str:
 
 
 def plan_text(config: Mapping, *, stages: Sequence[str], targets: Sequence[str], inherited: Sequence[str],
-              default_file: str, user_files: Sequence[str]) -> str:
-    """The plan block: config files, datasets (with image counts when known), backbones, stages,
-    targets, and the keys taken from ``default_file`` instead of ``user_files`` (when there are any),
-    with the command that runs the user's files on their own."""
+              default_file: str, user_files: Sequence[str], skipped: Sequence[str] = ()) -> str:
+    """The plan block: config files, datasets (with image counts when known), backbones, stages, the
+    stages skipped for a dataset (``skipped``: one line each, with the reason), targets, and the keys
+    taken from ``default_file`` instead of ``user_files`` (when there are any), with the command that
+    runs the user's files on their own."""
     files = " over ".join([*reversed(user_files), default_file]) if inherited else (
         ", ".join(user_files) or default_file)
     lines = [f"embedlens plan (config: {files})",
-             *[f"  dataset   {_dataset_line(d, known_images(d, config['results']))}" for d in config["datasets"]],
+             *[f"  dataset   {_dataset_line(d, (known_info(d, config['results']) or {}).get('images'))}" for d in config["datasets"]],
              *[f"  backbone  {_backbone_line(b)}" for b in config["backbones"]],
              f"  stages    {', '.join(stages)}",
+             *[f"  skipped   {line}" for line in skipped],
              f"  targets   {', '.join(targets)}"]
     if inherited:
         mine = " ".join(f"--configfile {path}" for path in user_files)

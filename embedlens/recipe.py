@@ -8,7 +8,7 @@ A recipe has two parts:
   it changes;
 - what the extraction job found (:func:`job_recipe`): the manifest's digest, the model, the weights
   file and its digest, the feature dimension, the resolved preprocessing, the device kind, the numeric
-  precision and the package versions.
+  precision, where JPEGs were decoded and the package versions.
 
 Every shard and the merged store record the whole recipe; the merge refuses shards whose recipes
 differ, and every later stage refuses a store whose requested part or manifest digest does not match
@@ -46,6 +46,13 @@ def precision(device_type: str, amp: bool) -> str:
     return "bfloat16" if device_type == "cuda" and amp else "float32"
 
 
+def decodes_jpegs_on_device(device_type: str, preprocess: str) -> bool:
+    """Whether extraction decodes baseline JPEGs on the model's device (nvJPEG): on CUDA, with the
+    batch preprocessing (``extract.preprocess: device``). Its pixels may differ from the CPU
+    decoder's by a grey level here and there, so the recipe records it."""
+    return device_type == "cuda" and preprocess == "device"
+
+
 def file_digest(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     """``sha256:<hex>`` of the file's bytes, read in chunks."""
     digest = hashlib.sha256()
@@ -77,6 +84,8 @@ def job_recipe(requested: Mapping, *, manifest_digest: str, described: Mapping, 
         "preprocessing": described["preprocessing"],
         "device": device_type,
         "precision": precision(device_type, amp),
+        "jpeg_decoding": "device" if decodes_jpegs_on_device(device_type, requested["extract"]["preprocess"])
+                         else "workers",
         "versions": package_versions(),
     }
     return _plain({**requested, "manifest_digest": manifest_digest, "resolved": resolved})

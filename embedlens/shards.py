@@ -190,6 +190,7 @@ def merge_shards(shard_paths: Sequence[str | Path], manifest_path: str | Path, s
                                  "source": manifest_values(manifest_path, failed_rows, "source"),
                                  "reason": reasons})
     chunk_rows = chunk_rows or chunk_rows_for(resolved["dim"])
+    non_finite = []
     with atomic_path(store_path) as tmp, h5py.File(tmp, "w", track_order=True) as handle:
         datasets = create_store(handle, store_attrs, split_rows, resolved["dim"])
         for header in headers:
@@ -197,9 +198,29 @@ def merge_shards(shard_paths: Sequence[str | Path], manifest_path: str | Path, s
                 for start in range(0, len(header.rows), chunk_rows):
                     part = header.rows[start:start + chunk_rows]
                     values = shard["features"][start:start + len(part)]
+                    non_finite.append(part[good[part] & ~np.isfinite(values).all(axis=1)])
                     _copy_chunk(datasets, codes, split_of, destination, part, values)
+        bad = np.sort(np.concatenate(non_finite))
+        if len(bad):  # raised inside the atomic write: no store is left behind
+            raise NonFiniteFeatures(_non_finite_message(attrs.get("dataset"), backbone["name"], manifest,
+                                                        manifest_path, bad))
         write_skipped(handle, failed_frame.sort_values(["split", "index_in_split"]))
     return extraction
+
+
+class NonFiniteFeatures(ValueError):
+    """The backbone gave NaN or infinite features; no stage may read them."""
+
+
+def _non_finite_message(dataset: str | None, backbone: str, manifest: pd.DataFrame, manifest_path: str | Path,
+                        rows: np.ndarray, shown: int = 5) -> str:
+    first = rows[:shown]
+    sources = manifest_values(manifest_path, first, "source")
+    listed = "; ".join(f"{manifest['split'].iloc[row]} #{manifest['index_in_split'].iloc[row]} ({source})"
+                       for row, source in zip(first.tolist(), sources))
+    return (f"dataset {dataset} x backbone {backbone}: {len(rows)} image(s) got NaN or infinite features, so no "
+            f"feature store was written; first: {listed}. A broken model or weights file, or bfloat16 overflow "
+            "(extract.amp: true), does this: check the backbone, or set extract.amp: false")
 
 
 def _copy_chunk(datasets: Mapping[str, h5py.Dataset], codes: Mapping[str, int], split_of: np.ndarray,

@@ -10,7 +10,9 @@ Every stage (features, overlap, and each analysis stage) writes one summary besi
       "tables": [{"path": "pairs.csv", "caption": "..."}],    # CSVs, paths relative to the summary
       "figures": [{"path": "similarity.png", "caption": "..."}],
       "notes": ["one sentence a reader should know", ...],
-      "settings": {...}                      # the config section that produced the results
+      "settings": {...},                     # the config section that produced the results
+      "status": "ok",                        # or "skipped": the stage could not run on this dataset
+      "reason": null                         # with status skipped, why, in one sentence naming the setting
     }
 
 Paths are relative to the folder of ``summary.json`` so a results tree can be moved as a whole. The
@@ -25,6 +27,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from embedlens.atomic import write_text_atomic
+
+
+# Every stage's report title, by the stage's name.
+STAGE_TITLES = {
+    "features": "Feature extraction",
+    "overlap": "Overlapping classes",
+    "classify": "Classifier",
+    "cluster": "Clustering",
+    "novelty": "Novelty",
+    "audit": "Dataset audit",
+    "distill": "Distillation",
+}
+SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,15 @@ class StageSummary:
     figures: list[Artifact] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    status: str = "ok"
+    reason: str | None = None
+
+    @classmethod
+    def skipped(cls, stage: str, reason: str, *, dataset: str, backbone: str | None,
+                settings: Mapping | None = None) -> StageSummary:
+        """The summary of a stage that cannot run on this dataset: ``status: skipped`` and ``reason``."""
+        return cls(stage=stage, title=STAGE_TITLES.get(stage, stage), dataset=dataset, backbone=backbone,
+                   notes=[f"Skipped: {reason}."], settings=dict(settings or {}), status=SKIPPED, reason=reason)
 
     def write(self, path: str | Path) -> None:
         """Write as JSON, atomically. Artifact paths must lie in the summary's folder or below it."""

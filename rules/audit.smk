@@ -20,7 +20,7 @@
 AUDIT = config["audit"]
 AUDIT_DIR = f"{RESULTS}/{{dataset}}/{{backbone}}/audit"
 # What the audit's results depend on: switching the stage off and on must not rerun it.
-AUDIT_SETTINGS = {key: value for key, value in AUDIT.items() if key != "enabled"}
+AUDIT_SETTINGS = settings_of("audit")
 if AUDIT["enabled"]:
     STAGE_SUMMARIES["audit"] = f"{AUDIT_DIR}/summary.json"
     MAP_COLUMNS["audit"] = f"{AUDIT_DIR}/map_columns.csv"
@@ -28,6 +28,7 @@ if AUDIT["enabled"]:
 
 rule audit_duplicates:
     input:
+        info=dataset_info_file,
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
     output:
@@ -53,6 +54,7 @@ rule audit_duplicates:
 
 rule audit_labels:
     input:
+        info=dataset_info_file,
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
     output:
@@ -77,18 +79,18 @@ rule audit_labels:
 
 rule audit_clean:
     input:
-        manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
-        features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
-        pairs=f"{AUDIT_DIR}/duplicates.csv",
-        issues=f"{AUDIT_DIR}/label_issues.csv",
-        duplicates=f"{AUDIT_DIR}/duplicates.json",
-        labels=f"{AUDIT_DIR}/labels.json",
+        unpack(unless_skipped("audit", lambda wildcards: {
+            "manifest": f"{RESULTS}/{{dataset}}/manifest.csv",
+            "features": f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
+            "pairs": f"{AUDIT_DIR}/duplicates.csv", "issues": f"{AUDIT_DIR}/label_issues.csv",
+            "duplicates": f"{AUDIT_DIR}/duplicates.json", "labels": f"{AUDIT_DIR}/labels.json"})),
     output:
         clean=AUDIT_CLEAN_INDEX,
         map_columns=f"{AUDIT_DIR}/map_columns.csv",
         summary=f"{AUDIT_DIR}/summary.json",
     params:
         audit=AUDIT_SETTINGS,
+        skip=skip_param("audit"),
         recipe=feature_recipe,
     resources:
         mem_mb=table_mem_mb,

@@ -22,6 +22,7 @@ CLASSIFY = f"{RESULTS}/{{dataset}}/{{backbone}}/classify"
 
 rule classify_train:
     input:
+        info=dataset_info_file,
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
         classes=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/classes.json",
@@ -33,7 +34,7 @@ rule classify_train:
         probabilities=f"{CLASSIFY}/probabilities.npz",
         training=f"{CLASSIFY}/training.json",
     params:
-        settings=config["classify"],
+        settings=settings_of("classify", leave_out=()),
         recipe=feature_recipe,
         checkpoints=f"{CLASSIFY}/checkpoints/train",
     threads: 2
@@ -51,6 +52,7 @@ rule classify_train:
 
 rule classify_crossval:
     input:
+        info=dataset_info_file,
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
         classes=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/classes.json",
@@ -58,7 +60,7 @@ rule classify_crossval:
         crossval=f"{CLASSIFY}/crossval.npz",
         info=f"{CLASSIFY}/crossval.json",
     params:
-        settings=config["classify"],
+        settings=settings_of("classify", leave_out=()),
         recipe=feature_recipe,
         checkpoints=f"{CLASSIFY}/checkpoints/crossval",
     threads: 2
@@ -77,13 +79,14 @@ rule classify_crossval:
 
 rule classify_report:
     input:
+        info=dataset_info_file,
         training=f"{CLASSIFY}/training.json",
         probabilities=f"{CLASSIFY}/probabilities.npz",
         crossval=f"{CLASSIFY}/crossval.npz",
         crossval_info=f"{CLASSIFY}/crossval.json",
         similarity=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/similarity.csv",
         centroid_pairs=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/pairs.csv",
-        clean=audit_clean_index(config["classify"]["test_split"]),  # figures on the clean test split too
+        clean=audit_clean_index("classify"),  # figures on the clean test split too
     output:
         report=f"{CLASSIFY}/report.csv",
         confusion=f"{CLASSIFY}/confusion.csv",
@@ -96,7 +99,7 @@ rule classify_report:
         disagreements=f"{CLASSIFY}/disagreements.csv",
         analysis=f"{CLASSIFY}/analysis.json",
     params:
-        settings=config["classify"],
+        settings=settings_of("classify", leave_out=()),
     resources:
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
         runtime=lambda wildcards, attempt: 20 * attempt,
@@ -110,6 +113,7 @@ rule classify_report:
 
 rule classify_pair_figures:
     input:
+        info=dataset_info_file,
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
         probabilities=f"{CLASSIFY}/probabilities.npz",
@@ -118,7 +122,7 @@ rule classify_pair_figures:
         folder=directory(f"{CLASSIFY}/pair_figures"),
         listing=f"{CLASSIFY}/pair_figures.json",
     params:
-        settings=config["classify"],
+        settings=settings_of("classify", leave_out=()),
         dataset=dataset_spec,
         recipe=feature_recipe,
     resources:
@@ -134,15 +138,15 @@ rule classify_pair_figures:
 
 rule classify_summary:
     input:
-        training=f"{CLASSIFY}/training.json",
-        analysis=f"{CLASSIFY}/analysis.json",
-        listing=f"{CLASSIFY}/pair_figures.json",
-        heatmap=f"{CLASSIFY}/confusion.png",
-        curve=f"{CLASSIFY}/training_curve.png",
+        unpack(unless_skipped("classify", lambda wildcards: {
+            "training": f"{CLASSIFY}/training.json", "analysis": f"{CLASSIFY}/analysis.json",
+            "listing": f"{CLASSIFY}/pair_figures.json", "heatmap": f"{CLASSIFY}/confusion.png",
+            "curve": f"{CLASSIFY}/training_curve.png"})),
     output:
         summary=f"{CLASSIFY}/summary.json",
     params:
-        settings=config["classify"],
+        settings=settings_of("classify", leave_out=()),
+        skip=skip_param("classify"),
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
         runtime=lambda wildcards, attempt: 5 * attempt,

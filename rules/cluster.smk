@@ -17,7 +17,17 @@
 CLUSTER = config["cluster"]
 CLUSTER_DIR = f"{RESULTS}/{{dataset}}/{{backbone}}/cluster"
 # What the fits depend on: switching the stage off and on, or adding a method, must not refit the others.
-CLUSTER_FIT = {key: value for key, value in CLUSTER.items() if key not in ("enabled", "methods")}
+CLUSTER_FIT = settings_of("cluster", leave_out=("enabled", "methods"))
+
+
+def cluster_outputs(wildcards):
+    """What cluster_summary gathers: every method's results, predictions and figures (of the methods
+    that the {dataset}'s cluster settings run)."""
+    methods = resolved_settings("cluster", wildcards.dataset)["methods"]
+    return {"results": expand(f"{CLUSTER_DIR}/{{method}}/results.json", method=methods, allow_missing=True),
+            "predictions": expand(f"{CLUSTER_DIR}/{{method}}/predictions.npz", method=methods, allow_missing=True),
+            "figures": expand(f"{CLUSTER_DIR}/{{method}}/{{figure}}.png", method=methods,
+                              figure=["map", "sizes", "representatives"], allow_missing=True)}
 
 if CLUSTER["enabled"]:
     STAGE_SUMMARIES["cluster"] = f"{CLUSTER_DIR}/summary.json"
@@ -26,6 +36,7 @@ if CLUSTER["enabled"]:
 
 rule cluster_temi:
     input:
+        info=dataset_info_file,
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
     output:
@@ -43,7 +54,7 @@ rule cluster_temi:
         gpu=1,
         mem_mb=features_mem_mb,
         runtime=lambda wildcards, input, attempt: int(
-            (20 + store_mb(input) / 100 * CLUSTER["temi"]["epochs"] * CLUSTER["temi"]["heads"] / 16) * attempt),
+            (20 + store_mb(input) / 100 * CLUSTER["temi"]["steps"] / 48 * CLUSTER["temi"]["heads"] / 16) * attempt),
     log:
         f"{RESULTS}/logs/cluster_temi/{{dataset}}/{{backbone}}.log",
     conda:
@@ -54,6 +65,7 @@ rule cluster_temi:
 
 rule cluster_kmeans:
     input:
+        info=dataset_info_file,
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
     output:
@@ -76,11 +88,12 @@ rule cluster_kmeans:
 
 rule cluster_results:
     input:
+        info=dataset_info_file,
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
         predictions=f"{CLUSTER_DIR}/{{method}}/predictions.npz",
         fit=f"{CLUSTER_DIR}/{{method}}/fit.json",
-        clean=audit_clean_index(CLUSTER["test_split"]),  # figures on the clean test split too
+        clean=audit_clean_index("cluster"),  # figures on the clean test split too
     output:
         results=f"{CLUSTER_DIR}/{{method}}/results.json",
         map=f"{CLUSTER_DIR}/{{method}}/map.png",
@@ -88,7 +101,7 @@ rule cluster_results:
         pseudo_labels=pseudo_labels_path(RESULTS, "{dataset}", "{backbone}", "{method}"),
         representatives=f"{CLUSTER_DIR}/{{method}}/representatives.png",
     wildcard_constraints:
-        method="|".join(CLUSTER["methods"]),
+        method="temi|kmeans",
     params:
         settings=CLUSTER_FIT,
         dataset=dataset_spec,
@@ -106,16 +119,14 @@ rule cluster_results:
 
 rule cluster_summary:
     input:
-        results=expand(f"{CLUSTER_DIR}/{{method}}/results.json", method=CLUSTER["methods"], allow_missing=True),
-        predictions=expand(f"{CLUSTER_DIR}/{{method}}/predictions.npz", method=CLUSTER["methods"], allow_missing=True),
-        figures=expand(f"{CLUSTER_DIR}/{{method}}/{{figure}}.png", method=CLUSTER["methods"],
-                       figure=["map", "sizes", "representatives"], allow_missing=True),
+        unpack(unless_skipped("cluster", cluster_outputs)),
     output:
         summary=f"{CLUSTER_DIR}/summary.json",
         metrics=f"{CLUSTER_DIR}/metrics.csv",
         map_columns=f"{CLUSTER_DIR}/map_columns.csv",
     params:
-        settings=CLUSTER,
+        settings=settings_of("cluster", leave_out=()),
+        skip=skip_param("cluster"),
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 5 * attempt,

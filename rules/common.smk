@@ -2,10 +2,12 @@
 
 import os
 
-from embedlens.config import entry
+from embedlens.config import canonical, entry
 from embedlens.datasets.cifar import ARCHIVE_FILES, archive_folder
+from embedlens.plan import known_info, read_info
 from embedlens.pseudo_labels import PSEUDO, pseudo_labels_path
 from embedlens.recipe import requested_recipe
+from embedlens.roles import SettingError, check_settings, image_keys, skip_reason, stage_settings
 
 RESULTS = config["results"]
 DATASETS = [dataset["name"] for dataset in config["datasets"]]
@@ -52,8 +54,99 @@ def dataset_downloads(wildcards):
 
 
 def dataset_spec(wildcards):
-    """The config entry of the {dataset} wildcard."""
-    return entry(config, "datasets", wildcards.dataset)
+    """The config entry of the {dataset} wildcard less what only the stages read (its split roles and
+    stage settings): what scanning and embedding its images depend on."""
+    return image_keys(entry(config, "datasets", wildcards.dataset))
+
+
+def dataset_info(name):
+    """Images per split and per class of dataset ``name`` (its dataset.json): known when the run is
+    planned (an earlier manifest, or a synthetic dataset's settings), else once the manifest checkpoint
+    has run, when Snakemake completes the DAG. Every decision about what a stage does on a dataset is
+    made from it, before any job of the stage."""
+    known = known_info(entry(config, "datasets", name), RESULTS)
+    if known is not None:
+        return known
+    checkpoints.manifest.get(dataset=name)  # until the manifest exists, the jobs that need this wait
+    return read_info(f"{RESULTS}/{name}/dataset.json", f"{RESULTS}/{name}/manifest.csv")
+
+
+def dataset_info_file(wildcards):
+    """Input of every rule whose settings depend on the dataset's splits: its dataset.json."""
+    dataset_info(wildcards.dataset)
+    return f"{RESULTS}/{wildcards.dataset}/dataset.json"
+
+
+def resolved_settings(stage, name):
+    """The stage's settings for dataset ``name`` (embedlens.roles.stage_settings), in canonical order."""
+    info = dataset_info(name)
+    try:
+        return canonical(stage_settings(config, stage, entry(config, "datasets", name), list(info["images"])))
+    except SettingError as error:
+        raise WorkflowError(str(error)) from None
+
+
+def settings_of(stage, leave_out=("enabled",)):
+    """A params function: the stage's settings for the {dataset} wildcard, less ``leave_out`` (keys that
+    decide which jobs exist, not what they compute: changing them must not rerun the stage)."""
+    return lambda wildcards: {key: value for key, value in resolved_settings(stage, wildcards.dataset).items()
+                              if key not in leave_out}
+
+
+_SKIPS_SAID = set()
+
+
+def stage_skip(stage, name):
+    """Why ``stage`` does not run on dataset ``name`` (one sentence), or None. Said once on the terminal;
+    a setting the user wrote that can never work for the data stops the run here, naming the key."""
+    settings, info = resolved_settings(stage, name), dataset_info(name)
+    try:
+        check_settings(stage, settings, info, name)
+    except SettingError as error:
+        raise WorkflowError(str(error)) from None
+    reason = skip_reason(stage, settings, info, name)
+    if reason is None and stage == "classify" and settings["classes"] == "overlap":
+        reason = stage_skip("overlap", name) and "it trains on the overlap set (classify.classes: overlap), " \
+                                                 "and the overlap stage is skipped"
+    if reason is None and stage == "distill" and settings["labels"] == PSEUDO:
+        reason = stage_skip("cluster", name) and "its pseudo labels come from the clustering, which is skipped"
+    if reason and (stage, name) not in _SKIPS_SAID and workflow.is_main_process:
+        _SKIPS_SAID.add((stage, name))
+        print(f"embedlens: {stage} skipped for dataset {name}: {reason}", file=sys.stderr)
+    return reason
+
+
+def planned_skips():
+    """The plan block's lines on skipped stages: per dataset whose images per split and class are known
+    now, each stage that does not run on it and why; for the others, when that is decided."""
+    lines = []
+    for name in DATASETS:
+        if known_info(entry(config, "datasets", name), RESULTS) is None:
+            lines.append(f"decided for {name} once its manifest is built")
+            continue
+        stages = [stage for stage in STAGE_SUMMARIES if stage != "features" and name in STAGE_DATASETS.get(stage, DATASETS)]
+        _SKIPS_SAID.update((stage, name) for stage in stages)  # said here, not again by the jobs' planning
+        lines += [f"{stage} for {name}: {reason}" for stage in stages if (reason := stage_skip(stage, name))]
+    return lines
+
+
+def skip_param(stage):
+    """A params function: why the stage is skipped for the {dataset} wildcard, or None."""
+    return lambda wildcards: stage_skip(stage, wildcards.dataset)
+
+
+def unless_skipped(stage, inputs):
+    """An input function for the rule that writes the stage's summary: ``inputs`` (a function of the
+    wildcards giving a dict of paths or lists of paths, with wildcards in braces), or only the dataset's
+    dataset.json when the stage is skipped for it."""
+    def chosen(wildcards):
+        if stage_skip(stage, wildcards.dataset):
+            return {"info": dataset_info_file(wildcards)}
+        values = dict(wildcards.items())
+        return {"info": dataset_info_file(wildcards),
+                **{key: path.format(**values) if isinstance(path, str) else [p.format(**values) for p in path]
+                   for key, path in inputs(wildcards).items()}}
+    return chosen
 
 
 def backbone_spec(wildcards):
@@ -69,7 +162,8 @@ def feature_recipe(wildcards):
 
 def manifest_mb(input):
     """Size of the job's manifest in MB: memory and time of the per-image bookkeeping grow with it."""
-    return os.path.getsize(input.manifest) / 1e6 if os.path.exists(input.manifest) else 0.0
+    path = getattr(input, "manifest", None)  # a skipped stage's summary rule reads no manifest
+    return os.path.getsize(path) / 1e6 if path and os.path.exists(path) else 0.0
 
 
 def store_mb(input):
@@ -107,12 +201,19 @@ def features_runtime(wildcards, input, attempt):
 
 
 def distill_inputs(wildcards):
-    """The store and its manifest, and with distill.labels: pseudo the clustering stage's pseudo labels."""
-    inputs = {"manifest": f"{RESULTS}/{wildcards.dataset}/manifest.csv",
+    """The store and its manifest, and with distill.labels: pseudo the clustering stage's pseudo labels
+    (of the split the clustering was fitted on, which must be the one distilled)."""
+    inputs = {"info": dataset_info_file(wildcards), "manifest": f"{RESULTS}/{wildcards.dataset}/manifest.csv",
               "features": f"{RESULTS}/{wildcards.dataset}/{wildcards.backbone}/features.h5"}
-    if config["distill"]["labels"] == PSEUDO:
+    settings = resolved_settings("distill", wildcards.dataset)
+    if settings["labels"] == PSEUDO:
+        clustered = resolved_settings("cluster", wildcards.dataset)["train_split"]
+        if settings["train_split"] != clustered:
+            raise WorkflowError(f"distill.train_split ({settings['train_split']}) differs from cluster.train_split "
+                                f"({clustered}) for dataset {wildcards.dataset}: the pseudo labels cover the "
+                                "clustered split only")
         inputs["pseudo_labels"] = pseudo_labels_path(RESULTS, wildcards.dataset, wildcards.backbone,
-                                                     config["distill"]["cluster_method"])
+                                                     settings["cluster_method"])
     return inputs
 
 
@@ -143,9 +244,10 @@ def extract_runtime(wildcards, input, attempt):
 
 
 def map_columns(wildcards):
-    """The per-image colourings that stages register for the explore map of {dataset} x {backbone}."""
+    """The per-image colourings that stages register for the explore map of {dataset} x {backbone}, of
+    the stages that run on the dataset."""
     return [pattern.format(dataset=wildcards.dataset, backbone=wildcards.backbone) for stage, pattern in MAP_COLUMNS.items()
-            if wildcards.dataset in STAGE_DATASETS.get(stage, DATASETS)]
+            if wildcards.dataset in STAGE_DATASETS.get(stage, DATASETS) and not stage_skip(stage, wildcards.dataset)]
 
 
 def report_pairs():
@@ -176,9 +278,14 @@ def all_targets():
     return [f"{RESULTS}/report.html"] + expand(f"{RESULTS}/imagenet_subset/{{name}}.npz", name=IMAGENET_SUBSET_NAMES)
 
 
-def audit_clean_index(split):
-    """[AUDIT_CLEAN_INDEX] for a stage that tests on ``split`` when the audit is enabled and audits that
-    split, else []: a rule's input, so the stage runs with or without the audit. The job reads the kept
-    rows with embedlens.audit.clean_index(path, split=split)."""
-    audit = config["audit"]
-    return [AUDIT_CLEAN_INDEX] if audit["enabled"] and audit["query_split"] == split else []
+def audit_clean_index(stage):
+    """An input function: [AUDIT_CLEAN_INDEX] when the audit runs on the {dataset} and audits the split
+    that ``stage`` tests on (its test_split), else []; so the stage runs with or without the audit. The
+    job reads the kept rows with embedlens.audit.clean_index(path, split=...)."""
+    def clean(wildcards):
+        name = wildcards.dataset
+        if not config["audit"]["enabled"] or stage_skip("audit", name):
+            return []
+        tested = resolved_settings(stage, name)["test_split"]
+        return [AUDIT_CLEAN_INDEX] if resolved_settings("audit", name)["query_split"] == tested else []
+    return clean

@@ -3,6 +3,10 @@
 # up front; the pixels are decoded once, by extraction, which skips and lists those that fail.
 # CIFAR-100 with download: true is fetched by a rule of its own, one job per root, so two datasets that
 # share a root never download into it at once.
+# The manifest rule is a checkpoint: what each stage does with a dataset (which splits, whether it can run
+# at all) is decided from the images per split and class that it records in dataset.json. When those are
+# not known as the run is planned (a folder scanned for the first time), Snakemake completes the DAG once
+# the manifest job has run.
 
 
 rule download_cifar100:
@@ -23,7 +27,7 @@ rule download_cifar100:
         "../workflow_scripts/download_cifar100.py"
 
 
-rule manifest:
+checkpoint manifest:
     input:
         dataset_downloads,
     output:

@@ -18,7 +18,7 @@
 DISTILL = config["distill"]
 DISTILL_DIR = f"{RESULTS}/{{dataset}}/{{backbone}}/distill"
 # What the rules' results depend on: switching the stage off and on must not redistil.
-DISTILL_SETTINGS = {key: value for key, value in DISTILL.items() if key != "enabled"}
+DISTILL_SETTINGS = settings_of("distill")
 if DISTILL["enabled"]:
     STAGE_SUMMARIES["distill"] = f"{DISTILL_DIR}/summary.json"
 if DISTILL["labels"] == PSEUDO:
@@ -26,9 +26,6 @@ if DISTILL["labels"] == PSEUDO:
         raise WorkflowError(f"distill.cluster_method: {DISTILL['cluster_method']} is not among cluster.methods "
                             f"({', '.join(config['cluster']['methods'])}), so no pseudo labels of it are made; "
                             "add it there or pick one of them")
-    if DISTILL["train_split"] != config["cluster"]["train_split"]:
-        raise WorkflowError(f"distill.train_split ({DISTILL['train_split']}) differs from cluster.train_split "
-                            f"({config['cluster']['train_split']}): the pseudo labels cover the clustered split only")
 
 
 rule distill_fit:
@@ -80,6 +77,7 @@ rule distill_evaluate:
 
 rule distill_neighbours:
     input:
+        info=dataset_info_file,
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
         distilled=f"{DISTILL_DIR}/distilled.h5",
@@ -104,10 +102,13 @@ rule distill_neighbours:
 
 rule distill_summary:
     input:
-        document=f"{DISTILL_DIR}/distill.json",
-        neighbours=f"{DISTILL_DIR}/neighbours.json",
+        unpack(unless_skipped("distill", lambda wildcards: {
+            "document": f"{DISTILL_DIR}/distill.json", "neighbours": f"{DISTILL_DIR}/neighbours.json"})),
     output:
         f"{DISTILL_DIR}/summary.json",
+    params:
+        settings=DISTILL_SETTINGS,
+        skip=skip_param("distill"),
     resources:
         mem_mb=1000,
         runtime=5,

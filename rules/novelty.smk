@@ -24,7 +24,7 @@ NOVELTY_FITTED = [name for name in DATASETS if name not in NOVELTY_SCORED]
 NOVELTY_DIR = f"{RESULTS}/{{dataset}}/{{backbone}}/novelty"
 # What the rules' results depend on: adding a dataset to score later, or switching the stage off and on,
 # must not refit the model.
-NOVELTY_SETTINGS = {key: value for key, value in NOVELTY.items() if key not in ("enabled", "score_datasets")}
+NOVELTY_SETTINGS = settings_of("novelty", leave_out=("enabled", "score_datasets"))
 
 _unknown = sorted(set(NOVELTY_SCORED) - set(DATASETS))
 if _unknown:
@@ -43,6 +43,7 @@ if NOVELTY["enabled"]:
 
 rule novelty_fit:
     input:
+        info=dataset_info_file,
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         skipped=f"{RESULTS}/{{dataset}}/skipped.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
@@ -75,6 +76,7 @@ rule novelty_fit:
 
 rule novelty_quality:
     input:
+        info=dataset_info_file,
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
         fit=f"{NOVELTY_DIR}/fit.json",
@@ -100,6 +102,7 @@ rule novelty_quality:
 
 rule novelty_score:
     input:
+        info=dataset_info_file,
         model=f"{NOVELTY_DIR}/model.h5",
         manifest=f"{RESULTS}/{{new}}/manifest.csv",
         skipped=f"{RESULTS}/{{new}}/skipped.csv",
@@ -127,11 +130,14 @@ rule novelty_score:
 
 rule novelty_summary:
     input:
-        fit=f"{NOVELTY_DIR}/fit.json",
-        quality=f"{NOVELTY_DIR}/quality.json",
-        scored=expand(f"{NOVELTY_DIR}/score/{{new}}/score.json", new=NOVELTY_SCORED, allow_missing=True),
+        unpack(unless_skipped("novelty", lambda wildcards: {
+            "fit": f"{NOVELTY_DIR}/fit.json", "quality": f"{NOVELTY_DIR}/quality.json",
+            "scored": expand(f"{NOVELTY_DIR}/score/{{new}}/score.json", new=NOVELTY_SCORED, allow_missing=True)})),
     output:
         f"{NOVELTY_DIR}/summary.json",
+    params:
+        settings=NOVELTY_SETTINGS,
+        skip=skip_param("novelty"),
     resources:
         mem_mb=1000,
         runtime=5,

@@ -20,6 +20,7 @@ STAGE_SUMMARIES["overlap"] = f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/summar
 
 rule overlap:
     input:
+        info=dataset_info_file,
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
     output:
@@ -34,7 +35,8 @@ rule overlap:
         centroids=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/centroids.npz",
         summary=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/summary.json",
     params:
-        overlap=config["overlap"],
+        overlap=settings_of("overlap"),
+        skip=skip_param("overlap"),
         recipe=feature_recipe,
     resources:
         mem_mb=table_mem_mb,
@@ -49,6 +51,7 @@ rule overlap:
 
 rule export_subset:
     input:
+        info=dataset_info_file,
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
         pairs=f"{RESULTS}/{{dataset}}/{{backbone}}/overlap/pairs.csv",
@@ -59,7 +62,7 @@ rule export_subset:
         manifest=f"{RESULTS}/{{dataset}}/{{backbone}}/subset.json",
     params:
         dataset=dataset_spec,
-        overlap=config["overlap"],
+        overlap=settings_of("overlap"),
         recipe=feature_recipe,
     threads: 4
     resources:

@@ -74,4 +74,10 @@ def results_tree(root: Path) -> tuple[list[DatasetFiles], list[PairFiles]]:
     StageSummary(stage="classify", title="Classifier", dataset="toy", backbone="small",
                  headline={"accuracy": 0.7835}, notes=["evaluated at the best epoch"]).write(classify / "summary.json")
     small.summaries.append(classify / "summary.json")
+    distill = data / "small" / "distill"
+    distill.mkdir()
+    StageSummary.skipped("distill", "distill needs at least two classes with two or more images in "
+                         "distill.train_split ('train'); dataset 'toy' has 1", dataset="toy", backbone="small",
+                         settings={"per_class": 10}).write(distill / "summary.json")
+    small.summaries.append(distill / "summary.json")
     return [DatasetFiles(data / "dataset.json", data / "skipped.csv")], pairs

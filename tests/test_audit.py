@@ -13,7 +13,8 @@ from PIL import Image, ImageEnhance
 
 from embedlens.audit import clean_index
 from embedlens.audit.clean import CLEAN_COLUMNS, clean_table
-from embedlens.audit.duplicates import (PAIR_COLUMNS, AuditInputError, find_duplicates, search, select_candidates)
+from embedlens.audit.duplicates import (PAIR_COLUMNS, AuditInputError, find_duplicates, search, select_candidates,
+                                        split_rows)
 from embedlens.audit.labels import ISSUE_COLUMNS, check_labels, empty_issues
 from embedlens.audit.pixels import UNVERIFIED, PixelChecker, pixel_similarity, pixel_view, verdict
 from embedlens.audit.results import audit_summary, duplicates_document, labels_document, map_columns
@@ -24,13 +25,15 @@ from embedlens.config import section_defaults
 from embedlens.knn import Neighbours
 from embedlens.manifest import MANIFEST_COLUMNS
 from embedlens.plots import histogram
+from embedlens.roles import SplitRoles, with_roles
 from embedlens.store import FeatureStore, SplitFeatures, write_store
 
 NEAR = section_defaults("audit")["near_threshold"]
 
 
 def settings(**changes) -> AuditSettings:
-    return AuditSettings.from_config({**section_defaults("audit"), **changes})
+    defaults = with_roles("audit", section_defaults("audit"), SplitRoles("train", "test"), 0.2)
+    return AuditSettings.from_config({**defaults, **changes})
 
 
 # --- edited copies, drawn from smooth random pictures ------------------------------------------------
@@ -194,6 +197,23 @@ def test_planted_copies_are_found_with_their_verdicts_and_distinct_pictures_are_
         find_duplicates(store, manifest, settings(query_split="val"), lambda key: images[key])
 
 
+def test_an_audit_of_one_split_finds_its_repeats_within_it_and_searches_no_leakage(tmp_path):
+    store, manifest, images = planted_dataset(tmp_path)
+    found = find_duplicates(store, manifest, settings(query_split="test", reference_split="test", within_query=False),
+                            lambda key: images[key])
+    assert set(found.searches) == {"within"}  # one split: within_query does not matter, no cross search
+    assert found.pairs[["search", "query_index", "reference_index", "verdict"]].values.tolist() == [
+        ["within", 0, 11, "exact"]]
+    document = duplicates_document(found, settings(query_split="test", reference_split="test"))
+    clean = clean_table(split_rows(store, manifest, "test"), "test", found.pairs, pd.DataFrame(
+        columns=["split", "index_in_split", "class_name", "suggested_class", "label_quality"]),
+        settings(query_split="test", reference_split="test", remove_label_issues=False))
+    summary = audit_summary(document, {"issues": 0, "issues_per_split": {}, "probe_accuracy": None, "checked": 0,
+                                       "notes": []}, clean, dataset="planted", backbone="thumb")
+    assert summary.headline["within_duplicates"] == 1 and summary.headline["candidates"] == 0
+    assert summary.headline["removed"] == 1 and "no leakage between splits" in summary.notes[0]
+
+
 # --- label errors -------------------------------------------------------------------------------------
 
 def blobs(classes: int = 4, per_class: int = 50, dim: int = 16, seed: int = 0):
@@ -266,8 +286,7 @@ def test_settings_come_from_the_schema_and_bad_values_are_named():
     assert defaults.folds == 5 and defaults.selection == "threshold"
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['k'\]"):
         AuditSettings.from_config({**section_defaults("audit"), "k": 3})
-    with pytest.raises(ValueError, match="are both 'train'"):
-        settings(query_split="train")
+    assert settings(query_split="train").one_split and not defaults.one_split
 
 
 # --- documents, summary and map -----------------------------------------------------------------------

@@ -12,19 +12,23 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 
 from embedlens.classify.analysis import (analyse, classification_table, cleanlab_overlap, confusion_pairs,
                                          measure_agreement, outlier_rule, pair_measures, row_normalise)
-from embedlens.classify.data import ClassSet, classifier_problem, crossval_problem
+from embedlens.classify.data import ClassSet, classifier_problem, crossval_problem, fit_and_test_rows
 from embedlens.classify.pictures import TestPredictions, draw_pair, pictured_pairs
 from embedlens.classify.settings import ClassifySettings
 from embedlens.classify.training import (build_mlp, fit_mlp, hidden_sizes, out_of_fold_probabilities,
                                          predict_proba, train_val_split)
 from embedlens.config import section_defaults
 from embedlens.plots import confusion_heatmap
+from embedlens.roles import SplitRoles, with_roles
+from embedlens.store import FeatureStore, SplitFeatures, write_store
 
 CPU = torch.device("cpu")
+TRAIN_TEST = SplitRoles("train", "test")
 
 
 def settings(**changes) -> ClassifySettings:
-    return ClassifySettings.from_config({**section_defaults("classify"), **changes})
+    return ClassifySettings.from_config({**with_roles("classify", section_defaults("classify"), TRAIN_TEST, 0.2),
+                                         **changes})
 
 
 def blobs(classes: int = 4, per_class: int = 40, dim: int = 12, spread: float = 1.0, seed: int = 0):
@@ -216,6 +220,18 @@ def test_the_whole_analysis_names_the_disagreements():
                           result.disagreements["flagged_by"]))
     assert flagged_by == {("a", "b"): "confusion", ("c", "d"): "centroid"}
     assert "no cleanlab overlap: test" in result.notes
+
+
+def test_without_a_test_split_the_classifier_tests_on_a_stratified_hold_out_of_train(tmp_path):
+    features, targets = blobs(classes=3, per_class=10)
+    write_store(tmp_path / "features.h5", {"train": SplitFeatures(features, targets, np.arange(30) + 100)},
+                {"dataset": "toy", "class_names": ["a", "b", "c"]})
+    (tmp_path / "classes.json").write_text("{}")
+    classes, fit, test, notes = fit_and_test_rows(FeatureStore(tmp_path / "features.h5"), tmp_path / "classes.json",
+                                                  settings(classes="all", test_split="train", holdout_fraction=0.3))
+    assert len(classes) == 3 and np.bincount(test.targets).tolist() == [3, 3, 3] and len(fit.targets) == 21
+    assert not set(fit.index.tolist()) & set(test.index.tolist()) and test.index.min() >= 100
+    assert "hold-out of 0.3 of split 'train' (9 images; 21 left to fit)" in notes[0]
 
 
 def test_too_few_classes_or_images_are_named_with_what_would_be_right():

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,17 +20,20 @@ from embedlens.cluster.pseudo import pseudo_labels, representatives
 from embedlens.cluster.results import (Assignment, cluster_summary, collapse_warning, load_predictions, map_columns,
                                        metrics_table, results_document, save_predictions)
 from embedlens.cluster.settings import ClusterInputError, ClusterSettings
-from embedlens.cluster.temi import (ClusterHeads, cosine_schedule, diagnose, head_probabilities, head_statistics,
-                                    load_heads, temi_head_losses, train_temi, uniform_loss)
+from embedlens.cluster.temi import (ClusterHeads, TemiSchedule, cosine_schedule, diagnose, ensemble_weight,
+                                    head_probabilities, head_statistics, load_heads, neighbour_count, run_temi,
+                                    temi_head_losses, train_temi, uniform_loss)
 from embedlens.config import section_defaults
+from embedlens.roles import SplitRoles, with_roles
 from embedlens.knn import cosine_topk
 from embedlens.plots import image_rows, scatter_maps
+from embedlens.store import SplitFeatures
 
 CPU = torch.device("cpu")
 
 
 def settings(**temi) -> ClusterSettings:
-    values = section_defaults("cluster")
+    values = with_roles("cluster", section_defaults("cluster"), SplitRoles("train", "test"), 0.2)
     values["temi"].update(temi)
     return ClusterSettings.from_config(values)
 
@@ -43,24 +48,29 @@ def blobs(classes: int = 5, per_class: int = 40, dim: int = 16, seed: int = 0):
 
 
 def small(**changes):
-    """Settings for a few hundred images: narrow heads, small batches and a faster teacher, so that the
-    few steps there are suffice (the defaults assume thousands of steps)."""
-    values = dict(neighbours=5, heads=3, epochs=15, batch_size=20, warmup_epochs=2, learning_rate=0.05,
-                  min_learning_rate=0.01, teacher_momentum=0.9, hidden_dim=64, bottleneck_dim=32, checkpoint_every=1)
+    """Settings for a few hundred images: narrow heads, small batches and a faster teacher, so that
+    150 steps suffice (the defaults are 4,800 steps of 16 wide heads)."""
+    values = dict(neighbours=5, heads=3, steps=150, batch_size=20, warmup_fraction=0.1, learning_rate=0.05,
+                  min_learning_rate=0.01, teacher_momentum=0.9, hidden_dim=64, bottleneck_dim=32,
+                  freeze_last_layer_fraction=0.05, checkpoint_every=1)
     return settings(**{**values, **changes}).temi
 
 
-def test_settings_come_from_the_schema_with_the_published_defaults():
+def test_settings_come_from_the_schema_with_the_official_commands_defaults():
     defaults = settings()
     temi = defaults.temi
-    assert (temi.neighbours, temi.heads, temi.beta) == (50, 16, 0.6)
-    assert (temi.hidden_dim, temi.bottleneck_dim, temi.freeze_last_layer_epochs) == (512, 256, 1)
-    assert (temi.teacher_momentum, temi.teacher_momentum_end) == (0.996, 1.0)
+    assert (temi.neighbours, temi.neighbours_class_fraction, temi.heads, temi.beta) == (50, 0.1, 16, 0.6)
+    assert (temi.hidden_dim, temi.bottleneck_dim, temi.freeze_last_layer_fraction) == (512, 256, 0.01)
+    assert (temi.teacher_momentum, temi.teacher_momentum_end) == (0.996, None)  # constant, as the official command
+    assert (temi.steps, temi.batch_size, temi.warmup_fraction, temi.embed_norm) == (4800, 1024, 0.2, False)
+    # the official 100 epochs of 48 full batches on CIFAR's 50,000 images, 20 of them warm-up, 1 frozen
+    official = TemiSchedule.plan(50_000, temi)
+    assert (official.epochs, official.steps_per_epoch, official.warmup_steps, official.frozen_steps) == (100, 48, 960, 48)
     assert (defaults.kmeans.n_init, defaults.kmeans.normalize) == (2, True)
     assert defaults.methods == ("temi", "kmeans") and defaults.train_split == "train" and defaults.test_split == "test"
-    values = section_defaults("cluster")
-    values["temi"]["epoch"] = 3
-    with pytest.raises(ValueError, match=r"cluster.temi: unknown key\(s\) \['epoch'\]"):
+    values = with_roles("cluster", section_defaults("cluster"), SplitRoles("train", "test"), 0.2)
+    values["temi"]["epochs"] = 3
+    with pytest.raises(ValueError, match=r"cluster.temi: unknown key\(s\) \['epochs'\]"):
         ClusterSettings.from_config(values)
 
 
@@ -162,7 +172,7 @@ def test_temi_separates_well_separated_classes_deterministically():
 def test_a_killed_training_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
     features, labels = blobs(per_class=20)
     neighbours = cosine_topk(features, k=5, device="cpu").indices
-    temi = dataclasses.replace(small(), epochs=6, checkpoint_every=2)
+    temi = dataclasses.replace(small(), steps=30, checkpoint_every=10)  # 5 steps per epoch: saved after epochs 2, 4, 6
     whole = train_temi(features, neighbours, 5, temi, seed=3, device=CPU)
 
     def kill_after_epoch_3(row):
@@ -185,10 +195,12 @@ def test_a_killed_training_resumes_from_its_checkpoint_and_ends_as_an_uninterrup
     assert other.resumed_at_epoch == 0
 
 
-def test_the_last_layer_stays_frozen_during_the_first_epoch():
+def test_the_last_layer_stays_frozen_during_the_first_steps():
     features, _ = blobs(per_class=10)
     neighbours = cosine_topk(features, k=3, device="cpu").indices
-    temi = dataclasses.replace(small(), epochs=1, teacher_momentum=0.0, teacher_momentum_end=0.0, warmup_epochs=0)
+    # 50 images in batches of 20: 2 steps per epoch; the last layer frozen for all 2 steps of the first run
+    temi = dataclasses.replace(small(), steps=2, freeze_last_layer_fraction=1.0, teacher_momentum=0.0,
+                               warmup_fraction=0.0)
     torch.manual_seed(0)
     start = ClusterHeads(16, 5, temi.heads, temi.hidden_dim, temi.bottleneck_dim).state_dict()
     assert torch.all(start["last_gain"] == 1)
@@ -196,7 +208,8 @@ def test_the_last_layer_stays_frozen_during_the_first_epoch():
     torch.testing.assert_close(fit.teacher["last_direction"], start["last_direction"], rtol=0, atol=0)
     torch.testing.assert_close(fit.teacher["last_gain"], start["last_gain"], rtol=0, atol=0)
     assert not torch.equal(fit.teacher["hidden_weight"], start["hidden_weight"])
-    later = train_temi(features, neighbours, 5, dataclasses.replace(temi, epochs=2), seed=0, device=CPU)
+    later = train_temi(features, neighbours, 5, dataclasses.replace(temi, steps=4, freeze_last_layer_fraction=0.5),
+                       seed=0, device=CPU)  # frozen for 2 of 4 steps
     assert not torch.equal(later.teacher["last_direction"], start["last_direction"])
 
 
@@ -262,7 +275,7 @@ def test_results_summary_and_map_columns(tmp_path):
     method, clusters, loaded, names = load_predictions(tmp_path / "p.npz")
     assert (method, clusters, names) == ("temi", 4, ["a", "b", "c", "d"])
     np.testing.assert_array_equal(loaded["test"].cluster, truth)
-    fit = {"seconds": 1.0, "device": "cpu", "heads": 2, "epochs": 3, "steps_per_epoch": 1, "batch_size": 20,
+    fit = {"seconds": 1.0, "device": "cpu", "heads": 2, "steps": 3, "epochs": 3, "steps_per_epoch": 1, "batch_size": 20,
            "best_head": 0, "final_loss": -1.0, "uniform_loss": -0.2, "neighbours": 5, "neighbour_agreement": 0.8,
            "warnings": ["uniform solution: ..."]}
     temi = {**results_document("temi", 4, loaded, fit, config), "map": "UMAP"}
@@ -335,7 +348,171 @@ def test_a_kmeans_warm_start_points_every_head_at_the_given_clusters():
     assert max(cluster_metrics(clusters, cold[h], 5)["acc"] for h in range(temi.heads)) < 0.9
     assert torch.all(heads.last_gain == 1)
     neighbours = cosine_topk(features, k=5, device="cpu").indices
-    fit = train_temi(features, neighbours, 5, dataclasses.replace(temi, epochs=3), seed=0, device=CPU,
+    short = dataclasses.replace(temi, steps=30, warmup_fraction=0.67, freeze_last_layer_fraction=0.33)  # 3 epochs
+    fit = train_temi(features, neighbours, 5, short, seed=0, device=CPU,
                      warm_start=clusters)
     assigned = head_probabilities(load_heads(fit.teacher, temi, CPU), features, temi, CPU)[fit.best_head].argmax(1)
     assert cluster_metrics(labels, assigned, 5)["acc"] > 0.9
+
+
+def planted(classes: int = 8, per_class: int = 60, dim: int = 32, seed: int = 0):
+    """Well-separated Gaussian clusters: centres drawn from N(0, I), images at std 0.25 around them."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim))
+    labels = np.repeat(np.arange(classes), per_class)
+    return (centres[labels] + 0.25 * rng.normal(size=(len(labels), dim))).astype(np.float32), labels
+
+
+def test_every_head_is_weighted_by_the_teachers_agreement_averaged_over_all_heads():
+    # one pair (x, x'), two heads, K = 2; teacher probabilities q_t^h(.|x), q_t^h(.|x')
+    q = np.array([[[0.9, 0.1], [0.8, 0.2]],    # head 0: agreement 0.9*0.8 + 0.1*0.2 = 0.74
+                  [[0.5, 0.5], [0.1, 0.9]]])   # head 1: agreement 0.5*0.1 + 0.5*0.9 = 0.50
+    ensemble = (0.74 + 0.50) / 2                # 0.62, the weight of the pair in both heads' losses
+    teacher_log = torch.tensor(np.log(q), dtype=torch.float32)
+    assert ensemble_weight(teacher_log).tolist() == pytest.approx([ensemble])
+
+    temi = settings().temi  # temperatures 0.1: logits 0.1 * log q give back q
+    logits = 0.1 * teacher_log
+    prior = torch.tensor([[0.5, 0.5], [0.3, 0.7]])
+    beta = temi.beta
+    expected = []
+    for head in range(2):
+        x, partner = q[head]
+        p = prior[head].numpy().astype(np.float64)
+        forward = np.log(np.sum((x * partner) ** beta / p))   # q_s(x) with q_t(x'), student = teacher here
+        backward = np.log(np.sum((partner * x) ** beta / p))
+        expected.append(-ensemble * (forward + backward) / 2)
+    assert temi_head_losses(logits, logits, prior, temi).tolist() == pytest.approx(expected, rel=1e-5)
+    per_head = [-w * np.log(np.sum((q[h, 0] * q[h, 1]) ** beta / prior[h].numpy())) for h, w in enumerate([0.74, 0.5])]
+    assert temi_head_losses(logits, logits, prior, temi).tolist() != pytest.approx(per_head, rel=1e-3)
+
+
+def test_the_teacher_is_a_constant_momentum_average_of_the_student(tmp_path):
+    features, _ = blobs(per_class=4)  # 20 images in one batch: one step per epoch
+    neighbours = cosine_topk(features, k=3, device="cpu").indices
+    temi = dataclasses.replace(small(), steps=2, batch_size=20, warmup_fraction=0.0, freeze_last_layer_fraction=0.0,
+                               teacher_momentum=settings().temi.teacher_momentum, checkpoint_every=1)
+    assert temi.teacher_momentum == 0.996 and temi.teacher_momentum_end is None
+    checkpoint = tmp_path / "train.pt"
+
+    def keep_first_step(row):
+        if row["step"] == 1:
+            (tmp_path / "step1.pt").write_bytes(checkpoint.read_bytes())
+
+    fit = train_temi(features, neighbours, 5, temi, seed=0, device=CPU, checkpoint=checkpoint, progress=keep_first_step)
+    torch.manual_seed(0)
+    student0 = ClusterHeads(16, 5, temi.heads, temi.hidden_dim, temi.bottleneck_dim).state_dict()
+    first, second = (torch.load(path, weights_only=False) for path in (tmp_path / "step1.pt", checkpoint))
+    m = 0.996
+    for key in student0:
+        teacher1 = m * student0[key] + (1 - m) * first["student"][key]          # teacher_0 = student_0
+        teacher2 = m * teacher1 + (1 - m) * second["student"][key]
+        torch.testing.assert_close(first["teacher"][key], teacher1, rtol=0, atol=1e-7)
+        torch.testing.assert_close(fit.teacher[key], teacher2, rtol=0, atol=1e-7)
+    assert fit.history["teacher_momentum"].tolist() == [m, m]
+    # the ramp is a setting: over 2 steps DINO's cosine from 0.996 towards 1 gives 0.996, then 0.998; the
+    # student is the same (its second step sees the same teacher), only the teacher's second average differs
+    ramp = train_temi(features, neighbours, 5, dataclasses.replace(temi, teacher_momentum_end=1.0), seed=0, device=CPU)
+    assert ramp.history["teacher_momentum"].tolist() == pytest.approx([m, 0.998])
+    for key in student0:
+        expected = 0.998 * first["teacher"][key] + 0.002 * second["student"][key]
+        torch.testing.assert_close(ramp.teacher[key], expected, rtol=0, atol=1e-7)
+
+
+def test_the_schedule_is_in_steps_and_the_epochs_follow_from_the_split():
+    temi = settings().temi
+    for rows, batch, per_epoch, epochs in ((50_000, 1024, 48, 100), (20_000, 1024, 19, 253), (500, 500, 1, 4800)):
+        schedule = TemiSchedule.plan(rows, temi)
+        assert (schedule.steps, schedule.batch_size, schedule.steps_per_epoch, schedule.epochs) == (
+            4800, batch, per_epoch, epochs)
+        assert (schedule.warmup_steps, schedule.frozen_steps) == (960, 48)  # the same share of the steps everywhere
+    rates, momenta = schedule.learning_rates(temi), schedule.momenta(temi)
+    assert len(rates) == len(momenta) == 4800 and rates[959] == pytest.approx(1e-4 * 500 / 256)
+    assert np.all(momenta == 0.996)
+    # 7 steps on 100 images in batches of 20: one epoch of 5 steps and one that stops after 2
+    features, _ = blobs(per_class=20)
+    fit = train_temi(features, cosine_topk(features, k=3, device="cpu").indices, 5,
+                     dataclasses.replace(small(), steps=7), seed=0, device=CPU)
+    assert fit.history["step"].tolist() == [5, 7] and (fit.schedule.epochs, fit.schedule.steps_per_epoch) == (2, 5)
+
+
+def test_the_neighbour_count_is_scaled_down_to_a_share_of_the_class_size():
+    temi = settings().temi  # k = 50, at most 0.1 of train images / K
+    assert neighbour_count(temi, 50_000, 100) == (50, [])  # 10% of a 500-image CIFAR-100 class
+    k, notes = neighbour_count(temi, 20_000, 100)
+    assert k == 20 and "cluster.temi.neighbours_class_fraction = 0.1" in notes[0] and "200" in notes[0]
+    assert neighbour_count(temi, 300, 100)[0] == 1  # at least one
+    assert neighbour_count(dataclasses.replace(temi, neighbours_class_fraction=None), 20_000, 100) == (50, [])
+    k, notes = neighbour_count(dataclasses.replace(temi, neighbours_class_fraction=None), 30, 2)
+    assert k == 29 and notes == ["cluster.temi.neighbours = 50 lowered to 29: only 30 train images"]
+
+
+def test_temi_finds_planted_clusters_and_leaves_the_uniform_solution():
+    features, labels = planted()  # 8 clusters of 60 images: chance ACC 1/8
+    train = SplitFeatures(features, labels, np.arange(len(labels)))
+    temi = small(heads=4, batch_size=60, steps=300, neighbours=50, learning_rate=0.01, min_learning_rate=0.01,
+                 teacher_momentum=0.99, warmup_fraction=0.2, freeze_last_layer_fraction=0.01)
+    run = run_temi(train, train, 8, temi, settings().kmeans, 0, CPU)
+    assert run.neighbours == 6  # 50 lowered to 10% of the 60-image clusters
+    assert cluster_metrics(labels, run.train_clusters, 8)["acc"] >= 0.75  # six times chance
+    assert max(cluster_metrics(labels, clusters, 8)["acc"] for clusters in run.test_head_clusters) >= 0.9
+    assert run.warnings == [] and max(s["entropy"] for s in run.statistics) < 0.5  # far from uniform (1.0)
+    assert run.fit.history["loss_best"].iloc[-1] < 5 * uniform_loss(8, temi.beta)
+    document = run.document(temi)
+    assert (document["neighbours"], document["steps"], document["epochs"], document["batch_size"]) == (6, 300, 38, 60)
+
+
+def test_a_resumed_run_reads_its_neighbours_and_warm_start_and_says_so_when_it_resumes(tmp_path, monkeypatch, caplog):
+    import embedlens.cluster.temi as temi_module
+
+    features, labels = blobs(per_class=20)  # 100 images, batches of 20: 5 steps per epoch
+    train = SplitFeatures(features, labels, np.arange(len(labels)))
+    temi = dataclasses.replace(small(), steps=30, checkpoint_every=10, warm_start="kmeans")
+    whole = run_temi(train, train, 5, temi, settings().kmeans, 3, CPU)
+    save = temi_module.save_checkpoint
+
+    def killed_after_the_first_training_checkpoint(path, *args, **kwargs):
+        save(path, *args, **kwargs)
+        if Path(path).name == "train.pt":
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(temi_module, "save_checkpoint", killed_after_the_first_training_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run_temi(train, train, 5, temi, settings().kmeans, 3, CPU, checkpoints=tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["prepared.pt", "train.pt"]
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("a resumed run recomputed its neighbours or warm start")
+
+    monkeypatch.setattr(temi_module, "save_checkpoint", save)
+    monkeypatch.setattr(temi_module, "cosine_topk", recomputed)
+    monkeypatch.setattr(temi_module, "fit_kmeans", recomputed)
+    with caplog.at_level(logging.INFO, logger="embedlens.cluster.temi"):
+        resumed = run_temi(train, train, 5, temi, settings().kmeans, 3, CPU, checkpoints=tmp_path)
+    assert resumed.fit.resumed_at_epoch == 2
+    messages = [record.getMessage() for record in caplog.records]
+    said = next(i for i, message in enumerate(messages) if message.startswith("resumed from epoch 2 of 6 (step 10"))
+    assert said < next(i for i, message in enumerate(messages) if message.startswith("epoch 3, step 15"))
+    np.testing.assert_array_equal(resumed.train_clusters, whole.train_clusters)
+    for key in whole.fit.teacher:
+        torch.testing.assert_close(resumed.fit.teacher[key], whole.fit.teacher[key], rtol=0, atol=0)
+
+
+def test_embed_norm_standardises_what_the_heads_see_with_the_train_statistics():
+    features, labels = blobs(per_class=20)
+    train = SplitFeatures(features, labels, np.arange(len(labels)))
+    test = SplitFeatures(features[::3] * 2, labels[::3], np.arange(0, len(labels), 3))
+    temi = dataclasses.replace(small(), steps=20, embed_norm=True)
+    run = run_temi(train, test, 5, temi, settings().kmeans, 0, CPU)
+    np.testing.assert_allclose(run.standardizer.mean, features.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(run.standardizer.std, features.std(axis=0), rtol=1e-4)
+    standardised = (features - features.mean(axis=0)) / features.std(axis=0)
+    assert np.abs(standardised.mean(axis=0)).max() < 1e-5
+    neighbours = cosine_topk(features, k=run.neighbours, device="cpu").indices  # mined on the raw embeddings
+    direct = train_temi(standardised, neighbours, 5, temi, seed=0, device=CPU)
+    for key in direct.teacher:
+        torch.testing.assert_close(run.fit.teacher[key], direct.teacher[key], rtol=1e-4, atol=1e-5)
+    heads = load_heads(run.fit.teacher, temi, CPU)
+    test_seen = (features[::3] * 2 - features.mean(axis=0)) / features.std(axis=0)  # the train split's statistics
+    expected = head_probabilities(heads, test_seen, temi, CPU).argmax(axis=-1)
+    np.testing.assert_array_equal(run.test_head_clusters, expected)

@@ -33,7 +33,7 @@ def shapes_config(**cluster) -> dict:
         "classify": {"enabled": False},
         "novelty": {"enabled": False},
         "cluster": {"representatives": 3, "grid_clusters": 3, "map_points": 30, "map": "tsne",
-                    "temi": {"neighbours": 3, "heads": 2, "epochs": 3, "batch_size": 16, "hidden_dim": 32,
+                    "temi": {"neighbours": 3, "heads": 2, "steps": 6, "batch_size": 16, "hidden_dim": 32,
                              "bottleneck_dim": 16, "checkpoint_every": 1}, **cluster},
     }
 
@@ -73,7 +73,8 @@ def test_temi_and_kmeans_write_their_results_pseudo_labels_and_the_stage_summary
     assert headline["method"] == "temi" and headline["acc"] == pytest.approx(temi["metrics"]["test"]["acc"], abs=1e-4)
     assert {"nmi", "ari", "acc_kmeans"} <= set(headline)
     fit = temi["fit"]
-    assert fit["heads"] == 2 and fit["epochs"] == 3 and 0 <= fit["neighbour_agreement"] <= 1
+    assert (fit["heads"], fit["steps"], fit["epochs"], fit["steps_per_epoch"]) == (2, 6, 3, 2)  # 40 images, batches of 16
+    assert fit["neighbours"] == 1 and 0 <= fit["neighbour_agreement"] <= 1  # 3 lowered to 10% of 10-image classes
     assert pd.read_csv(stage / "temi/history.csv")["epoch"].tolist() == [1, 2, 3]
     assert not (stage / "temi/checkpoints").exists()  # removed once the results are written
     columns = pd.read_csv(stage / "map_columns.csv")

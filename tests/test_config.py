@@ -38,7 +38,7 @@ def test_defaults_are_filled_per_kind():
     config = validate_config(copy.deepcopy(MINIMAL))
     assert config["results"] == "results"
     assert config["extract"] == {"shards": 4, "batch_size": 64, "num_workers": 2, "device": "auto",
-                                 "amp": False, "preprocess": "device"}
+                                 "amp": False, "preprocess": "device", "compile": False}
     assert config["datasets"][0]["root"] == "resources/cifar100"
     assert config["datasets"][0]["download"] is True
     # keys of other kinds are not filled in
@@ -102,8 +102,9 @@ def test_keys_of_another_kind_are_refused_listing_only_the_kinds_keys():
     assert [line.strip() for line in lines] == [
         "backbones[1]: unknown key(s) 'weights' for kind hf_clip; allowed keys: kind, model, name, "
         "preprocessing, pretrained",
-        "datasets[1]: unknown key(s) 'num_classes' for kind folder; allowed keys: classes, extensions, kind, "
-        "max_per_class, name, root, splits",
+        "datasets[1]: unknown key(s) 'num_classes' for kind folder; allowed keys: audit, classes, classify, cluster, "
+        "distill, eval_split, extensions, fit_split, holdout_fraction, kind, max_per_class, name, novelty, overlap, "
+        "root, splits",
     ]
 
 

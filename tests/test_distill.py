@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from embedlens.config import section_defaults
+from embedlens.roles import SplitRoles, with_roles
 from embedlens.distill import (SETS, DistillInputError, Distilled, DistillSettings, LabelledFeatures, beats_random,
-                               distill, distill_document, distill_summary, evaluate, grid_vectors, initial_positions,
+                               distill, distill_backing_off, distill_document, distill_summary, evaluate, grid_vectors,
+                               initial_positions,
                                label_source, nearest_real, read_rows, summarize_evaluation)
 from embedlens.pseudo_labels import PseudoLabelsError, pseudo_labels_path, read_pseudo_labels
 from embedlens.store import FeatureStore, SplitFeatures, write_store
@@ -28,7 +30,8 @@ def settings(**changes) -> DistillSettings:
     tiny = {"per_class": 2, "experts": 2, "expert_epochs": 6, "expert_lr": 0.05, "batch_size": 16, "syn_batch": 8,
             "syn_steps": 4, "expert_epochs_to_match": 2, "max_start_epoch": 3, "iterations": 12, "lr_features": 10.0,
             "eval_seeds": 3, "eval_epochs": 30, "eval_lr": 0.05, "full_epochs": 6, "full_lr": 0.05, "device": "cpu"}
-    return DistillSettings.from_config({**section_defaults("distill"), **tiny, **changes})
+    defaults = with_roles("distill", section_defaults("distill"), SplitRoles("train", "test"), 0.2)
+    return DistillSettings.from_config({**defaults, **tiny, **changes})
 
 
 def blobs(per_class: int = 20, dim: int = 12, seed: int = 0, classes: int = len(NAMES)) -> tuple[np.ndarray, np.ndarray]:
@@ -186,6 +189,24 @@ def test_a_diverging_distillation_stops_naming_the_settings():
     features, labels = blobs()
     with pytest.raises(DistillInputError, match="diverged at iteration .* lower distill.lr_features or distill.lr_lr"):
         distill(features, labels, len(NAMES), settings(lr_lr=1e6), CPU)
+
+
+def test_a_diverging_distillation_backs_off_to_lower_rates_and_says_so():
+    features, labels = blobs()
+    result, used, notes = distill_backing_off(features, labels, len(NAMES), settings(lr_lr=1.0), CPU)
+    assert len(result.labels) == 2 * len(NAMES) and np.isfinite(result.history["matching_loss"]).all()
+    assert (used.lr_lr, used.lr_features) == pytest.approx((0.01, settings().lr_features / 100))  # two back-offs
+    assert len(notes) == 2 and "at distill.lr_features 10 and lr_lr 1; retried with 1 and 0.1" in notes[0]
+    with pytest.raises(DistillInputError, match="Every try diverged"):
+        distill_backing_off(features, labels, len(NAMES), settings(lr_lr=1e12), CPU)
+
+
+def test_without_a_test_split_the_test_rows_are_a_stratified_hold_out_of_train(tmp_path):
+    store = store_at(tmp_path)
+    train, test = read_rows(store, settings(test_split="train", holdout_fraction=0.25))
+    assert len(test.labels) == 20 and len(train.labels) == 60  # 80 train rows, 20 of each of 4 classes
+    assert not set(train.index.tolist()) & set(test.index.tolist())
+    assert np.bincount(test.labels).tolist() == [5, 5, 5, 5]
 
 
 def test_the_saved_set_is_plain_hdf5_and_loads_back(tmp_path):

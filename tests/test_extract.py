@@ -4,6 +4,7 @@ shard files merged into a store."""
 from __future__ import annotations
 
 import logging
+import time
 
 import h5py
 import numpy as np
@@ -19,7 +20,7 @@ from embedlens.extract import Progress, collate_images, extract_features
 from embedlens.preprocess import Preprocessing, preprocess_batch
 from embedlens.manifest import read_manifest, write_table
 from embedlens.recipe import job_recipe, requested_recipe
-from embedlens.shards import merge_shards, open_shard, shard_rows
+from embedlens.shards import NonFiniteFeatures, merge_shards, open_shard, shard_rows
 from embedlens.store import FeatureStore, StoreMismatch, read_attrs, read_split, store_splits
 
 DINO = Preprocessing(resize=256, crop=224, interpolation="bicubic")
@@ -79,21 +80,49 @@ def test_batch_preprocessing_gives_the_pil_paths_pixels(shape, interpolation, te
     assert (difference > 0.01).float().mean() < 5e-3
 
 
-def test_mixed_sizes_in_one_batch_equal_one_by_one():
+def test_mixed_sizes_in_one_batch_equal_one_by_one_in_order():
     rng = np.random.default_rng(1)
-    images = [torch.from_numpy(rng.integers(0, 256, size=s, dtype=np.uint8)) for s in [(40, 60, 3), (80, 50, 3)]]
+    shapes = [(40, 60, 3), (80, 50, 3), (40, 60, 3), (33, 33, 3)]  # sizes interleave: grouped, then put back
+    images = [torch.from_numpy(rng.integers(0, 256, size=s, dtype=np.uint8)) for s in shapes]
     together = preprocess_batch(images, DINO)
     apart = torch.cat([preprocess_batch(image[None], DINO) for image in images])
     assert torch.allclose(together, apart)
+
+
+def test_batch_preprocessing_keeps_pils_pixels_under_bf16_autocast():
+    # extract.amp runs the loop under bfloat16 autocast; the resampling products must stay float32.
+    image = torch.from_numpy(np.random.default_rng(2).integers(0, 256, size=(1, 32, 32, 3), dtype=np.uint8))
+    plain = preprocess_batch(image, DINO)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = preprocess_batch(image, DINO)
+    assert autocast.dtype == torch.float32 and torch.equal(plain, autocast)
+
+
+def test_nearest_takes_the_pixel_under_each_centre_like_pil():
+    image = np.random.default_rng(4).integers(0, 256, size=(30, 45, 3), dtype=np.uint8)
+    prep = Preprocessing(resize=64, crop=56, interpolation="nearest")
+    expected = _notebook_transform(prep)(Image.fromarray(image))
+    assert torch.allclose(preprocess_batch(torch.from_numpy(image)[None], prep)[0], expected, atol=1e-5)
 
 
 def test_progress_reports_images_rate_and_time_left(caplog):
     logger = logging.getLogger("embedlens.test_progress")
     progress = Progress(total=100, logger=logger, label="shard 1-of-2: ", every=0.0)
     with caplog.at_level(logging.INFO, logger="embedlens.test_progress"):
-        progress.update(25)
+        progress.update(25, preprocess_seconds=0.0)
     assert "shard 1-of-2: 25/100 images (25%)" in caplog.text
     assert "images/s" in caplog.text and "left" in caplog.text
+    assert "preprocessing 0.0 s (0.0% of the time)" in caplog.text
+
+
+def test_extraction_tells_progress_the_preprocessing_seconds(tiny_backbone, caplog):
+    logger = logging.getLogger("embedlens.test_progress")
+    progress = Progress(total=5, logger=logger, every=0.0)
+    with caplog.at_level(logging.INFO, logger="embedlens.test_progress"):
+        extract_features(tiny_backbone, ToyImages(), _rows(["0", "1", "2", "3", "4"]), device=torch.device("cpu"),
+                         batch_size=2, num_workers=0, progress=progress)
+    assert progress.done == 5 and 0 < progress.preprocess_seconds < time.monotonic() - progress.start
+    assert caplog.text.count("preprocessing") == 3 and "5/5 images" in caplog.text
 
 
 TINY = {"name": "tiny", "kind": "timm", "model": "resnet10t", "pretrained": False,
@@ -180,6 +209,22 @@ def test_merge_refuses_shards_that_miss_or_repeat_rows(tmp_path):
     with pytest.raises(ValueError, match=r"missing e.g. \[2, 4\], repeated e.g. \[1\]"):
         merge_shards([tmp_path / "a.h5", tmp_path / "b.h5"], manifest, tmp_path / "f.h5", {})
     assert not (tmp_path / "f.h5").exists()
+
+
+def test_merge_refuses_nan_or_infinite_features_naming_the_images_and_writes_no_store(tmp_path):
+    manifest = _manifest(tmp_path)
+    features = np.arange(20, dtype=np.float32).reshape(5, 4)
+    features[2, 1], features[4, 0] = np.nan, np.inf
+    failed = np.arange(20, dtype=np.float32).reshape(5, 4)
+    failed[1] = np.nan  # a row that failed to decode is no feature, whatever it holds
+    shards = [make_shard(tmp_path / "1.h5", [0, 1, 2, 3, 4], features)]
+    with pytest.raises(NonFiniteFeatures, match=r"dataset toy x backbone tiny: 2 image\(s\) got NaN or infinite "
+                                                r"features, so no feature store was written; first: train #2 \(2\); "
+                                                r"test #1 \(1\)"):
+        merge_shards(shards, manifest, tmp_path / "f.h5", {"dataset": "toy"})
+    assert not (tmp_path / "f.h5").exists()
+    decoded = [make_shard(tmp_path / "2.h5", [0, 1, 2, 3, 4], failed, failed={1: "truncated"})]
+    assert merge_shards(decoded, manifest, tmp_path / "g.h5", {"dataset": "toy"})["images"] == 4
 
 
 def test_merge_refuses_shards_of_different_recipes_naming_shard_and_key(tmp_path):
@@ -276,3 +321,33 @@ def test_pil_mode_reproduces_the_notebooks_per_image_path_exactly(tiny_backbone)
 def test_an_unknown_preprocess_mode_is_refused(tiny_backbone):
     with pytest.raises(ValueError, match="extract.preprocess 'gpu'; allowed values: device, pil"):
         extract_features(tiny_backbone, ToyImages(), _rows(["0"]), device=torch.device("cpu"), preprocess="gpu")
+
+
+def test_compile_runs_the_torch_compiled_model_with_equal_features(tiny_backbone, monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def compile_eagerly(module, **kwargs):  # dynamo traces the model; no C++ compiler needed in tests
+        compiled.append(module)
+        return real_compile(module, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    rows = _rows(["0", "1", "2", "3"])
+    plain, _ = extract_features(tiny_backbone, ToyImages(), rows, device=torch.device("cpu"), batch_size=4,
+                                num_workers=0)
+    fast, _ = extract_features(tiny_backbone, ToyImages(), rows, device=torch.device("cpu"), batch_size=4,
+                               num_workers=0, compile=True)
+    assert compiled == [tiny_backbone.module] and not isinstance(tiny_backbone.module, torch._dynamo.OptimizedModule)
+    np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_gives_the_same_features(tiny_backbone):
+    pixels = preprocess_batch(torch.from_numpy(ToyImages().images["0"].copy())[None], tiny_backbone.preprocessing)
+    plain = tiny_backbone.embed(pixels)
+    fast = tiny_backbone.for_speed(channels_last=True)
+    try:
+        assert fast.module.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fast.embed(pixels), plain, rtol=1e-4, atol=1e-5)
+    finally:
+        tiny_backbone.module.to(memory_format=torch.contiguous_format)
+        tiny_backbone.for_speed(channels_last=False)

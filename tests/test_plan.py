@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from embedlens.config import validate_config
-from embedlens.plan import inherited_keys, known_images, plan_text
+from embedlens.plan import inherited_keys, known_info, plan_text, read_info
 
 from conftest import REPO
 
@@ -24,15 +24,26 @@ def test_inherited_keys_follow_snakemakes_merge():
     assert inherited_keys(DEFAULT, {**DEFAULT, "datasets": []}) == []
 
 
-def test_known_images_from_an_earlier_scan_or_from_synthetic_settings(tmp_path):
+def test_known_counts_from_an_earlier_scan_or_from_synthetic_settings(tmp_path):
     synthetic = validate_config({"datasets": [{"name": "shapes", "kind": "synthetic", "num_classes": 4}],
                                  "backbones": DEFAULT["backbones"]})["datasets"][0]
-    assert known_images(synthetic, tmp_path) == {"train": 160, "test": 40}
+    known = known_info(synthetic, tmp_path)
+    assert known["images"] == {"train": 160, "test": 40}
+    assert list(known["class_counts"]["test"].values()) == [10, 10, 10, 10]
     pets = {"name": "pets", "kind": "folder", "root": "pictures"}
-    assert known_images(pets, tmp_path) is None
+    assert known_info(pets, tmp_path) is None
     (tmp_path / "pets").mkdir()
-    (tmp_path / "pets" / "dataset.json").write_text(json.dumps({"images": {"train": 5}}))
-    assert known_images(pets, tmp_path) == {"train": 5}
+    info = {"images": {"train": 3}, "class_counts": {"train": {"cat": 2, "dog": 1}}}
+    (tmp_path / "pets" / "dataset.json").write_text(json.dumps(info))
+    assert known_info(pets, tmp_path) == info
+
+
+def test_class_counts_of_an_older_scan_come_from_its_manifest(tmp_path):
+    (tmp_path / "dataset.json").write_text(json.dumps({"images": {"train": 3, "test": 1}}))
+    (tmp_path / "manifest.csv").write_text("index_in_split,split,label,class_name,source\n0,train,0,cat,a\n"
+                                           "1,train,0,cat,b\n2,train,1,dog,c\n0,test,-1,,d\n")
+    info = read_info(tmp_path / "dataset.json", tmp_path / "manifest.csv")
+    assert info["class_counts"] == {"train": {"cat": 2, "dog": 1}, "test": {}}
 
 
 def test_the_plan_names_what_runs_and_where_each_inherited_key_came_from(tmp_path):

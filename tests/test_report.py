@@ -90,6 +90,8 @@ def test_report_shows_the_dataset_the_stages_and_what_is_absent(report):
     assert "0.7835" in html and "evaluated at the best epoch" in html  # a stage the report does not know by name
     assert "Clustering: not part of this version of embedlens yet." in html
     assert "Novelty: disabled in the config (novelty.enabled: false)." in html
+    assert ("Distillation: skipped for this dataset: distill needs at least two classes with two or more images "
+            "in distill.train_split (&#39;train&#39;); dataset &#39;toy&#39; has 1.") in html
     assert "Subset: disabled in the config (overlap.export: false)." in html  # the large backbone has none
     assert "toy_lynx" in html  # the small backbone's subset counts
     assert "depends on the backbone" in html and "most similar pair" in html

@@ -31,7 +31,7 @@ CONFIG = {
     "extract": {"shards": 1, "batch_size": 16, "num_workers": 0},
     "overlap": {"selection": "top_n", "top_n": 2},
     "report": {"map_points": 60, "seed": 1, "thumbnail_size": 32},
-    "cluster": {"map": "tsne", "temi": {"neighbours": 5, "heads": 2, "epochs": 3, "batch_size": 16}},
+    "cluster": {"map": "tsne", "temi": {"neighbours": 5, "heads": 2, "steps": 9, "batch_size": 16}},
 }
 IMAGES = 6 * (8 + 4)
 STAGES = ("features", "overlap", "subset", "classify", "cluster", "novelty", "audit", "distill")

@@ -4,6 +4,7 @@ and end-to-end runs of snakemake to the feature stores on tiny data (sharded, re
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -287,6 +288,7 @@ def test_images_that_pass_the_header_check_but_fail_to_decode_are_skipped_at_ext
     assert summary["headline"]["skipped"] == 2 and summary["headline"]["images"] == 6
     logs = "".join(p.read_text() for p in (tmp_path / "run" / "results" / "logs" / "extract").rglob("*.log"))
     assert "skipped train image" in logs and "0a_garbled.jpg" in logs
+    assert re.search(r"preprocessing \d+\.\d s \(\d+\.\d% of the time\)", logs)  # both, in the job's log
     assert (root / "dogs" / "0a_garbled.jpg").read_bytes() == garbled_jpeg(jpeg)  # inputs untouched
 
 

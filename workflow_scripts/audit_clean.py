@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 
-from embedlens.audit.clean import clean_table
+from embedlens.audit.clean import CLEAN_COLUMNS, clean_table
 from embedlens.audit.duplicates import split_rows
 from embedlens.audit.labels import labelled_rows
 from embedlens.audit.results import audit_summary, map_columns
@@ -13,6 +13,7 @@ from embedlens.audit.settings import AuditSettings
 from embedlens.logs import job_logger
 from embedlens.manifest import read_manifest, write_table
 from embedlens.store import FeatureStore
+from embedlens.summary import StageSummary
 
 
 def read_json(path):
@@ -22,6 +23,14 @@ def read_json(path):
 
 log = job_logger("audit_clean", snakemake.log[0])
 settings = AuditSettings.from_config({**snakemake.params.audit, "enabled": True})
+dataset, backbone = snakemake.wildcards.dataset, snakemake.wildcards.backbone
+if snakemake.params.skip:
+    log.warning("audit skipped: %s", snakemake.params.skip)
+    write_table(pd.DataFrame(columns=CLEAN_COLUMNS), snakemake.output.clean)
+    write_table(pd.DataFrame(columns=["split", "index_in_split"]), snakemake.output.map_columns)
+    StageSummary.skipped("audit", snakemake.params.skip, dataset=dataset, backbone=backbone,
+                         settings=settings.as_dict()).write(snakemake.output.summary)
+    raise SystemExit(0)
 store = FeatureStore(snakemake.input.features)
 store.check(dataset=snakemake.wildcards.dataset, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
 query_rows = split_rows(store, read_manifest(snakemake.input.manifest), settings.query_split)
@@ -35,6 +44,6 @@ checked = labelled_rows(store, settings.label_splits)
 write_table(map_columns(settings.query_split, query_rows, pairs, checked[checked["label"] >= 0], issues),
             snakemake.output.map_columns)
 summary = audit_summary(read_json(snakemake.input.duplicates), read_json(snakemake.input.labels), clean,
-                        dataset=snakemake.wildcards.dataset, backbone=snakemake.wildcards.backbone)
+                        dataset=dataset, backbone=backbone)
 summary.write(snakemake.output.summary)
 log.info("%s", json.dumps(summary.headline))

@@ -36,8 +36,9 @@ images, captions = pair_pictures(found.pairs, read, settings.pairs_shown)
 image_grid(images, captions, output.grid, columns=8,
            title=f"{name} x {backbone}: closest {query}-{reference} pairs ({query} image, then its {reference} neighbour)")
 threshold = settings.threshold if settings.selection == "threshold" else None
-histogram(found.searches["cross"].nearest, output.histogram, log=True,
-          xlabel=f"cosine similarity of each {query} image to its nearest {reference} image", ylabel=f"{query} images",
+histogram(found.searches["within" if settings.one_split else "cross"].nearest, output.histogram, log=True,
+          xlabel=f"cosine similarity of each {query} image to its nearest {reference} image"
+                 + (" (itself left out)" if settings.one_split else ""), ylabel=f"{query} images",
           marked_x=threshold, marked_label=None if threshold is None else f"threshold {threshold:g}",
           title=f"{name} x {backbone}: nearest {reference} neighbour of each {query} image")
 write_text_atomic(output.document, json.dumps(document, indent=2) + "\n")

@@ -4,7 +4,7 @@ import time
 
 import torch
 
-from embedlens.classify.data import crossval_problem, training_rows
+from embedlens.classify.data import crossval_problem, fit_and_test_rows
 from embedlens.classify.results import remove_checkpoints, write_crossval
 from embedlens.classify.settings import ClassifySettings
 from embedlens.classify.training import out_of_fold_probabilities
@@ -16,7 +16,7 @@ log = job_logger("classify_crossval", snakemake.log[0])
 settings = ClassifySettings.from_config(snakemake.params.settings)
 store = FeatureStore(snakemake.input.features)
 store.check(dataset=snakemake.wildcards.dataset, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
-classes, rows = training_rows(store, snakemake.input.classes, settings.classes, settings.train_split)
+classes, rows, _, _ = fit_and_test_rows(store, snakemake.input.classes, settings)
 problem = crossval_problem(classes, rows.targets, settings.folds, settings.val_fraction, settings.train_split)
 if problem:
     log.warning("no out-of-sample probabilities: %s", problem)

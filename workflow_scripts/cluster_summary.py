@@ -7,20 +7,25 @@ from embedlens.cluster.results import cluster_summary, load_predictions, map_col
 from embedlens.cluster.settings import ClusterSettings
 from embedlens.logs import job_logger
 from embedlens.manifest import write_table
+from embedlens.summary import StageSummary
 
 log = job_logger("cluster_summary", snakemake.log[0])
 settings = ClusterSettings.from_config(snakemake.params.settings)
+dataset, backbone = snakemake.wildcards.dataset, snakemake.wildcards.backbone
+skip = snakemake.params.skip
 documents = []
-for path in snakemake.input.results:
+for path in [] if skip else snakemake.input.results:
     with open(path) as handle:
         documents.append(json.load(handle))
 predictions = {}
-for path in snakemake.input.predictions:
+for path in [] if skip else snakemake.input.predictions:
     method, _, assignments, _ = load_predictions(path)
     predictions[method] = assignments
 write_table(metrics_table(documents), snakemake.output.metrics)
 write_table(map_columns(predictions), snakemake.output.map_columns)
-summary = cluster_summary(documents, settings, dataset=snakemake.wildcards.dataset,
-                          backbone=snakemake.wildcards.backbone)
+if skip:
+    log.warning("clustering skipped: %s", skip)
+summary = (StageSummary.skipped("cluster", skip, dataset=dataset, backbone=backbone, settings=settings.as_dict())
+           if skip else cluster_summary(documents, settings, dataset=dataset, backbone=backbone))
 summary.write(snakemake.output.summary)
 log.info("%s", json.dumps(summary.headline))

@@ -13,6 +13,7 @@ from embedlens.distill import (DistillInputError, Distilled, DistillSettings, di
                                summarize_evaluation)
 from embedlens.logs import exit_on, job_logger
 from embedlens.pseudo_labels import PseudoLabelsError
+from embedlens.roles import holdout_note
 from embedlens.manifest import write_table
 from embedlens.store import FeatureStore
 
@@ -32,6 +33,9 @@ table = summarize_evaluation(per_seed)
 document = distill_document(distilled, table, settings, train_images=len(train.labels),
                             classes=len(set(train.labels.tolist())), label_source=attrs["label_source"],
                             evaluation_seconds=time.monotonic() - started)
+document["notes"] = attrs.get("notes", []) + ([holdout_note(settings.train_split, settings.holdout_fraction,
+                                                            len(test.labels), len(train.labels))]
+                                               if settings.test_split == settings.train_split else [])
 write_table(per_seed, snakemake.output.seeds)
 write_table(table, snakemake.output.table)
 write_text_atomic(snakemake.output.document, json.dumps(document, indent=2) + "\n")

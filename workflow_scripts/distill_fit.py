@@ -5,7 +5,7 @@ import torch
 
 from embedlens.classify.results import remove_checkpoints
 from embedlens.devices import acquire_device
-from embedlens.distill import DistillInputError, DistillSettings, distill, label_source, read_rows
+from embedlens.distill import DistillInputError, DistillSettings, distill_backing_off, label_source, read_rows
 from embedlens.logs import exit_on, job_logger
 from embedlens.pseudo_labels import PseudoLabelsError
 from embedlens.plots import curve
@@ -34,14 +34,16 @@ def progress(row):
 
 
 with exit_on(log, DistillInputError):
-    result = distill(train.features, train.labels, len(store.class_names), settings, device,
-                     checkpoint_dir=snakemake.params.checkpoints, progress=progress)
+    result, used, notes = distill_backing_off(train.features, train.labels, len(store.class_names), settings, device,
+                                              checkpoint_dir=snakemake.params.checkpoints, progress=progress)
+for note in notes:
+    log.warning("%s", note)
 if result.resumed_at_iteration:
     log.info("resumed from the checkpoint at iteration %d", result.resumed_at_iteration)
 result.save(snakemake.output.distilled, class_names=store.class_names,
             info={"dataset": name, "backbone": backbone, "label_source": source, "train_split": settings.train_split,
                   "train_images": int(len(train.labels)), "device": str(device), "recipe": store.recipe,
-                  "settings": settings.as_dict()})
+                  "settings": used.as_dict(), "notes": notes})
 curve(result.history["iteration"], result.history["matching_loss"], snakemake.output.curve, xlabel="iteration",
       ylabel="matching loss (relative parameter distance)",
       title=f"{name} x {backbone}: trajectory matching, {settings.per_class} vector(s) per class")

@@ -4,6 +4,7 @@ import json
 
 from embedlens.distill import distill_summary
 from embedlens.logs import job_logger
+from embedlens.summary import StageSummary
 
 
 def read_json(path):
@@ -12,7 +13,13 @@ def read_json(path):
 
 
 log = job_logger("distill_summary", snakemake.log[0])
+dataset, backbone = snakemake.wildcards.dataset, snakemake.wildcards.backbone
+if snakemake.params.skip:
+    log.warning("distillation skipped: %s", snakemake.params.skip)
+    StageSummary.skipped("distill", snakemake.params.skip, dataset=dataset, backbone=backbone,
+                         settings=snakemake.params.settings).write(snakemake.output[0])
+    raise SystemExit(0)
 summary = distill_summary(read_json(snakemake.input.document), read_json(snakemake.input.neighbours),
-                          dataset=snakemake.wildcards.dataset, backbone=snakemake.wildcards.backbone)
+                          dataset=dataset, backbone=backbone)
 summary.write(snakemake.output[0])
 log.info("%s", json.dumps(summary.headline))

@@ -26,16 +26,17 @@ backbone = load_backbone(recipe["backbone"])
 amp = recipe["extract"]["amp"]
 full_recipe = job_recipe(recipe, manifest_digest=file_digest(snakemake.input.manifest),
                          described=backbone.describe(), device_type=device.type, amp=amp)
-log.info("shard %s of %s x %s: %d images on %s (%s, %d-d, %s, %s preprocessing, %d threads)", shard,
+log.info("shard %s of %s x %s: %d images on %s (%s, %d-d, %s, %s preprocessing, %s, %d threads)", shard,
          snakemake.wildcards.dataset, backbone.name, len(rows), device, backbone.model_id, backbone.dim,
-         full_recipe["resolved"]["precision"], recipe["extract"]["preprocess"], snakemake.threads)
+         full_recipe["resolved"]["precision"], recipe["extract"]["preprocess"],
+         "compiled" if settings["compile"] else "not compiled", snakemake.threads)
 
 start = time.monotonic()
 with open_shard(snakemake.output[0], rows, backbone.dim, full_recipe) as shard_file:
     _, failed = extract_features(
         backbone, open_dataset(snakemake.params.dataset), manifest.iloc[rows], device=device,
         batch_size=settings["batch_size"], num_workers=settings["num_workers"], amp=amp,
-        preprocess=recipe["extract"]["preprocess"], out=shard_file.features,
+        preprocess=recipe["extract"]["preprocess"], compile=settings["compile"], out=shard_file.features,
         progress=Progress(len(rows), log, label=f"shard {shard}: "),
     )
     shard_file.finish(failed, time.monotonic() - start)

@@ -142,17 +142,19 @@ def add_verdicts(pairs: pd.DataFrame, checker: PixelChecker) -> pd.DataFrame:
 
 def find_duplicates(store: FeatureStore, manifest: pd.DataFrame, settings: AuditSettings,
                     read_image: Callable[[Hashable], np.ndarray]) -> DuplicateSearch:
-    """Both searches on ``store`` and the pixel verdict of every candidate. ``read_image((split,
+    """Both searches on ``store`` (only the one within the query split when the reference is the same
+    split) and the pixel verdict of every candidate. ``read_image((split,
     index_in_split))`` returns that image as RGB uint8; it is called once per image of a candidate."""
     query_rows = split_rows(store, manifest, settings.query_split)
     reference_rows = split_rows(store, manifest, settings.reference_split)
     queries = store.features(settings.query_split)
-    searches = {}
-    with store.open_features(settings.reference_split) as reference:
-        searches["cross"] = search(queries, reference, settings)
-    tables = [pairs_table("cross", searches["cross"].candidates, settings.query_split, query_rows,
-                          settings.reference_split, reference_rows)]
-    if settings.within_query:
+    searches, tables = {}, []
+    if not settings.one_split:
+        with store.open_features(settings.reference_split) as reference:
+            searches["cross"] = search(queries, reference, settings)
+        tables.append(pairs_table("cross", searches["cross"].candidates, settings.query_split, query_rows,
+                                  settings.reference_split, reference_rows))
+    if settings.within_query or settings.one_split:
         searches["within"] = search(queries, None, settings)
         tables.append(pairs_table("within", searches["within"].candidates, settings.query_split, query_rows,
                                   settings.query_split, query_rows))

@@ -70,10 +70,12 @@ def _short(text: str, width: int = 25) -> str:
 
 def pair_pictures(pairs: pd.DataFrame, read: Callable[[Hashable], np.ndarray], count: int
                   ) -> tuple[list[np.ndarray | None], list[str]]:
-    """Images and captions of the ``count`` closest cross-split pairs for a grid with an even number of
-    columns: each query image, then its neighbour; the query's caption carries similarity and verdict."""
+    """Images and captions of the ``count`` closest cross-split pairs (within-split pairs when there was
+    no cross-split search) for a grid with an even number of columns: each query image, then its
+    neighbour; the query's caption carries similarity and verdict."""
     images, captions = [], []
-    for row in pairs[pairs["search"] == "cross"].head(count).itertuples(index=False):
+    shown = "cross" if (pairs["search"] == "cross").any() else "within"
+    for row in pairs[pairs["search"] == shown].head(count).itertuples(index=False):
         images += [_readable(read, (row.query_split, row.query_index)),
                    _readable(read, (row.reference_split, row.reference_index))]
         captions += [f"{row.query_split} #{row.query_index}\n{_short(row.query_class)}\n"
@@ -117,8 +119,10 @@ def audit_summary(duplicates: Mapping, labels: Mapping, clean: pd.DataFrame, *, 
     """The stage's ``summary.json`` from ``duplicates.json``, ``labels.json`` and the clean table."""
     settings = duplicates["settings"]
     query, reference = settings["query_split"], settings["reference_split"]
-    cross = duplicates["searches"]["cross"]
     within = duplicates["searches"].get("within")
+    # one split: no leakage to search, its repeats are the within search's
+    cross = duplicates["searches"].get("cross") or {"pairs": 0, "copies_labels_differ": 0, "query_images": len(clean),
+                                                    "images_per_verdict": dict.fromkeys(RANKED_VERDICTS, 0)}
     per_image = cross["images_per_verdict"]
     removed = int((~clean["kept"]).sum())
     headline = {
@@ -135,6 +139,8 @@ def audit_summary(duplicates: Mapping, labels: Mapping, clean: pd.DataFrame, *, 
     rule = (f"cosine similarity >= {settings['threshold']:g}" if settings["selection"] == "threshold"
             else f"the {settings['top_n']} most similar pairs of each search")
     notes = [
+        f"Split {query!r} is the dataset's only split: there is no leakage between splits to search; the repeats "
+        f"within it are below." if query == reference else
         f"Candidates: among each {query} image's {settings['neighbours']} nearest neighbours, the pairs with {rule}. "
         f"{cross['pairs']} {query}-{reference} pairs over {sum(per_image.values())} {query} images: "
         f"{per_image['exact']} exact copies, {per_image['near']} near copies, {per_image['similar']} only similar "

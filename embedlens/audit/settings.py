@@ -38,9 +38,12 @@ class AuditSettings:
         unknown = sorted(set(self.remove) - set(VERDICTS))
         if unknown:
             raise ValueError(f"audit.remove lists {unknown}; allowed verdicts: {', '.join(VERDICTS)}")
-        if self.query_split == self.reference_split:
-            raise ValueError(f"audit.query_split and audit.reference_split are both {self.query_split!r}; "
-                             "leakage is searched between two splits (within_query covers one split)")
+
+    @property
+    def one_split(self) -> bool:
+        """Whether query and reference are one split (a dataset with one split): there is no leakage
+        between splits to search, and the search within it runs whatever within_query says."""
+        return self.query_split == self.reference_split
 
     @classmethod
     def from_config(cls, section: Mapping) -> AuditSettings:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from embedlens.classify.settings import ClassifySettings
+from embedlens.roles import holdout_note, stratified_holdout
 from embedlens.store import FeatureStore
 
 
@@ -72,6 +74,24 @@ def training_rows(store: FeatureStore, classes_json: str | Path, mode: str, trai
     with open(classes_json) as handle:
         classes = choose_classes(mode, json.load(handle), store, train_split)
     return classes, load_rows(store, train_split, classes)
+
+
+def fit_and_test_rows(store: FeatureStore, classes_json: str | Path, settings: ClassifySettings
+                      ) -> tuple[ClassSet, LabelledRows, LabelledRows, list[str]]:
+    """The classes (:func:`training_rows`), the rows the classifier is fitted on and the rows it is
+    tested on, with notes for the summary. The test rows are ``settings.test_split``'s; when that is
+    the train split (a dataset without an evaluation split), a seeded, stratified hold-out of
+    ``settings.holdout_fraction`` of it, which the fit rows then leave out."""
+    classes, rows = training_rows(store, classes_json, settings.classes, settings.train_split)
+    if settings.test_split != settings.train_split:
+        return classes, rows, load_rows(store, settings.test_split, classes), []
+    held, notes = stratified_holdout(rows.targets, settings.holdout_fraction, settings.seed)
+    notes.insert(0, holdout_note(settings.train_split, settings.holdout_fraction, int(held.sum()), int((~held).sum())))
+    return classes, _rows(rows, ~held), _rows(rows, held), notes
+
+
+def _rows(rows: LabelledRows, mask: np.ndarray) -> LabelledRows:
+    return LabelledRows(rows.features[mask], rows.targets[mask], rows.index[mask])
 
 
 def class_counts(targets: np.ndarray, classes: ClassSet) -> dict[str, int]:

@@ -129,7 +129,7 @@ def stage_summary(*, dataset: str, backbone: str, training: Mapping, analysis: M
     each measure, their rank agreement, training facts), the tables and figures with captions, and
     notes (why a part is missing, when it is: the report rule's notes)."""
     headline = dict(analysis["headline"])
-    notes = list(analysis["notes"])
+    notes = [*training.get("notes", []), *analysis["notes"]]
     if training.get("status") == "trained":
         headline.update(best_epoch=training["best_epoch"], epochs_run=training["epochs_run"],
                         device=training["device"], train_seconds=training["seconds"])

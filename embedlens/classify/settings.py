@@ -21,6 +21,7 @@ class ClassifySettings:
     classes: str
     train_split: str
     test_split: str
+    holdout_fraction: float
     val_fraction: float
     hidden_fractions: tuple[float, ...]
     dropout: float

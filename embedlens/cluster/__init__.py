@@ -1,4 +1,4 @@
-"""Clustering without labels: TEMI as published and a k-means baseline on frozen embeddings.
+"""Clustering without labels: TEMI as its official code runs it and a k-means baseline on frozen embeddings.
 
 - :mod:`~embedlens.cluster.settings`: the ``cluster:`` config section;
 - :mod:`~embedlens.cluster.temi`: TEMI's cluster heads, loss and training (checkpoints, resume) and the

@@ -318,8 +318,8 @@ def cluster_summary(documents: Sequence[Mapping], settings: ClusterSettings, *, 
         notes += [f"{method}: warning: {warning}" for warning in document["warnings"]]
         if method == "temi":
             agreement = fit.get("neighbour_agreement")
-            notes.append(f"temi: {fit['heads']} heads, {fit['epochs']} epochs of {fit['steps_per_epoch']} steps "
-                         f"(batch {fit['batch_size']}); head {fit['best_head']} has the lowest loss "
+            notes.append(f"temi: {fit['heads']} heads, {fit['steps']} steps ({fit['epochs']} epochs of "
+                         f"{fit['steps_per_epoch']} batches of {fit['batch_size']}); head {fit['best_head']} has the lowest loss "
                          f"({fit['final_loss']:.4f}; uniform probabilities would give {fit['uniform_loss']:.4f})."
                          + ("" if agreement is None else
                             f" {agreement:.1%} of the mined neighbour pairs ({fit['neighbours']} per image) share a "

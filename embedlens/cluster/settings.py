@@ -17,22 +17,24 @@ class TemiSettings:
     """The ``cluster.temi`` section; see ``embedlens/config.schema.yaml`` for each key."""
 
     neighbours: int
+    neighbours_class_fraction: float | None
     heads: int
-    epochs: int
+    steps: int
     batch_size: int
     learning_rate: float
     min_learning_rate: float
-    warmup_epochs: int
+    warmup_fraction: float
     weight_decay: float
     beta: float
     student_temperature: float
     teacher_temperature: float
     teacher_momentum: float
-    teacher_momentum_end: float
+    teacher_momentum_end: float | None
     prior_momentum: float
     hidden_dim: int
     bottleneck_dim: int
-    freeze_last_layer_epochs: int
+    freeze_last_layer_fraction: float
+    embed_norm: bool
     warm_start: str
     checkpoint_every: int
 

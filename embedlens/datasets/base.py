@@ -31,11 +31,16 @@ class DatasetScan:
         """What ``dataset.json`` records: name, kind, class names, images per split, skipped count,
         plus the kind's extras (e.g. a synthetic dataset's designed look-alike pairs)."""
         counts = self.manifest["split"].value_counts()
+        labelled = self.manifest[self.manifest["label"] >= 0]
+        per_class = labelled.groupby(["split", "class_name"], sort=True).size()
         return {
             "name": dataset.name,
             "kind": dataset.kind,
             "class_names": list(self.class_names),
             "images": {split: int(counts.get(split, 0)) for split in dataset.splits},
+            # what the workflow decides with before any job: which stages can run on which split
+            "class_counts": {split: {str(name): int(count) for (s, name), count in per_class.items() if s == split}
+                             for split in dataset.splits},
             "skipped": int(len(self.skipped)),
             **self.extras,
         }
@@ -77,6 +82,12 @@ class ImageDataset(ABC):
     @abstractmethod
     def read_image(self, split: str, source: str) -> np.ndarray:
         """The image as an RGB uint8 array of shape (H, W, 3)."""
+
+    def read_encoded(self, split: str, source: str) -> bytes | None:
+        """The image's file bytes when a batch JPEG decoder on the model's device gives the pixels
+        :meth:`read_image` would (:func:`embedlens.images.batch_decodable_jpeg`); None when
+        :meth:`read_image` must decode it, always for kinds that do not read files."""
+        return None
 
     def source_file(self, split: str, source: str) -> Path | None:
         """The file that holds the image, for kinds that read files; None for array-backed kinds."""

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from embedlens.datasets.base import DatasetScan, ImageDataset
-from embedlens.images import check_headers, decode_file
+from embedlens.images import batch_decodable_jpeg, check_headers, decode_file
 from embedlens.manifest import MANIFEST_COLUMNS, SKIPPED_COLUMNS
 
 DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -164,3 +164,6 @@ class FolderDataset(ImageDataset):
 
     def read_image(self, split: str, source: str) -> np.ndarray:
         return decode_file(self.source_file(split, source))
+
+    def read_encoded(self, split: str, source: str) -> bytes | None:
+        return batch_decodable_jpeg(self.source_file(split, source))

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from embedlens.datasets.base import DatasetScan, ImageDataset
-from embedlens.images import check_headers, decode_file
+from embedlens.images import batch_decodable_jpeg, check_headers, decode_file
 from embedlens.manifest import SKIPPED_COLUMNS
 
 SYNSET_MAPPING = "LOC_synset_mapping.txt"
@@ -390,6 +390,9 @@ class ImageNet(ImageDataset):
 
     def read_image(self, split: str, source: str) -> np.ndarray:
         return decode_file(self.root / source, exif_orientation=EXIF_ORIENTATION)
+
+    def read_encoded(self, split: str, source: str) -> bytes | None:
+        return batch_decodable_jpeg(self.root / source, exif_orientation=EXIF_ORIENTATION)
 
 
 __all__ = [

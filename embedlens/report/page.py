@@ -27,18 +27,10 @@ import yaml
 from embedlens.atomic import write_text_atomic
 from embedlens.report.media import embed_figure
 from embedlens.report.render import render
-from embedlens.summary import StageSummary
+from embedlens.summary import SKIPPED, STAGE_TITLES, StageSummary
 
 # (stage, section title) in the order the report shows them
-STAGES = (
-    ("features", "Feature extraction"),
-    ("overlap", "Overlapping classes"),
-    ("classify", "Classifier"),
-    ("cluster", "Clustering"),
-    ("novelty", "Novelty"),
-    ("audit", "Dataset audit"),
-    ("distill", "Distillation"),
-)
+STAGES = tuple(STAGE_TITLES.items())
 # The comparison of backbones: (stage, headline key, column). Stages name their headline figures so.
 COMPARED = (
     ("features", "dim", "dimension"),
@@ -124,6 +116,9 @@ def stage_view(summary: StageSummary, folder: Path, page_folder: Path) -> dict:
             raise ValueError(f"{folder / 'summary.json'}: {kind} {path!r} does not exist ({target})")
         return target
 
+    if summary.status == SKIPPED:
+        return {"stage": summary.stage, "title": summary.title, "headline": None,
+                "absent": f"skipped for this dataset: {summary.reason}."}
     return {
         "stage": summary.stage, "title": summary.title, "absent": None, "headline": summary.headline,
         "notes": summary.notes,
@@ -144,7 +139,7 @@ def dataset_view(files: DatasetFiles) -> dict:
         frame = pd.read_csv(files.skipped, keep_default_na=False)
         reasons = frame["reason"].value_counts().to_dict()
     extras = {key: value for key, value in info.items()
-              if key not in ("name", "kind", "class_names", "images", "skipped")}
+              if key not in ("name", "kind", "class_names", "images", "class_counts", "skipped")}
     headline = {"classes": len(info["class_names"]),
                 **{f"{split} images": count for split, count in info["images"].items()},
                 "skipped files": skipped["total"]}
