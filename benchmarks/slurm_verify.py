@@ -5,10 +5,10 @@ declared; the feature store equals the local run's; every stage wrote its summar
     python benchmarks/slurm_verify.py SNAKEMAKE_LOG CLUSTER_DIR LOCAL_DIR
 
 What each rule declared is read from Snakemake's own account of the cluster run (SNAKEMAKE_LOG, its
-stderr): each job's `rule NAME:` block with its threads and resources (the rule's values, evaluated on
-the job's inputs), followed by `Job J has been submitted with SLURM jobid S`. What each job got is
-SLURM's account of it, from sacct. Prints one line per job, then `N jobs` on success; exits 1 with the
-first mismatch otherwise."""
+stderr): each job's `rule NAME:` (or `checkpoint NAME:`) block with its threads and resources (the
+rule's values, evaluated on the job's inputs), followed by `Job J has been submitted with SLURM jobid
+S`. What each job got is SLURM's account of it, from sacct. Prints one line per job, then `N jobs` on
+success; exits 1 with the first mismatch otherwise."""
 
 from __future__ import annotations
 
@@ -33,10 +33,10 @@ class Mismatch(Exception):
 
 
 def gpu_rules() -> set[str]:
-    """The rules of rules/*.smk that declare gpu=1 in their resources."""
+    """The rules (and checkpoints) of rules/*.smk that declare gpu=1 in their resources."""
     rules = set()
     for path in sorted((REPO / "rules").glob("*.smk")):
-        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(), re.M | re.S):
+        for name, body in re.findall(r"^(?:rule|checkpoint) (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(), re.M | re.S):
             if re.search(r"^\s+gpu=1,", body, re.M):
                 rules.add(name)
     return rules
@@ -46,7 +46,7 @@ def submitted_jobs(log: str) -> dict[str, dict]:
     """SLURM job id -> the rule, threads and resources (mem_mb, runtime, ...) Snakemake submitted it with."""
     blocks, jobs, submitted, current = {}, {}, set(), None
     for line in log.splitlines():
-        if match := re.match(r"(?:local)?rule (\w+):$", line):
+        if match := re.match(r"(?:local)?(?:rule|checkpoint) (\w+):$", line):
             current = {"rule": match.group(1), "threads": 1}
         elif current is not None and (match := re.match(r"\s+(jobid|threads|resources): (.*)$", line)):
             key, value = match.groups()
@@ -59,7 +59,8 @@ def submitted_jobs(log: str) -> dict[str, dict]:
         elif match := re.match(r"Job (\d+) has been submitted with SLURM jobid (\d+)", line):
             jobs[match.group(2)] = blocks[match.group(1)]
             submitted.add(match.group(1))
-    unsubmitted = sorted({block["rule"] for jobid, block in blocks.items() if jobid not in submitted and block["rule"] != "all"})
+    unsubmitted = sorted({block["rule"] for jobid, block in blocks.items()
+                          if jobid not in submitted and block["rule"] != "all"})
     if unsubmitted:
         raise Mismatch(f"jobs of rules {unsubmitted} did not go through SLURM")
     if not jobs:
