@@ -73,6 +73,18 @@ rule all:
     default_target: True
 
 
+# profiles/default (cores: all, gpu=1) is for one machine. Snakemake reads it for every run unless another
+# workflow profile takes its place; on a cluster it would cap every job's threads at this machine's cores.
+# The executor is known only once the run starts, hence onstart (which cluster jobs skip).
+onstart:
+    if workflow.non_local_exec and workflow.resource_settings.cores is not None:
+        raise WorkflowError(
+            f"this cluster run has --cores {workflow.resource_settings.cores}, which caps every job's threads at "
+            "that; it usually comes from profiles/default (cores: all, for local runs), which Snakemake reads "
+            "beside --profile. Start cluster runs with the cluster profile as the workflow profile instead: "
+            "snakemake --workflow-profile profiles/slurm (or profiles/kubernetes), without --cores.")
+
+
 # The plan, printed once by the process that plans the jobs (cluster jobs parse this file again).
 if workflow.is_main_process:
     user_files = [os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
