@@ -288,6 +288,12 @@ def test_results_summary_and_map_columns(tmp_path):
                                                          ["kmeans", "test"]]
     summary = cluster_summary([temi, kmeans], config, dataset="d", backbone="b")
     assert summary.headline["acc"] == 1.0 and summary.headline["method"] == "temi"
+    assert summary.headline["best_method"] == "temi" and not any("better than" in n for n in summary.notes)
+    worse = {**results_document("kmeans", 4, {**collapsed, "test": collapsed["train"]}, {"seconds": 2.0, "device": "cpu"},
+                                config), "map": "UMAP"}
+    reversed_order = cluster_summary([worse, temi], config, dataset="d", backbone="b")  # k-means first, worse
+    assert reversed_order.headline["best_method"] == "temi" and reversed_order.headline["method"] == "kmeans"
+    assert "temi clusters this data better than kmeans: ACC 1.000 against" in " ".join(reversed_order.notes)
     assert {"nmi", "ari", "acc_kmeans"} <= set(summary.headline)
     assert any("kmeans: warning: collapse" in note for note in summary.notes)
     assert any("80.0% of the mined neighbour pairs" in note for note in summary.notes)
