@@ -106,7 +106,7 @@ def test_data_that_cannot_be_clustered_leave_empty_files_with_the_reason_and_the
     result = snakemake(tmp_path, config=shapes_config(test_split="val"))
     stage = tmp_path / CLUSTER
     reason = "cluster.test_split names split 'val', which dataset 'shapes' does not have (splits with images: "
-    assert f"embedlens: cluster skipped for dataset shapes: {reason}" in result.stderr  # said once, in the plan
+    assert f"  skipped   cluster for shapes: {reason}" in result.stderr  # in the plan: the counts are known
     assert not (stage / "temi").exists() and not (stage / "kmeans").exists()  # decided before any of its jobs
     summary = StageSummary.read(stage / "summary.json")
     assert summary.status == "skipped" and summary.reason.startswith(reason)

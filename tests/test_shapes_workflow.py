@@ -124,10 +124,16 @@ def test_reordering_the_configs_keys_reruns_nothing(shapes_run):
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))  # as the run left it
 
 
+def test_another_shard_count_re_embeds_the_images_as_the_readme_says(shapes_run):
+    workdir, config, _ = shapes_run
+    counts = planned(workdir, {**config, "extract": {**config["extract"], "shards": 2}}, target="results/report.html")
+    assert counts["extract_shard"] == 2 * len(SPLITS) and counts["merge_features"] == len(SPLITS)
+
+
 def test_a_stage_setting_under_one_dataset_reruns_that_datasets_stage_only(shapes_run):
     workdir, config, _ = shapes_run
     changed = {**config, "datasets": [dict(entry) for entry in config["datasets"]]}
     changed["datasets"][1]["audit"] = {"neighbours": 3}
     assert planned(workdir, changed, target="results/report.html") == {
         "audit_duplicates": 1, "audit_labels": 1, "audit_clean": 1, "classify_report": 1, "cluster_results": 2,
-        "classify_pair_figures": 1, "classify_summary": 1, "cluster_summary": 1, "explore": 1, "report": 1, "all": 1}
+        "classify_pair_figures": 1, "classify_summary": 1, "cluster_summary": 1, "explore": 1, "report": 1}
