@@ -48,11 +48,13 @@ def known_info(dataset: Mapping, results: str | Path) -> dict | None:
 
 def read_info(info_path: str | Path, manifest_path: str | Path) -> dict:
     """A manifest job's ``dataset.json``; one written before class counts were recorded gets them from
-    the manifest (labelled rows per split and class)."""
-    info = json.loads(Path(info_path).read_text())
+    the manifest (labelled rows per split and class), and so does a manifest without its dataset.json
+    (images per split counted there too)."""
+    info = json.loads(Path(info_path).read_text()) if Path(info_path).is_file() else {}
     if "class_counts" not in info:
         frame = pd.read_csv(manifest_path, usecols=["split", "label", "class_name"], keep_default_na=False,
                             dtype={"split": str, "class_name": str})
+        info.setdefault("images", {split: int(count) for split, count in frame["split"].value_counts(sort=False).items()})
         sizes = frame[frame["label"] >= 0].groupby(["split", "class_name"]).size()
         info["class_counts"] = {split: {name: int(count) for (s, name), count in sizes.items() if s == split}
                                 for split in info["images"]}

@@ -69,7 +69,8 @@ def dataset_info(name):
     known = known_info(entry(config, "datasets", name), RESULTS)
     if known is not None:
         return known
-    checkpoints.manifest.get(dataset=name)  # until the manifest exists, the jobs that need this wait
+    if not os.path.exists(f"{RESULTS}/{name}/manifest.csv"):
+        checkpoints.manifest.get(dataset=name)  # until the manifest exists, the jobs that need this wait
     return read_info(f"{RESULTS}/{name}/dataset.json", f"{RESULTS}/{name}/manifest.csv")
 
 

@@ -416,9 +416,12 @@ def cifar_results(tmp_path_factory, cifar100_root):
     classes = ["maple_tree", "oak_tree", "man", "woman", "rocket", "apple"]
     spec = {"name": "cifar100", "kind": "cifar100", "root": str(cifar100_root), "download": False,
             "classes": classes, "max_per_class": 5}
-    scan = Cifar100(spec).scan()
+    dataset = Cifar100(spec)
+    scan = dataset.scan()
     results = base / "results"
-    write_table(scan.manifest, results / "cifar100" / "manifest.csv")
+    write_table(scan.manifest, results / "cifar100" / "manifest.csv")  # what the manifest job writes
+    write_table(scan.skipped, results / "cifar100" / "skipped.csv")
+    (results / "cifar100" / "dataset.json").write_text(json.dumps(scan.summary(dataset)))
     rng = np.random.default_rng(0)
     directions = {label: rng.normal(size=16) for label in scan.manifest["label"].unique()}
     names = scan.class_names
@@ -507,7 +510,8 @@ def test_rules_refuse_a_store_of_another_dataset_or_backbone(cifar_results, tmp_
     base, spec = cifar_results
     results = tmp_path / "results"
     (results / "cifar100" / "bb").mkdir(parents=True)
-    shutil.copy(base / "results" / "cifar100" / "manifest.csv", results / "cifar100")
+    for name in ("manifest.csv", "skipped.csv", "dataset.json"):
+        shutil.copy(base / "results" / "cifar100" / name, results / "cifar100")
     source = base / "results" / "cifar100" / "bb" / "features.h5"
     attrs = read_attrs(source)
     store = results / "cifar100" / "bb" / "features.h5"

@@ -44,6 +44,8 @@ def test_class_counts_of_an_older_scan_come_from_its_manifest(tmp_path):
                                            "1,train,0,cat,b\n2,train,1,dog,c\n0,test,-1,,d\n")
     info = read_info(tmp_path / "dataset.json", tmp_path / "manifest.csv")
     assert info["class_counts"] == {"train": {"cat": 2, "dog": 1}, "test": {}}
+    (tmp_path / "dataset.json").unlink()  # a manifest made by hand, without its dataset.json
+    assert read_info(tmp_path / "dataset.json", tmp_path / "manifest.csv")["images"] == {"train": 3, "test": 1}
 
 
 def test_the_plan_names_what_runs_and_where_each_inherited_key_came_from(tmp_path):
