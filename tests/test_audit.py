@@ -5,6 +5,7 @@ summary; and, on genuine CIFAR-100 with the real EfficientNet-Lite0, planted cop
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from embedlens.audit.settings import AuditSettings
 from embedlens.classify.analysis import analyse, clean_split_figures
 from embedlens.classify.data import ClassSet
 from embedlens.config import section_defaults
+from embedlens.datasets.synthetic import class_designs, draw, image_rng
 from embedlens.knn import Neighbours
 from embedlens.manifest import MANIFEST_COLUMNS
 from embedlens.plots import histogram
@@ -96,6 +98,21 @@ def test_different_pictures_are_only_similar_and_the_similarity_is_symmetric():
     # A larger image of the same picture is compared at the same 32 x 32: still near, not exact.
     large = np.asarray(Image.fromarray(picture(0)).resize((96, 96), Image.BICUBIC))
     assert verdict(pixel_view(picture(0)), pixel_view(large), NEAR)[0] == "near"
+
+
+def test_independent_drawings_of_one_synthetic_class_are_not_copies_and_edited_drawings_are():
+    """The demo's dataset: two drawings of one design (a red solid circle twice) are different images,
+    however alike; one drawing re-encoded, cropped, shifted, recoloured or mirrored is a copy."""
+    designs = class_designs(12, 3)
+    for label, design in enumerate(designs):
+        drawings = [draw(design, 96, image_rng(0, "train", label + 12 * i)) for i in range(4)]
+        views = [pixel_view(drawing) for drawing in drawings]
+        for i, j in itertools.combinations(range(4), 2):
+            found, similarity = verdict(views[i], views[j], NEAR)
+            assert found == "similar", (design.name, i, j, similarity)
+        for name, edit in EDITS.items():
+            found, similarity = verdict(views[0], pixel_view(edit(drawings[0])), NEAR)
+            assert found == "near", (design.name, name, similarity)
 
 
 def test_the_checker_reads_each_image_once_and_marks_unreadable_pairs():
