@@ -348,7 +348,7 @@ def test_the_classifier_reports_its_figures_on_the_clean_test_split_too():
     index = np.array([10, 11, 12, 13])
     targets = np.array([0, 0, 1, 1])
     probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.4, 0.6]])  # test image 11 is wrong
-    analysis = analyse(classes, targets, probabilities, k=2.0, similarity=None,
+    analysis = analyse(classes, targets, probabilities, k=2.0, max_threshold=0.25, similarity=None,
                        centroid_pairs=pd.DataFrame(columns=["label_a", "label_b"]), crossval_targets=None,
                        crossval_probabilities=None, disagreement_rows=5)
     clean_split_figures(analysis, index, targets, probabilities, classes, kept=np.array([10, 12, 13, 99]))
