@@ -58,10 +58,14 @@ BASE_DESIGNS = 49
 DEFAULT_IMAGES_PER_CLASS = {"train": 40, "test": 10}
 COLOUR_JITTER = 20.0
 # Each image's own background (see _clutter): a shading of up to +-1.5 * CLUTTER_SHADING / 2 grey levels
-# across the image and CLUTTER_BLOBS bumps of up to +-CLUTTER_BLOB_HEIGHT.
+# across the image and CLUTTER_BLOBS bumps of up to +-CLUTTER_BLOB_HEIGHT, each reaching CLUTTER_REACH[0]
+# plus up to CLUTTER_REACH[1] of the side. Measured on 540 pairs of independent drawings of the demo's 12
+# classes: pixel similarity at most 0.86 (the audit's near copies start at 0.9), while the same drawings
+# re-encoded, cropped, shifted, mirrored or recoloured keep 0.925 or more.
 CLUTTER_SHADING = 80.0
-CLUTTER_BLOBS = 5
+CLUTTER_BLOBS = 12
 CLUTTER_BLOB_HEIGHT = 60.0
+CLUTTER_REACH = (0.06, 0.12)
 
 
 @dataclass(frozen=True)
@@ -236,7 +240,7 @@ def _clutter(size: int, rng: np.random.Generator) -> np.ndarray:
     offsets = (CLUTTER_SHADING * (rng.random() + 0.5)) * (x * _rounded(math.cos(angle)) + y * _rounded(math.sin(angle)))
     for _ in range(CLUTTER_BLOBS):
         bx, by = rng.random() - 0.5, rng.random() - 0.5
-        reach = 0.12 + 0.18 * rng.random()
+        reach = CLUTTER_REACH[0] + CLUTTER_REACH[1] * rng.random()
         height = CLUTTER_BLOB_HEIGHT * (2 * rng.random() - 1)
         falloff = np.maximum(0.0, 1.0 - ((x - bx) ** 2 + (y - by) ** 2) / (reach * reach))
         offsets = offsets + height * falloff * falloff  # a smooth bump without exp(), exact on any machine
