@@ -354,7 +354,8 @@ def clean_split_figures(analysis: Analysis, index: np.ndarray, targets: np.ndarr
     full = analysis.headline["accuracy"]
     analysis.notes.append(
         f"On the clean test split (the dataset audit removed {int((~clean).sum())} of these {len(clean)} test images: "
-        f"copies of training images, repeated test images, likely label errors): accuracy "
+        f"copies of training images, repeated test images, and label errors when audit.label_issue_fraction "
+        f"asks): accuracy "
         + ("n/a" if accuracy is None else f"{100 * accuracy:.2f}%") + f" against {100 * full:.2f}% on the full split, "
         "macro F1 " + ("n/a" if macro_f1 is None else f"{macro_f1:.3f}") + f" against {analysis.headline['macro_f1']:.3f}.")
 
