@@ -83,7 +83,8 @@ def run_set(name: str, store: FeatureStore, pairs: pd.DataFrame, similarity: pd.
               f"{(crossval.probabilities.argmax(axis=1) == rows.targets).mean():.4f}; best epochs "
               f"{crossval.best_epochs}; {crossval_seconds:.0f} s")
 
-    analysis = analyse(classes, test.targets, probabilities, k=settings.pairs_k, similarity=similarity,
+    analysis = analyse(classes, test.targets, probabilities, k=settings.pairs_k,
+                       max_threshold=settings.pairs_max_threshold, similarity=similarity,
                        centroid_pairs=pairs, crossval_targets=None if crossval is None else rows.targets,
                        crossval_probabilities=None if crossval is None else crossval.probabilities,
                        disagreement_rows=settings.disagreements)

@@ -5,6 +5,7 @@ summary; and, on genuine CIFAR-100 with the real EfficientNet-Lite0, planted cop
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from embedlens.audit.settings import AuditSettings
 from embedlens.classify.analysis import analyse, clean_split_figures
 from embedlens.classify.data import ClassSet
 from embedlens.config import section_defaults
+from embedlens.datasets.synthetic import class_designs, draw, image_rng
 from embedlens.knn import Neighbours
 from embedlens.manifest import MANIFEST_COLUMNS
 from embedlens.plots import histogram
@@ -96,6 +98,21 @@ def test_different_pictures_are_only_similar_and_the_similarity_is_symmetric():
     # A larger image of the same picture is compared at the same 32 x 32: still near, not exact.
     large = np.asarray(Image.fromarray(picture(0)).resize((96, 96), Image.BICUBIC))
     assert verdict(pixel_view(picture(0)), pixel_view(large), NEAR)[0] == "near"
+
+
+def test_independent_drawings_of_one_synthetic_class_are_not_copies_and_edited_drawings_are():
+    """The demo's dataset: two drawings of one design (a red solid circle twice) are different images,
+    however alike; one drawing re-encoded, cropped, shifted, recoloured or mirrored is a copy."""
+    designs = class_designs(12, 3)
+    for label, design in enumerate(designs):
+        drawings = [draw(design, 96, image_rng(0, "train", label + 12 * i)) for i in range(4)]
+        views = [pixel_view(drawing) for drawing in drawings]
+        for i, j in itertools.combinations(range(4), 2):
+            found, similarity = verdict(views[i], views[j], NEAR)
+            assert found == "similar", (design.name, i, j, similarity)
+        for name, edit in EDITS.items():
+            found, similarity = verdict(views[0], pixel_view(edit(drawings[0])), NEAR)
+            assert found == "near", (design.name, name, similarity)
 
 
 def test_the_checker_reads_each_image_once_and_marks_unreadable_pairs():
@@ -205,9 +222,8 @@ def test_an_audit_of_one_split_finds_its_repeats_within_it_and_searches_no_leaka
     assert found.pairs[["search", "query_index", "reference_index", "verdict"]].values.tolist() == [
         ["within", 0, 11, "exact"]]
     document = duplicates_document(found, settings(query_split="test", reference_split="test"))
-    clean = clean_table(split_rows(store, manifest, "test"), "test", found.pairs, pd.DataFrame(
-        columns=["split", "index_in_split", "class_name", "suggested_class", "label_quality"]),
-        settings(query_split="test", reference_split="test", remove_label_issues=False))
+    clean = clean_table(split_rows(store, manifest, "test"), "test", found.pairs, pd.DataFrame(columns=ISSUE_COLUMNS),
+        settings(query_split="test", reference_split="test"))
     summary = audit_summary(document, {"issues": 0, "issues_per_split": {}, "probe_accuracy": None, "checked": 0,
                                        "notes": []}, clean, dataset="planted", backbone="thumb")
     assert summary.headline["within_duplicates"] == 1 and summary.headline["candidates"] == 0
@@ -260,23 +276,27 @@ def test_the_clean_split_removes_copies_later_duplicates_and_label_issues_with_r
         ["cross", "test", 1, "train", 7, 1, "bee", 1, "bee", 0.99, False, "near", 0.9],
         ["cross", "test", 2, "train", 8, 0, "ant", 0, "ant", 0.95, False, "similar", 0.4],
         ["within", "test", 0, "test", 3, 0, "ant", 1, "bee", 0.98, True, "exact", 1.0]], columns=PAIR_COLUMNS)
-    issues = pd.DataFrame([[1, "test", 4, 0, "ant", 1, "bee", 0.01, 0.97], [2, "train", 2, 1, "bee", 0, "ant", 0.1, 0.8]],
-                          columns=ISSUE_COLUMNS)
+    issues = pd.DataFrame([[1, "test", 4, 0, "ant", 1, "bee", 0.01, 0.97], [2, "train", 2, 1, "bee", 0, "ant", 0.1, 0.8],
+                           [3, "test", 2, 0, "ant", 1, "bee", 0.2, 0.7]], columns=ISSUE_COLUMNS)
     table = clean_table(query_rows, "test", pairs, issues, settings())
     assert list(table.columns) == CLEAN_COLUMNS
-    assert table["kept"].tolist() == [True, False, True, False, False]
+    assert table["kept"].tolist() == [True, False, True, False, True]  # by default only copies leave
     reasons = table.set_index("index_in_split")["reason"]
     assert reasons[1] == "near copy of train #7 (cosine 0.990)"
     assert reasons[3] == "exact copy of test #0 (cosine 0.980)"  # the later image of the pair goes
-    assert reasons[4] == "label issue: given ant, suggested bee (p of the given label 0.010)"
+    # asked for, at most 20% of the 5 test images (one) leave as label errors: the most likely one
+    table = clean_table(query_rows, "test", pairs, issues, settings(label_issue_fraction=0.2))
+    assert table["kept"].tolist() == [True, False, True, False, False]
+    assert table.set_index("index_in_split")["reason"][4] == "label issue: given ant, suggested bee (p of the given label 0.010)"
+    assert clean_table(query_rows, "test", pairs, issues, settings(label_issue_fraction=1.0))["kept"].tolist() == [
+        True, False, False, False, False]  # every test issue, never the train one
     path = tmp_path / "clean_test_index.csv"
     table.to_csv(path, index=False)
     assert clean_index(path).tolist() == [0, 2] and clean_index(path, split="test").dtype == np.int64
     with pytest.raises(ValueError, match="a clean index of split test, not of 'val'; set audit.query_split"):
         clean_index(path, split="val")
     # similar copies too, and label issues kept
-    wider = clean_table(query_rows, "test", pairs, issues, settings(remove=["exact", "near", "similar"],
-                                                                    remove_label_issues=False))
+    wider = clean_table(query_rows, "test", pairs, issues, settings(remove=["exact", "near", "similar"]))
     assert wider["kept"].tolist() == [True, False, False, False, True]
 
 
@@ -328,7 +348,7 @@ def test_the_classifier_reports_its_figures_on_the_clean_test_split_too():
     index = np.array([10, 11, 12, 13])
     targets = np.array([0, 0, 1, 1])
     probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.4, 0.6]])  # test image 11 is wrong
-    analysis = analyse(classes, targets, probabilities, k=2.0, similarity=None,
+    analysis = analyse(classes, targets, probabilities, k=2.0, max_threshold=0.25, similarity=None,
                        centroid_pairs=pd.DataFrame(columns=["label_a", "label_b"]), crossval_targets=None,
                        crossval_probabilities=None, disagreement_rows=5)
     clean_split_figures(analysis, index, targets, probabilities, classes, kept=np.array([10, 12, 13, 99]))

@@ -145,7 +145,7 @@ def test_confusion_pairs_follow_the_notebooks_rule_and_keep_both_directions():
     true, pred = _predictions(counts)
     classes = ClassSet((3, 5, 8, 9, 11, 12), ("maple", "oak", "rocket", "girl", "woman", "shrew"))
     similarity = pd.DataFrame(np.eye(6) * 0.1 + 0.8, index=list(classes.names), columns=list(classes.names))
-    pairs, rule = confusion_pairs(true, pred, classes, 2.0, similarity)
+    pairs, rule = confusion_pairs(true, pred, classes, 2.0, 1.0, similarity)
     rates = row_normalise(counts)
     off = rates[~np.eye(6, dtype=bool)]
     off = off[off > 0]
@@ -159,9 +159,30 @@ def test_confusion_pairs_follow_the_notebooks_rule_and_keep_both_directions():
     assert pairs["both_directions"].all()
 
 
+def test_with_few_classes_the_capped_rule_flags_the_look_alike_pairs_that_mu_plus_k_sigma_misses():
+    # The demo's shape: the overlap set is 3 look-alike pairs (6 classes, 10 test images each), each
+    # pair confused 40-50% of the time, and one stray mistake.
+    counts = np.diag([10] * 6)
+    for a, b, rate in [(0, 3, 5), (3, 0, 4), (1, 4, 4), (4, 1, 5), (2, 5, 4), (5, 2, 4)]:
+        counts[a, b] = rate
+        counts[a, a] -= rate
+    counts[2, 0], counts[2, 2] = 1, counts[2, 2] - 1
+    true, pred = _predictions(counts)
+    classes = ClassSet(tuple(range(6)), ("red", "green", "blue", "crimson", "emerald", "cobalt"))
+    rates = row_normalise(counts)[~np.eye(6, dtype=bool)]
+    nonzero = rates[rates > 0]
+    assert nonzero.mean() + 2 * nonzero.std() > 0.5  # the notebook's rule alone flags no look-alike
+    assert confusion_pairs(true, pred, classes, 2.0, 1.0)[0].empty
+    pairs, rule = confusion_pairs(true, pred, classes, 2.0, 0.25)
+    assert rule.threshold == 0.25 and rule.cap == 0.25
+    assert {frozenset(pair) for pair in pairs[["true", "pred"]].values.tolist()} == {
+        frozenset(("red", "crimson")), frozenset(("green", "emerald")), frozenset(("blue", "cobalt"))}
+    assert len(pairs) == 6 and pairs["both_directions"].all()  # and not the stray blue -> red
+
+
 def test_no_confusion_at_all_flags_nothing():
     true = np.array([0, 1, 2])
-    pairs, rule = confusion_pairs(true, true, ClassSet((0, 1, 2), ("a", "b", "c")), 2.0)
+    pairs, rule = confusion_pairs(true, true, ClassSet((0, 1, 2), ("a", "b", "c")), 2.0, 0.25)
     assert rule is None and pairs.empty
     assert outlier_rule(np.array([0.0, 0.3]), 2.0).threshold == pytest.approx(0.3)
 
@@ -211,7 +232,7 @@ def test_the_whole_analysis_names_the_disagreements():
     similarity.loc["c", "d"] = similarity.loc["d", "c"] = 0.95
     centroid_pairs = pd.DataFrame({"class_a": ["c"], "class_b": ["d"], "similarity": [0.95], "label_a": [2],
                                    "label_b": [3]})
-    result = analyse(classes, targets, probabilities, k=2.0, similarity=similarity, centroid_pairs=centroid_pairs,
+    result = analyse(classes, targets, probabilities, k=2.0, max_threshold=0.25, similarity=similarity, centroid_pairs=centroid_pairs,
                      crossval_targets=None, crossval_probabilities=None, disagreement_rows=5,
                      notes=["no cleanlab overlap: test"])
     assert result.headline["accuracy"] == pytest.approx(0.75)

@@ -24,6 +24,7 @@ else:
     notes = [] if crossval["status"] == "done" else [f"no cleanlab overlap: {crossval['reason']}"]
     crossval_targets, crossval_probabilities = load_crossval(snakemake.input.crossval)
     analysis = analyse(classes, predictions.targets, predictions.probabilities, k=settings.pairs_k,
+                       max_threshold=settings.pairs_max_threshold,
                        similarity=read_similarity_csv(snakemake.input.similarity),
                        centroid_pairs=read_pairs_csv(snakemake.input.centroid_pairs),
                        crossval_targets=crossval_targets if crossval["status"] == "done" else None,

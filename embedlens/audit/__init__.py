@@ -6,7 +6,8 @@ and a clean test split, all from the stored embeddings.
 - :mod:`embedlens.audit.pixels`: each candidate's verdict on its pixels: exact / near / similar;
 - :mod:`embedlens.audit.labels`: out-of-sample probabilities of a cross-validated linear probe, ranked
   by cleanlab into likely label errors;
-- :mod:`embedlens.audit.clean`: the query split without the flagged images, and :func:`clean_index`,
+- :mod:`embedlens.audit.clean`: the query split without its copies (and, when asked, its most likely
+  label errors), and :func:`clean_index`,
   which other stages call to evaluate on the clean split;
 - :mod:`embedlens.audit.results`: documents, pictures, explore-map colourings and the summary.
 """

@@ -148,7 +148,9 @@ def audit_summary(duplicates: Mapping, labels: Mapping, clean: pd.DataFrame, *, 
         "different labels.",
         f"The clean {query} split keeps {headline['clean_images']} of {len(clean)} images; {removed} removed "
         f"(verdicts {', '.join(settings['remove']) or 'none'}"
-        + (", and likely label errors" if settings["remove_label_issues"] else "") + "; reasons in clean_test_index.csv).",
+        + (f", and the most likely label errors up to {settings['label_issue_fraction']:.1%} of the split"
+           if settings["label_issue_fraction"] else "; likely label errors stay: label_issues.csv ranks them "
+           "for review") + "; reasons in clean_test_index.csv).",
     ]
     if within:
         notes.insert(1, f"Within {query}: {within['pairs']} candidate pairs, {headline['within_duplicates']} of them "

@@ -23,7 +23,7 @@ class AuditSettings:
     top_n: int
     near_threshold: float
     remove: tuple[str, ...]
-    remove_label_issues: bool
+    label_issue_fraction: float
     label_splits: tuple[str, ...] | None
     folds: int
     regularization: float

@@ -135,8 +135,12 @@ def stage_summary(*, dataset: str, backbone: str, training: Mapping, analysis: M
                         device=training["device"], train_seconds=training["seconds"])
     rules = analysis.get("rules", {})
     confusion_rule = rules.get("confusion")
-    rule_text = (f"mu {confusion_rule['mean']:.4f} + {confusion_rule['k']:g} sigma {confusion_rule['std']:.4f} = "
-                 f"{confusion_rule['threshold']:.4f}" if confusion_rule else "no confusions to threshold")
+    rule_text = "no confusions to threshold"
+    if confusion_rule:
+        outlier = confusion_rule["mean"] + confusion_rule["k"] * confusion_rule["std"]
+        rule_text = (f"mu {confusion_rule['mean']:.4f} + {confusion_rule['k']:g} sigma {confusion_rule['std']:.4f} = "
+                     f"{outlier:.4f}" + (f", capped at pairs_max_threshold {confusion_rule['threshold']:.4f}"
+                                         if confusion_rule["threshold"] < outlier else ""))
     tables = [
         Artifact("report.csv", f"per-class precision, recall, F1 and support on the test images, then accuracy "
                                f"({_percent(headline.get('accuracy'))}), macro and weighted averages (scikit-learn)"),

@@ -36,6 +36,7 @@ class ClassifySettings:
     device: str
     checkpoint_seconds: float
     pairs_k: float
+    pairs_max_threshold: float
     folds: int
     pair_figures: int
     samples_per_class: int
