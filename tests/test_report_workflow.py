@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import zipfile
@@ -174,6 +175,28 @@ def test_map_in_a_browser_draws_every_point_and_shows_its_image_on_hover(run, br
         return [d[3], hi - lo];""")
     assert spread[0] == 255 and spread[1] > 20, spread
     screenshot(browser, tmp_path, "explore.png")
+    # the hover box gives a stage's figures as the report prints them and leaves out the ones it lacks
+    hover_lines = browser.find_element(By.ID, "hover").text.splitlines()
+    assert not any("null" in line or "undefined" in line for line in hover_lines), hover_lines
+    for line in hover_lines:
+        name, _, value = line.partition(": ")
+        if browser.execute_script(f"return {json.dumps(name)} in DATA.columns") and re.fullmatch(r"-?[\d.e+-]+", value):
+            assert len(value.replace("-", "").replace(".", "").lstrip("0")) <= 4, line
+
+    # the legend's and the colour bar's titles begin below plotly's toolbar, not under it
+    overlap = """const a = arguments[0].getBoundingClientRect(), b = arguments[1].getBoundingClientRect();
+                 return !(a.right <= b.left || b.right <= a.left || a.bottom <= b.top || b.bottom <= a.top);"""
+    toolbar = browser.find_element(By.CSS_SELECTOR, "#map .modebar")
+    assert not browser.execute_script(overlap, toolbar, browser.find_element(By.CSS_SELECTOR, "#map .legendtitletext"))
+    numeric = browser.execute_script("return Object.keys(DATA.figures).find(n => DATA.figures[n].data[0].marker.colorbar)")
+    assert numeric, "the run's map has no numeric colouring"
+    browser.execute_script("const s = document.getElementById('colour-by'); s.value = arguments[0];"
+                           "s.dispatchEvent(new Event('change'));", numeric)
+    wait_for(browser, "!!document.querySelector('#map .cbtitle')")
+    toolbar = browser.find_element(By.CSS_SELECTOR, "#map .modebar")
+    assert not browser.execute_script(overlap, toolbar, browser.find_element(By.CSS_SELECTOR, "#map .cbtitle"))
+    browser.execute_script("const s = document.getElementById('colour-by'); s.value = 'class';"
+                           "s.dispatchEvent(new Event('change'));")
 
     # the search box highlights the images of matching classes
     search = browser.find_element(By.ID, "search")
