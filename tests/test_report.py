@@ -6,13 +6,18 @@ import base64
 import io
 import json
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
+from embedlens.config import load_config
 from embedlens.datasets import open_dataset
 from embedlens.report.explore import build_explore_page, colourings, hover_text, read_map_columns, sample_points
 from embedlens.report.media import embed_figure, thumbnail, thumbnail_sheets
@@ -235,3 +240,32 @@ def test_config_report_section_has_defaults_and_is_checked():
     assert validate_config(json.loads(json.dumps(base)))["report"] == {"map_points": 20000, "seed": 0, "thumbnail_size": 64}
     with pytest.raises(ConfigError, match=r"(?s)report: unknown key\(s\) 'points'.*report.map_points: 0 is less than"):
         validate_config({**base, "report": {"points": 5, "map_points": 0}})
+
+
+def test_make_prints_the_report_under_the_config_s_results_folder(tmp_path):
+    """``make run CONFIG=x.yaml`` and ``make demo`` print the report of the config they ran, wherever its
+    ``results:`` key puts it (relative to the checkout, where make runs Snakemake); Snakemake itself is
+    replaced by ``echo`` here, and the venv by one that runs this Python."""
+    repo = Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (venv / "bin" / "python").chmod(0o755)
+    (venv / ".installed-demo").touch()  # newer than pyproject.toml: make installs nothing
+    config = tmp_path / "x.yaml"
+    config.write_text(yaml.safe_dump({"results": "runs/x", "datasets": [{"name": "s", "kind": "synthetic"}],
+                                      "backbones": [{"name": "b", "kind": "timm", "model": "resnet10t"}]}))
+
+    def make(*arguments: str) -> list[str]:
+        result = subprocess.run(["make", "-s", *arguments, f"VENV={venv}", "SNAKEMAKE=echo"], cwd=repo,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()
+
+    assert make("run", f"CONFIG={config}") == [f"--configfile {config} --replace-workflow-config",
+                                                f"report: {repo / 'runs' / 'x' / 'report.html'}"]
+    demo_results = load_config(repo / "configs" / "demo.yaml")["results"]
+    assert make("demo")[-1] == f"report: {repo / demo_results / 'report.html'}"
+    assert make("snakemake-report", f"CONFIG={config}")[0].endswith(
+        f"--report {repo / 'runs' / 'x' / 'snakemake-report.zip'}")
+    assert make("unlock", f"CONFIG={config}") == [f"--configfile {config} --replace-workflow-config --unlock"]
