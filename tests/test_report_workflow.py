@@ -33,6 +33,9 @@ CONFIG = {
     "overlap": {"selection": "top_n", "top_n": 2},
     "report": {"map_points": 60, "seed": 1, "thumbnail_size": 32},
     "cluster": {"map": "tsne", "temi": {"neighbours": 5, "heads": 2, "steps": 9, "batch_size": 16}},
+    "distill": {"enabled": True, "per_class": 2, "experts": 2, "expert_epochs": 4, "batch_size": 8, "syn_batch": 8,
+                "syn_steps": 3, "expert_epochs_to_match": 1, "max_start_epoch": 2, "iterations": 6, "lr_features": 1.0,
+                "eval_seeds": 2, "eval_epochs": 10, "full_epochs": 4, "neighbours": 3, "grid_rows": 5},
 }
 IMAGES = 6 * (8 + 4)
 STAGES = ("features", "overlap", "subset", "classify", "cluster", "novelty", "audit", "distill")
@@ -44,7 +47,23 @@ def run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("report-run")
     result = run_snakemake(workdir, config=CONFIG)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (workdir / "terminal.txt").write_text(result.stdout + result.stderr)
     return workdir
+
+
+def test_per_epoch_lines_reach_the_job_logs_not_the_terminal(run):
+    terminal = (run / "terminal.txt").read_text()
+    logs = run / "results" / "logs"
+    for log, line in ((logs / "classify_train" / "shapes" / "tiny.log", r"epoch \d+: train loss"),
+                      (logs / "classify_crossval" / "shapes" / "tiny.log", r"fold \d+ epoch \d+: val loss"),
+                      (logs / "cluster_temi" / "shapes" / "tiny.log", r"epoch \d+, step \d+: loss"),
+                      (logs / "distill_fit" / "shapes" / "tiny.log", r"iteration 6: matching loss"),
+                      (logs / "distill_evaluate" / "shapes" / "tiny.log", r"distilled, seed \\d+: test accuracy")):
+        assert re.search(line, log.read_text()), (log, line)
+        assert not re.search(line, terminal), line
+    # what each of those jobs ends with still reaches the terminal
+    assert re.search(r"classify_train INFO best epoch \d+ of \d+", terminal)
+    assert re.search(r"distill_fit INFO \d+ synthetic vectors", terminal)
 
 
 def test_the_default_target_is_the_report_with_an_explore_page_per_pair(run):
@@ -64,7 +83,11 @@ def test_snakemake_report_zip_holds_the_marked_outputs(run):
     assert result.returncode == 0, result.stderr[-3000:]
     with zipfile.ZipFile(run / "results" / "snakemake-report.zip") as archive:
         names = archive.namelist()
-    for output in ("report.html", "similarity.png", "pairs.csv", "explore.html", "skipped.csv"):
+    # a result of every stage, each under its stage's category
+    for output in ("report.html", "similarity.png", "overlap/pairs.csv", "explore.html", "skipped.csv",
+                   "classify/confusion.png", "classify/pairs.csv", "kmeans/map.png", "temi/map.png",
+                   "cluster/metrics.csv", "novelty/scores.csv", "novelty/novel.png", "audit/duplicates.csv",
+                   "audit/label_issues.csv", "distill/evaluation.csv", "distill/matching_loss.png"):
         assert any(name.endswith(output) for name in names), output
 
 
