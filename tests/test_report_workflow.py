@@ -58,7 +58,7 @@ def test_per_epoch_lines_reach_the_job_logs_not_the_terminal(run):
                       (logs / "classify_crossval" / "shapes" / "tiny.log", r"fold \d+ epoch \d+: val loss"),
                       (logs / "cluster_temi" / "shapes" / "tiny.log", r"epoch \d+, step \d+: loss"),
                       (logs / "distill_fit" / "shapes" / "tiny.log", r"iteration 6: matching loss"),
-                      (logs / "distill_evaluate" / "shapes" / "tiny.log", r"distilled, seed \\d+: test accuracy")):
+                      (logs / "distill_evaluate" / "shapes" / "tiny.log", r"distilled, seed \d+: test accuracy")):
         assert re.search(line, log.read_text()), (log, line)
         assert not re.search(line, terminal), line
     # what each of those jobs ends with still reaches the terminal
