@@ -331,7 +331,8 @@ def embedding_map(coords: np.ndarray, values: Sequence, point_ids: Sequence[int]
                                                colorbar=dict(title=dict(text=colour_label))), **common))
     figure = go.Figure(traces)
     figure.update_layout(
-        margin=dict(l=10, r=10, t=TOOLBAR_CLEARANCE, b=10), plot_bgcolor="white", hovermode="closest", dragmode="pan",
+        margin=dict(l=10, r=10, t=TOOLBAR_CLEARANCE, b=10), plot_bgcolor="white", hovermode="closest",
+        dragmode="pan",
         legend=dict(title=dict(text=colour_label), itemsizing="constant"),
         xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"))
     return figure

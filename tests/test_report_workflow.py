@@ -211,7 +211,8 @@ def test_map_in_a_browser_draws_every_point_and_shows_its_image_on_hover(run, br
                  return !(a.right <= b.left || b.right <= a.left || a.bottom <= b.top || b.bottom <= a.top);"""
     toolbar = browser.find_element(By.CSS_SELECTOR, "#map .modebar")
     assert not browser.execute_script(overlap, toolbar, browser.find_element(By.CSS_SELECTOR, "#map .legendtitletext"))
-    numeric = browser.execute_script("return Object.keys(DATA.figures).find(n => DATA.figures[n].data[0].marker.colorbar)")
+    numeric = browser.execute_script(
+        "return Object.keys(DATA.figures).find(n => DATA.figures[n].data[0].marker.colorbar)")
     assert numeric, "the run's map has no numeric colouring"
     browser.execute_script("const s = document.getElementById('colour-by'); s.value = arguments[0];"
                            "s.dispatchEvent(new Event('change'));", numeric)
