@@ -1,7 +1,11 @@
 # embedlens: set up and run in one command each.
 #   make run    create .venv, install, build results/report.html (every stage of config.yaml)
-#   make run CONFIG=my.yaml   the same with my.yaml alone (config.yaml's keys are not merged in)
-#   make demo   the same offline on a synthetic dataset with a real pretrained model
+#   make run CONFIG=my.yaml   the same with my.yaml alone (config.yaml's keys are not merged in); the
+#               report goes under my.yaml's results: folder, and make prints where
+#   make demo   the same offline on a synthetic dataset with a real pretrained model (configs/demo.yaml)
+#   make snakemake-report   Snakemake's provenance report of the run, snakemake-report.zip beside the
+#               report (CONFIG=configs/demo.yaml after make demo)
+#   make unlock after a run was killed hard ("Directory cannot be locked"): free the folder, then rerun
 #   make test   create .venv, install with test extras and the browser, run the test suite
 #   make lint   snakemake --lint
 #   make dag    the DAG as dag.svg (needs graphviz's dot)
@@ -17,9 +21,12 @@ EXTRACT_THREADS := $(shell expr $(CORES) / $(GPUS) \| 1)
 # --replace-workflow-config: CONFIG is the whole configuration, not merged over config.yaml.
 CONFIG_FLAGS := $(if $(CONFIG),--configfile $(CONFIG) --replace-workflow-config)
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --resources gpu=$(GPUS) --set-threads extract_shard=$(EXTRACT_THREADS)
-REPORT := $(abspath results/report.html)
+DEMO_CONFIG := configs/demo.yaml
+# The absolute results: folder of the config file given as its argument (read once the run has checked it).
+RESULTS_OF = $(BIN)/python -c 'import os, sys; from embedlens.config import load_config; \
+	print(os.path.abspath(load_config(sys.argv[1])["results"]))'
 
-.PHONY: install run demo test browser lint dag clean
+.PHONY: install run demo snakemake-report unlock test browser lint dag clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +40,19 @@ install: $(VENV)/.installed-demo
 
 run: $(VENV)/.installed-demo
 	$(SNAKEMAKE) $(CONFIG_FLAGS)
-	@echo "report: $(REPORT)"
+	@echo "report: $$($(RESULTS_OF) $(or $(CONFIG),config.yaml))/report.html"
 
 demo: $(VENV)/.installed-demo
-	$(SNAKEMAKE) --configfile configs/demo.yaml --replace-workflow-config
-	@echo "report: $(REPORT)"
+	$(SNAKEMAKE) --configfile $(DEMO_CONFIG) --replace-workflow-config
+	@echo "report: $$($(RESULTS_OF) $(DEMO_CONFIG))/report.html"
+
+snakemake-report: $(VENV)/.installed-demo
+	$(SNAKEMAKE) $(CONFIG_FLAGS) --report "$$($(RESULTS_OF) $(or $(CONFIG),config.yaml))/snakemake-report.zip"
+	@echo "Snakemake's report: $$($(RESULTS_OF) $(or $(CONFIG),config.yaml))/snakemake-report.zip"
+
+# The lock belongs to the working folder, whichever config the killed run had.
+unlock: $(VENV)/.installed-demo
+	$(SNAKEMAKE) $(CONFIG_FLAGS) --unlock
 
 # The browser test drives Debian's Chromium through Selenium; install it where we can (root with
 # apt-get, as in CI), else the test skips and says why.

@@ -1,7 +1,7 @@
 """The dataset audit on the genuine CIFAR-100 features, beside the literature's figures.
 
-Reads a whole-dataset feature store (default: the project's real ImageNet-pretrained EfficientNet-Lite0
-store of CIFAR-100, 200 train images per class and the whole test split: 20,000 train, 10,000 test)
+Reads a whole-dataset CIFAR-100 feature store (measured below on a real ImageNet-pretrained
+EfficientNet-Lite0 store, 200 train images per class and the whole test split: 20,000 train, 10,000 test)
 and runs the audit stage's library with the schema's default ``audit`` settings: both nearest-neighbour
 searches (test against train, and within test), the pixel check of every candidate, the label check
 (5-fold linear probe + cleanlab on all 30,000 images) and the clean test split. It prints the test
@@ -15,7 +15,11 @@ very similar) for 10% of CIFAR-100's test images; Northcutt et al. (2021, "Perva
 test sets destabilize machine learning benchmarks") flagged CIFAR-100 test images with confident
 learning and confirmed by human review that about 6% of the test set (585 images) is mislabelled.
 
-    python benchmarks/audit_cifar100.py [--store PATH] [--manifest PATH] [--root CIFAR_ROOT] [--out DIR]
+    python benchmarks/audit_cifar100.py --store results/cifar100/dino_vits16/features.h5 \\
+        [--manifest PATH] [--root CIFAR_ROOT] [--out DIR]
+
+``--manifest`` defaults to the one the workflow wrote beside the store (``results/{dataset}/manifest.csv``),
+``--root`` to where the workflow downloads CIFAR-100 (``resources/cifar100``).
 """
 
 from __future__ import annotations
@@ -40,14 +44,12 @@ from embedlens.manifest import read_manifest, write_table
 from embedlens.plots import histogram, image_grid
 from embedlens.store import FeatureStore
 
-STORES = Path("/work/stores/results/cifar100")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", default=str(STORES / "lite0" / "features.h5"))
-    parser.add_argument("--manifest", default=str(STORES / "manifest.csv"))
-    parser.add_argument("--root", default="/work/shared/datasets", help="the folder holding cifar-100-python/")
+    parser.add_argument("--store", required=True, help="a whole-dataset CIFAR-100 feature store, e.g. results/cifar100/dino_vits16/features.h5 from make run")
+    parser.add_argument("--manifest", help="the dataset's manifest.csv (default: results/{dataset}/manifest.csv "
+                                           "beside the store's folder)")
+    parser.add_argument("--root", default="resources/cifar100", help="the folder holding cifar-100-python/")
     parser.add_argument("--out", default="results/benchmarks/audit_cifar100")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -56,7 +58,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = AuditSettings.from_config(stage_defaults("audit", SplitRoles("train", "test")))
     store = FeatureStore(args.store)
-    manifest = read_manifest(args.manifest)
+    manifest = read_manifest(args.manifest or Path(args.store).resolve().parents[1] / "manifest.csv")
     dataset = open_dataset({"name": "cifar100", "kind": "cifar100", "root": args.root, "download": False})
     read = image_reader(dataset, manifest)
     print(f"store {args.store}: " + ", ".join(f"{split} {store.split_size(split)}" for split in store.splits)

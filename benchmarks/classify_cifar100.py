@@ -13,7 +13,7 @@ the three measures flags, their rank agreement, and the time each part took. The
 with DINO ViT-S/16 on its 54 classes: accuracy 78.35%; top pairs maple_tree->oak_tree 0.24,
 girl->woman 0.16, girl->baby 0.14, man->woman 0.14, mouse->shrew 0.14.
 
-    python benchmarks/classify_cifar100.py [--store PATH] [--sets default top54] [--folds K]
+    python benchmarks/classify_cifar100.py --store STORE [--sets default top54] [--folds K]
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from embedlens.devices import resolve_device
 from embedlens.overlap import OverlapSettings, compute_overlap, overlap_classes, select_pairs
 from embedlens.store import FeatureStore
 
-DEFAULT_STORE = "/work/stores/results/cifar100/lite0/features.h5"
 NOTEBOOK_CLASSES = 54
 
 
@@ -110,7 +109,7 @@ def run_set(name: str, store: FeatureStore, pairs: pd.DataFrame, similarity: pd.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", default=DEFAULT_STORE, help="a whole-dataset CIFAR-100 feature store")
+    parser.add_argument("--store", required=True, help="a whole-dataset CIFAR-100 feature store, e.g. results/cifar100/dino_vits16/features.h5 from make run")
     parser.add_argument("--sets", nargs="+", default=["default", "top54"], choices=["default", "top54"])
     parser.add_argument("--folds", type=int, help="override classify.folds (default: the schema's)")
     parser.add_argument("--threads", type=int, default=2)

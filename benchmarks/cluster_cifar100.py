@@ -8,8 +8,8 @@ does (embedlens.cluster.temi.run_temi) with the stage's defaults except what the
 (steps, heads, head widths, batch size, learning rate, teacher momentum ramp, embed_norm, a k-means
 warm start): on 2 shared CPU cores the default 4,800 steps x 16 heads on 50,000 images take hours.
 
-    python benchmarks/cluster_cifar100.py                                   # the lead's store
-    python benchmarks/cluster_cifar100.py --steps 1900 --heads 4 --json out.json
+    python benchmarks/cluster_cifar100.py --store STORE                     # e.g. results/cifar100/dino_vits16/features.h5
+    python benchmarks/cluster_cifar100.py --store STORE --steps 1900 --heads 4 --json out.json
     python benchmarks/cluster_cifar100.py --synthetic --clusters 50 --heads 4 --hidden-dim 128 \\
         --bottleneck-dim 64 --batch-size 256 --skip-speed --threads 1         # planted clusters, ~3 minutes
 
@@ -37,7 +37,6 @@ from embedlens.cluster.temi import run_temi, train_temi
 from embedlens.roles import SplitRoles, stage_defaults
 from embedlens.store import FeatureStore, SplitFeatures
 
-DEFAULT_STORE = "/work/stores/results/cifar100/lite0/features.h5"
 SPEED_ROWS = 50_000
 SYNTHETIC = {"classes": 50, "train": 100, "test": 20, "dim": 64}
 
@@ -64,7 +63,7 @@ def synthetic_splits(seed: int) -> tuple[SplitFeatures, SplitFeatures]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", default=DEFAULT_STORE)
+    parser.add_argument("--store", help="a whole-dataset CIFAR-100 feature store, e.g. results/cifar100/dino_vits16/features.h5 from make run (or --synthetic)")
     parser.add_argument("--synthetic", action="store_true", help="planted clusters instead of a store")
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--steps", type=int, help="TEMI's optimiser steps (default: the stage's, 4,800)")
@@ -89,8 +88,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the neighbours and TEMI run")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
+    if not args.synthetic and not args.store:
+        parser.error("give the feature store to cluster, --store PATH, or --synthetic for planted clusters")
     torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="  %(message)s")  # run_temi's progress
+    logging.basicConfig(level=logging.INFO, format="  %(message)s")
+    logging.getLogger("embedlens").setLevel(logging.DEBUG)  # run_temi's progress, its per-epoch lines too
     device = torch.device(args.device)
 
     settings = ClusterSettings.from_config(stage_defaults("cluster", SplitRoles("train", "test")))

@@ -16,7 +16,7 @@ With ``--pseudo-labels PATH`` (a ``pseudo_labels.json`` of the clustering stage 
 split) the same runs follow with those labels. The replaced clustering repo claimed 50-100x compression
 with 80-95% of the accuracy kept, without evidence.
 
-    python benchmarks/distill_cifar100.py [--store PATH] [--per-class 1 10] [--pseudo-labels PATH [--pseudo-only]]
+    python benchmarks/distill_cifar100.py --store STORE [--per-class 1 10] [--pseudo-labels PATH [--pseudo-only]]
                                           [--set iterations=300 ...] [--baseline-lrs ...] [--baseline-epochs ...]
 """
 
@@ -37,7 +37,6 @@ from embedlens.distill import (DistillSettings, distill, distill_document, evalu
                                summarize_evaluation)
 from embedlens.store import FeatureStore
 
-DEFAULT_STORE = "/work/stores/results/cifar100/lite0/features.h5"
 FULL_EPOCHS = (15, 50)  # epochs searched for the full split (the experts' 15, the default full_epochs 50)
 
 
@@ -90,7 +89,7 @@ def run(store: FeatureStore, settings: DistillSettings, pseudo_labels: str | Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", default=DEFAULT_STORE)
+    parser.add_argument("--store", required=True, help="a whole-dataset CIFAR-100 feature store, e.g. results/cifar100/dino_vits16/features.h5 from make run")
     parser.add_argument("--per-class", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--pseudo-labels", help="the clustering stage's pseudo_labels.json of the store's train split")
     parser.add_argument("--pseudo-only", action="store_true", help="with --pseudo-labels: leave out the true-label runs")

@@ -17,7 +17,8 @@ its precision differs from the notebooks'.
 Prints images/s of each, their ratio, embedlens's seconds of preprocessing on the device (decoding
 there included) and their share of its time, and the cosine agreement of the feature sets (embedlens's
 must agree with the notebooks' to a mean >= 0.99, else exit status 1). Images: the first --images of the
-genuine CIFAR-100 test split in ../shared/datasets, or a synthetic dataset (64x64) when that is absent;
+genuine CIFAR-100 test split in --root (default resources/cifar100, where the workflow downloads it),
+or a synthetic dataset (64x64) when that is absent;
 with ``--jpegs``, --images generated ImageNet-like 500x375 JPEGs (on CUDA embedlens decodes those
 on the GPU, the notebooks' workers with PIL).
 
@@ -53,7 +54,6 @@ from embedlens.devices import resolve_device
 from embedlens.extract import Progress, extract_features
 from embedlens.preprocess import pil_transform
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
 
 class NotebookImages(Dataset):
@@ -90,18 +90,18 @@ def notebook_features(backbone, dataset, rows, device, batch_size: int, workers:
     return np.concatenate(out)
 
 
-def images_for_benchmark(count: int, jpegs_in: Path | None = None, workers: int = 2):
+def images_for_benchmark(count: int, cifar_root: Path, jpegs_in: Path | None = None, workers: int = 2):
     """The first ``count`` images of: ``count`` generated ImageNet-like 500x375 JPEGs written under
     ``jpegs_in`` (an ``imagenet`` dataset, as with ``--jpegs``), else the genuine CIFAR-100 test
-    split, else a synthetic dataset; returns the dataset and its manifest rows."""
+    split in ``cifar_root``, else a synthetic dataset; returns the dataset and its manifest rows."""
     if jpegs_in is not None:
         classes = 8
         make_tree(jpegs_in, classes, per_class=0, val_per_class=-(-count // classes), workers=max(1, workers))
         dataset = ImageNet({"name": "jpegs", "kind": "imagenet", "root": str(jpegs_in), "splits": ["val"]})
         dataset.scan_workers = max(1, workers)
         return dataset, dataset.scan().manifest.head(count)
-    if (SHARED / "cifar-100-python" / "test").is_file():
-        spec = {"name": "cifar100", "kind": "cifar100", "root": str(SHARED), "download": False,
+    if (cifar_root / "cifar-100-python" / "test").is_file():
+        spec = {"name": "cifar100", "kind": "cifar100", "root": str(cifar_root), "download": False,
                 "splits": ["test"]}
     else:
         spec = {"name": "synthetic", "kind": "synthetic", "num_classes": 10, "image_size": 64,
@@ -136,6 +136,8 @@ def timed(function):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--root", type=Path, default=Path("resources/cifar100"),
+                        help="the folder holding cifar-100-python/ (without it: synthetic images)")
     parser.add_argument("--model", default="tf_efficientnet_lite0")
     parser.add_argument("--random-weights", action="store_true",
                         help="build the timm model with random weights (no download)")
@@ -162,7 +164,8 @@ def main() -> None:
     backbone = load_backbone(spec).to(device)
     jpegs = Path(tempfile.mkdtemp(prefix="extract_throughput_")) if args.jpegs else None
     try:
-        run(args, device, backbone, *images_for_benchmark(args.images, jpegs / "tree" if jpegs else None, args.workers))
+        run(args, device, backbone, *images_for_benchmark(args.images, args.root, jpegs / "tree" if jpegs else None,
+                                                          args.workers))
     finally:
         if jpegs is not None:
             shutil.rmtree(jpegs, ignore_errors=True)

@@ -4,8 +4,8 @@ The GPU machine has Python 3.12 and PyTorch (with torchvision, hence numpy and p
 the project's other packages, or hold other versions. Run this where pip reaches the registry, with
 the Python environment the project's tests pass in (its package versions are the ones pinned):
 
-    /work/main/.venv/bin/python benchmarks/fetch_gpu_wheels.py                 # the needed wheels
-    /work/main/.venv/bin/python benchmarks/fetch_gpu_wheels.py --also torchvision==0.26.0 scikit-learn
+    .venv/bin/python benchmarks/fetch_gpu_wheels.py                 # the needed wheels
+    .venv/bin/python benchmarks/fetch_gpu_wheels.py --also torchvision==0.26.0 scikit-learn
 
 Which packages: the check's Python files (ENTRY_FILES) are imported in a child process, and the
 distributions they load that pyproject.toml declares (dependencies, the test extra) are the roots;

@@ -27,7 +27,7 @@
 #
 # The GPU machine reaches no package registry. Prepare the wheels once where pip reaches one, with the
 # environment the tests pass in (pins its versions; ~50 MiB; see that script's --also):
-#   /work/main/.venv/bin/python benchmarks/fetch_gpu_wheels.py
+#   .venv/bin/python benchmarks/fetch_gpu_wheels.py
 # then run, with the device tool: command "bash benchmarks/gpu_check.sh", carry [".whl"],
 # timeout_s 480. Without a GPU every CUDA step is reported as failed, and the script exits 1.
 
@@ -110,7 +110,7 @@ fi
 step gpu-tests 180 "$PYTHON" -m pytest -m gpu tests/test_gpu.py tests/test_jpeg.py -q -rs -p no:cacheprovider
 
 extract=("$PYTHON" benchmarks/extract_throughput.py --device cuda --model vit_small_patch16_224.dino
-         --random-weights --batch-size 256 --precision fp32 --also-bf16)
+         --random-weights --batch-size 256 --precision fp32 --also-bf16 --root ../shared/datasets)
 if ((has_cuda)); then
     step extract-w8 150 "${extract[@]}" --images 8192 --workers 8
     step extract-w2 150 "${extract[@]}" --images 8192 --workers 2

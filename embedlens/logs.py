@@ -5,6 +5,10 @@ said: its own messages, warnings of PIL, timm and transformers (Python warnings 
 anything else written to stderr, by C code and by worker processes too, and the error that ended it. An error the user can act on
 (:class:`embedlens.errors.FetchError`: a download or hub model that could not be had) ends the job
 with its one-paragraph message and no traceback; ``EMBEDLENS_DEBUG=1`` shows the traceback as well.
+
+The terminal shows every job of a run, so a job says there only what a reader follows: what it
+starts on and what it found (``log.info``). Progress a job reports many times (a line per epoch, fold
+or iteration) is logged with ``log.debug``: it goes to the job's log file alone.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ class _StderrCopy:
     def __init__(self, log_path: Path):
         sys.stderr.flush()
         self.terminal = os.dup(2)
-        self.tee = subprocess.Popen(["tee", str(log_path)], stdin=subprocess.PIPE, stdout=self.terminal,
+        # tee appends to the emptied file, as the handler of the job's log-only lines does: each write
+        # of either lands at the end of the file instead of over the other's
+        log_path.write_bytes(b"")
+        self.tee = subprocess.Popen(["tee", "-a", str(log_path)], stdin=subprocess.PIPE, stdout=self.terminal,
                                     start_new_session=True)
         os.dup2(self.tee.stdin.fileno(), 2)
 
@@ -59,9 +66,9 @@ _stderr_copy: _StderrCopy | None = None
 
 
 def job_logger(name: str, log_path: str | Path | None = None) -> logging.Logger:
-    """A logger named ``embedlens.<name>`` that writes to stderr, and with a ``log_path``, everything
-    this process and its children write to stderr from now on goes to that file too (see the module
-    docstring).
+    """A logger named ``embedlens.<name>`` that writes its INFO lines and above to stderr, and with a
+    ``log_path``, everything this process and its children write to stderr from now on goes to that
+    file too, and so do the logger's DEBUG lines, to that file alone (see the module docstring).
 
     Library loggers (PIL, timm, transformers, ...) print their warnings in the same format. Calling it
     again replaces the handlers and the log file instead of adding more.
@@ -69,24 +76,30 @@ def job_logger(name: str, log_path: str | Path | None = None) -> logging.Logger:
     if log_path is not None:
         _tee_stderr(Path(log_path))
     logger = logging.getLogger(f"embedlens.{name}")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)
     logger.propagate = False
-    _replace_handler(logger, logging.INFO)
-    _replace_handler(logging.getLogger(), logging.WARNING)
+    _replace_handlers(logger, logging.INFO, log_path)
+    _replace_handlers(logging.getLogger(), logging.WARNING)
     if log_path is not None:
         sys.excepthook = _report_fatal_error
     return logger
 
 
-def _replace_handler(logger: logging.Logger, level: int) -> None:
-    """Give ``logger`` one handler of ours on the current stderr, at ``level``."""
+def _replace_handlers(logger: logging.Logger, level: int, log_path: str | Path | None = None) -> None:
+    """Give ``logger`` one handler of ours on the current stderr, at ``level``, and with a ``log_path``
+    one that appends the records below ``level`` to that file."""
     for handler in [h for h in logger.handlers if getattr(h, "embedlens", False)]:
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.embedlens = True
-    handler.setLevel(level)
-    handler.setFormatter(FORMAT)
-    logger.addHandler(handler)
+        handler.close()
+    handlers = [logging.StreamHandler(sys.stderr)]
+    handlers[0].setLevel(level)
+    if log_path is not None:
+        handlers.append(logging.FileHandler(log_path, mode="a", encoding="utf-8"))
+        handlers[1].addFilter(lambda record: record.levelno < level)
+    for handler in handlers:
+        handler.embedlens = True
+        handler.setFormatter(FORMAT)
+        logger.addHandler(handler)
 
 
 def _tee_stderr(log_path: Path) -> None:

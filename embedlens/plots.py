@@ -295,6 +295,11 @@ def category_colours(count: int) -> list[str]:
     return [spread[j] for start in range(stride) for j in range(start, count, stride)]
 
 
+# px above the map's plot area: plotly draws its toolbar (the modebar, about 30 px tall) over the top right
+# corner, where the legend's and the colour bar's titles begin; with this margin they begin below it
+TOOLBAR_CLEARANCE = 40
+
+
 def embedding_map(coords: np.ndarray, values: Sequence, point_ids: Sequence[int], *, categorical: bool,
                   colour_label: str, marker_size: float = 5.0) -> go.Figure:
     """A 2-D scatter of ``coords`` (N x 2) coloured by ``values`` (one per point): one WebGL trace per
@@ -326,7 +331,8 @@ def embedding_map(coords: np.ndarray, values: Sequence, point_ids: Sequence[int]
                                                colorbar=dict(title=dict(text=colour_label))), **common))
     figure = go.Figure(traces)
     figure.update_layout(
-        margin=dict(l=10, r=10, t=10, b=10), plot_bgcolor="white", hovermode="closest", dragmode="pan",
+        margin=dict(l=10, r=10, t=TOOLBAR_CLEARANCE, b=10), plot_bgcolor="white", hovermode="closest",
+        dragmode="pan",
         legend=dict(title=dict(text=colour_label), itemsizing="constant"),
         xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"))
     return figure

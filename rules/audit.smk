@@ -32,7 +32,9 @@ rule audit_duplicates:
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
     output:
-        pairs=f"{AUDIT_DIR}/duplicates.csv",
+        pairs=report(f"{AUDIT_DIR}/duplicates.csv", category="Dataset audit",
+                     caption="../report/audit_duplicates.rst",
+                     labels={"dataset": "{dataset}", "backbone": "{backbone}", "output": "near-duplicates"}),
         grid=f"{AUDIT_DIR}/pairs.png",
         histogram=f"{AUDIT_DIR}/nearest_similarity.png",
         document=f"{AUDIT_DIR}/duplicates.json",
@@ -58,7 +60,9 @@ rule audit_labels:
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
     output:
-        issues=f"{AUDIT_DIR}/label_issues.csv",
+        issues=report(f"{AUDIT_DIR}/label_issues.csv", category="Dataset audit",
+                      caption="../report/audit_label_issues.rst",
+                      labels={"dataset": "{dataset}", "backbone": "{backbone}", "output": "label issues"}),
         grid=f"{AUDIT_DIR}/label_issues.png",
         document=f"{AUDIT_DIR}/labels.json",
     params:

@@ -86,7 +86,10 @@ rule cluster_results:
         clean=audit_clean_index("cluster"),  # figures on the clean test split too
     output:
         results=f"{CLUSTER_DIR}/{{method}}/results.json",
-        map=f"{CLUSTER_DIR}/{{method}}/map.png",
+        map=report(f"{CLUSTER_DIR}/{{method}}/map.png", category="Clustering",
+                   caption="../report/cluster_map.rst",
+                   labels={"dataset": "{dataset}", "backbone": "{backbone}", "method": "{method}",
+                           "output": "map by cluster and class"}),
         sizes=f"{CLUSTER_DIR}/{{method}}/sizes.png",
         pseudo_labels=pseudo_labels_path(RESULTS, "{dataset}", "{backbone}", "{method}"),
         representatives=f"{CLUSTER_DIR}/{{method}}/representatives.png",
@@ -112,7 +115,10 @@ rule cluster_summary:
         unpack(unless_skipped("cluster", cluster_outputs)),
     output:
         summary=f"{CLUSTER_DIR}/summary.json",
-        metrics=f"{CLUSTER_DIR}/metrics.csv",
+        metrics=report(f"{CLUSTER_DIR}/metrics.csv", category="Clustering",
+                       caption="../report/cluster_metrics.rst",
+                       labels={"dataset": "{dataset}", "backbone": "{backbone}", "method": "all",
+                               "output": "metrics"}),
         map_columns=f"{CLUSTER_DIR}/map_columns.csv",
     params:
         settings=settings_of("cluster", leave_out=()),

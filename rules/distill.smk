@@ -33,7 +33,9 @@ rule distill_fit:
         unpack(distill_inputs),
     output:
         distilled=f"{DISTILL_DIR}/distilled.h5",
-        curve=f"{DISTILL_DIR}/matching_loss.png",
+        curve=report(f"{DISTILL_DIR}/matching_loss.png", category="Distillation",
+                     caption="../report/distill_matching_loss.rst",
+                     labels={"dataset": "{dataset}", "backbone": "{backbone}", "output": "matching loss"}),
     params:
         settings=DISTILL_SETTINGS,
         recipe=feature_recipe,
@@ -56,7 +58,9 @@ rule distill_evaluate:
         unpack(distill_inputs),
         distilled=f"{DISTILL_DIR}/distilled.h5",
     output:
-        table=f"{DISTILL_DIR}/evaluation.csv",
+        table=report(f"{DISTILL_DIR}/evaluation.csv", category="Distillation",
+                     caption="../report/distill_evaluation.rst",
+                     labels={"dataset": "{dataset}", "backbone": "{backbone}", "output": "evaluation"}),
         seeds=f"{DISTILL_DIR}/evaluation_seeds.csv",
         document=f"{DISTILL_DIR}/distill.json",
     params:

@@ -49,12 +49,16 @@ rule novelty_fit:
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
     output:
         model=f"{NOVELTY_DIR}/model.h5",
-        scores=f"{NOVELTY_DIR}/scores.csv",
+        scores=report(f"{NOVELTY_DIR}/scores.csv", category="Novelty",
+                      caption="../report/novelty_scores.rst",
+                      labels={"dataset": "{dataset}", "backbone": "{backbone}", "output": "novelty scores"}),
         elbow_table=f"{NOVELTY_DIR}/elbow.csv",
         elbow=f"{NOVELTY_DIR}/elbow.png",
         pca=f"{NOVELTY_DIR}/pca.png",
         clusters=f"{NOVELTY_DIR}/clusters.png",
-        novel=f"{NOVELTY_DIR}/novel.png",
+        novel=report(f"{NOVELTY_DIR}/novel.png", category="Novelty",
+                     caption="../report/novelty_novel.rst",
+                     labels={"dataset": "{dataset}", "backbone": "{backbone}", "output": "most novel images"}),
         document=f"{NOVELTY_DIR}/fit.json",
         map_columns=f"{NOVELTY_DIR}/map_columns.csv",
     wildcard_constraints:

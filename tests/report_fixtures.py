@@ -72,7 +72,9 @@ def results_tree(root: Path) -> tuple[list[DatasetFiles], list[PairFiles]]:
     classify = data / "small" / "classify"
     classify.mkdir()
     StageSummary(stage="classify", title="Classifier", dataset="toy", backbone="small",
-                 headline={"accuracy": 0.7835}, notes=["evaluated at the best epoch"]).write(classify / "summary.json")
+                 headline={"accuracy": 0.7835, "pairs_flagged": {"centroid": 3, "confusion": 0},
+                           "spearman_union": {"centroid~confusion": -0.5, "confusion~cleanlab": None},
+                           "search_seconds": {"cross": 0.25213}, "best_epochs": [12, 30]}, notes=["evaluated at the best epoch"]).write(classify / "summary.json")
     small.summaries.append(classify / "summary.json")
     distill = data / "small" / "distill"
     distill.mkdir()

@@ -493,7 +493,7 @@ def test_a_resumed_run_reads_its_neighbours_and_warm_start_and_says_so_when_it_r
     monkeypatch.setattr(temi_module, "save_checkpoint", save)
     monkeypatch.setattr(temi_module, "cosine_topk", recomputed)
     monkeypatch.setattr(temi_module, "fit_kmeans", recomputed)
-    with caplog.at_level(logging.INFO, logger="embedlens.cluster.temi"):
+    with caplog.at_level(logging.DEBUG, logger="embedlens.cluster.temi"):  # the per-epoch lines are DEBUG
         resumed = run_temi(train, train, 5, temi, settings().kmeans, 3, CPU, checkpoints=tmp_path)
     assert resumed.fit.resumed_at_epoch == 2
     messages = [record.getMessage() for record in caplog.records]

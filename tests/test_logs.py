@@ -86,6 +86,29 @@ def test_messages_go_to_the_file_and_to_stderr_and_a_second_logger_takes_a_new_f
     assert second.count("again") == 1 and "shard 1-of-2" not in second
 
 
+def test_per_epoch_lines_go_to_the_log_alone_and_the_terminal_gets_the_job_s_lines(tmp_path):
+    body = ("import sys\n"
+            "log.info('6 classes, 48 train images, on cpu')\n"
+            "for epoch in range(1, 31):\n"
+            "    log.debug('epoch %d: val loss %.4f', epoch, 1 / epoch)\n"
+            "    print(f'stray line {epoch}', file=sys.stderr, flush=True)\n"
+            "log.info('best epoch 30 of 30; test accuracy 0.75')\n"
+            f"job_logger('job', {str(tmp_path / 'second.log')!r}).debug('epoch 1 of the second job')\n")
+    result, text = run_job(tmp_path, body)
+    assert result.returncode == 0, result.stderr
+    lines = text.splitlines()
+    # every line whole and once, in the file that both the job's stderr and its log-only lines append to
+    for epoch in range(1, 31):
+        assert lines.count(f"stray line {epoch}") == 1
+        assert sum(line.endswith(f"embedlens.job DEBUG epoch {epoch}: val loss {1 / epoch:.4f}") for line in lines) == 1
+        assert f"stray line {epoch}" in result.stderr
+    assert "epoch 1:" not in result.stderr and "DEBUG" not in result.stderr
+    for line in ("6 classes, 48 train images, on cpu", "best epoch 30 of 30; test accuracy 0.75"):
+        assert text.count(line) == 1 and result.stderr.count(line) == 1, line
+    assert len(lines) == 2 + 30 + 30
+    assert (tmp_path / "second.log").read_text().count("epoch 1 of the second job") == 1
+
+
 def test_what_c_code_and_worker_processes_write_to_stderr_reaches_the_log(tmp_path):
     body = ("import ctypes, multiprocessing, os, subprocess, sys\n"
             "message = b'libpng warning: iCCP: known incorrect sRGB profile\\n'\n"

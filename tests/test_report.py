@@ -6,15 +6,20 @@ import base64
 import io
 import json
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
+from embedlens.config import load_config
 from embedlens.datasets import open_dataset
-from embedlens.report.explore import build_explore_page, colourings, read_map_columns, sample_points
+from embedlens.report.explore import build_explore_page, colourings, hover_text, read_map_columns, sample_points
 from embedlens.report.media import embed_figure, thumbnail, thumbnail_sheets
 from embedlens.report.page import build_report
 from embedlens.report.render import number, script_json
@@ -99,6 +104,17 @@ def test_report_shows_the_dataset_the_stages_and_what_is_absent(report):
         assert heading in page.headings
 
 
+def test_headline_cards_show_numbers_and_parts_never_a_python_repr(report):
+    html, _ = report
+    cards = "".join(re.findall(r'<dl class="headline">.*?</dl>', html, re.S))
+    for repr_mark in ("{", "}", "[", "None", "&#39;"):
+        assert repr_mark not in cards, repr_mark
+    text = " ".join(re.sub(r"<[^>]+>", " ", cards).split())
+    for shown in ("pairs flagged centroid 3 confusion 0", "spearman union centroid~confusion -0.5 confusion~cleanlab —",
+                  "search seconds cross 0.2521", "best epochs 12, 30"):
+        assert shown in text, shown
+
+
 def test_comparison_table_puts_backbones_side_by_side_with_absent_figures_marked(report):
     html, _ = report
     table = html[html.index('id="comparison"'):html.index('id="config"')]
@@ -166,12 +182,14 @@ def test_sampling_is_deterministic_and_only_when_needed():
 
 def test_map_columns_of_later_stages_become_colourings(tmp_path):
     path = tmp_path / "map_columns.csv"
-    path.write_text("split,index_in_split,cluster,novelty score\ntrain,0,c3,0.25\ntest,1,c1,0.9\n")
+    path.write_text("split,index_in_split,cluster,novelty score\ntrain,0,c3,0.25\ntest,1,c1,0.912345\n")
     points = pd.DataFrame({"split": ["train", "train", "test"], "index_in_split": [0, 1, 1],
                            "class_name": ["a", "b", "a"]})
     choices = colourings(points, [read_map_columns(path)])
     assert [(c.name, c.categorical) for c in choices] == [("class", True), ("cluster", True), ("novelty score", False)]
-    assert choices[1].values == ["c3", "n/a", "c1"] and choices[2].values == [0.25, None, 0.9]
+    assert choices[1].values == ["c3", "n/a", "c1"] and choices[2].values == [0.25, None, 0.912345]
+    # the hover box: numbers as the report prints them, nothing for a point without a value
+    assert hover_text(choices) == {"cluster": ["c3", "n/a", "c1"], "novelty score": ["0.25", None, "0.9123"]}
     (tmp_path / "bad.csv").write_text("split,value\ntrain,1\n")
     with pytest.raises(ValueError, match=r"bad\.csv: .*missing index_in_split"):
         read_map_columns(tmp_path / "bad.csv")
@@ -180,6 +198,8 @@ def test_map_columns_of_later_stages_become_colourings(tmp_path):
 def test_formatting_and_script_json():
     assert [number(v) for v in (12345, 0.78351, 1234.5, 2.5, None, True, "cpu")] == \
         ["12,345", "0.7835", "1,234", "2.5", "—", "yes", "cpu"]
+    assert number({"cross": 0.25213, "within_split": None}) == "cross 0.2521; within split —"
+    assert number([3, 0.123456]) == "3, 0.1235"
     assert script_json({"a": "</script>"}) == '{"a":"<\\/script>"}'
 
 
@@ -220,3 +240,32 @@ def test_config_report_section_has_defaults_and_is_checked():
     assert validate_config(json.loads(json.dumps(base)))["report"] == {"map_points": 20000, "seed": 0, "thumbnail_size": 64}
     with pytest.raises(ConfigError, match=r"(?s)report: unknown key\(s\) 'points'.*report.map_points: 0 is less than"):
         validate_config({**base, "report": {"points": 5, "map_points": 0}})
+
+
+def test_make_prints_the_report_under_the_config_s_results_folder(tmp_path):
+    """``make run CONFIG=x.yaml`` and ``make demo`` print the report of the config they ran, wherever its
+    ``results:`` key puts it (relative to the checkout, where make runs Snakemake); Snakemake itself is
+    replaced by ``echo`` here, and the venv by one that runs this Python."""
+    repo = Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (venv / "bin" / "python").chmod(0o755)
+    (venv / ".installed-demo").touch()  # newer than pyproject.toml: make installs nothing
+    config = tmp_path / "x.yaml"
+    config.write_text(yaml.safe_dump({"results": "runs/x", "datasets": [{"name": "s", "kind": "synthetic"}],
+                                      "backbones": [{"name": "b", "kind": "timm", "model": "resnet10t"}]}))
+
+    def make(*arguments: str) -> list[str]:
+        result = subprocess.run(["make", "-s", *arguments, f"VENV={venv}", "SNAKEMAKE=echo"], cwd=repo,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()
+
+    assert make("run", f"CONFIG={config}") == [f"--configfile {config} --replace-workflow-config",
+                                                f"report: {repo / 'runs' / 'x' / 'report.html'}"]
+    demo_results = load_config(repo / "configs" / "demo.yaml")["results"]
+    assert make("demo")[-1] == f"report: {repo / demo_results / 'report.html'}"
+    assert make("snakemake-report", f"CONFIG={config}")[0].endswith(
+        f"--report {repo / 'runs' / 'x' / 'snakemake-report.zip'}")
+    assert make("unlock", f"CONFIG={config}") == [f"--configfile {config} --replace-workflow-config --unlock"]

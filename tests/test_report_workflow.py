@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import zipfile
@@ -32,6 +33,9 @@ CONFIG = {
     "overlap": {"selection": "top_n", "top_n": 2},
     "report": {"map_points": 60, "seed": 1, "thumbnail_size": 32},
     "cluster": {"map": "tsne", "temi": {"neighbours": 5, "heads": 2, "steps": 9, "batch_size": 16}},
+    "distill": {"enabled": True, "per_class": 2, "experts": 2, "expert_epochs": 4, "batch_size": 8, "syn_batch": 8,
+                "syn_steps": 3, "expert_epochs_to_match": 1, "max_start_epoch": 2, "iterations": 6, "lr_features": 1.0,
+                "eval_seeds": 2, "eval_epochs": 10, "full_epochs": 4, "neighbours": 3, "grid_rows": 5},
 }
 IMAGES = 6 * (8 + 4)
 STAGES = ("features", "overlap", "subset", "classify", "cluster", "novelty", "audit", "distill")
@@ -43,7 +47,23 @@ def run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("report-run")
     result = run_snakemake(workdir, config=CONFIG)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (workdir / "terminal.txt").write_text(result.stdout + result.stderr)
     return workdir
+
+
+def test_per_epoch_lines_reach_the_job_logs_not_the_terminal(run):
+    terminal = (run / "terminal.txt").read_text()
+    logs = run / "results" / "logs"
+    for log, line in ((logs / "classify_train" / "shapes" / "tiny.log", r"epoch \d+: train loss"),
+                      (logs / "classify_crossval" / "shapes" / "tiny.log", r"fold \d+ epoch \d+: val loss"),
+                      (logs / "cluster_temi" / "shapes" / "tiny.log", r"epoch \d+, step \d+: loss"),
+                      (logs / "distill_fit" / "shapes" / "tiny.log", r"iteration 6: matching loss"),
+                      (logs / "distill_evaluate" / "shapes" / "tiny.log", r"distilled, seed \d+: test accuracy")):
+        assert re.search(line, log.read_text()), (log, line)
+        assert not re.search(line, terminal), line
+    # what each of those jobs ends with still reaches the terminal
+    assert re.search(r"classify_train INFO best epoch \d+ of \d+", terminal)
+    assert re.search(r"distill_fit INFO \d+ synthetic vectors", terminal)
 
 
 def test_the_default_target_is_the_report_with_an_explore_page_per_pair(run):
@@ -62,9 +82,17 @@ def test_snakemake_report_zip_holds_the_marked_outputs(run):
     result = run_snakemake(run, "--report", "results/snakemake-report.zip", config=CONFIG)
     assert result.returncode == 0, result.stderr[-3000:]
     with zipfile.ZipFile(run / "results" / "snakemake-report.zip") as archive:
-        names = archive.namelist()
-    for output in ("report.html", "similarity.png", "pairs.csv", "explore.html", "skipped.csv"):
-        assert any(name.endswith(output) for name in names), output
+        names = [Path(name).name for name in archive.namelist() if "/data/raw/" in name]
+        page = archive.read("snakemake-report/report.html").decode()
+    # a result of every stage, under the stage's category (the archive keeps file names, not folders):
+    # per backbone the overlap's and the classifier's pairs.csv and a map.png per clustering method
+    expected = {"report.html": 1, "explore.html": 2, "skipped.csv": 3, "similarity.png": 2, "pairs.csv": 4,
+                "confusion.png": 2, "map.png": 4, "metrics.csv": 2, "scores.csv": 2, "novel.png": 2,
+                "duplicates.csv": 2, "label_issues.csv": 2, "evaluation.csv": 2, "matching_loss.png": 2}
+    assert {name: names.count(name) for name in expected} == expected
+    for category in ("Dataset", "Features", "Overlap", "Classifier", "Clustering", "Novelty", "Dataset audit",
+                     "Distillation", "Report"):
+        assert f'"{category}"' in page, category
 
 
 def test_lint_stays_clean(run):
@@ -174,6 +202,29 @@ def test_map_in_a_browser_draws_every_point_and_shows_its_image_on_hover(run, br
         return [d[3], hi - lo];""")
     assert spread[0] == 255 and spread[1] > 20, spread
     screenshot(browser, tmp_path, "explore.png")
+    # the hover box gives a stage's figures as the report prints them and leaves out the ones it lacks
+    hover_lines = browser.find_element(By.ID, "hover").text.splitlines()
+    assert not any("null" in line or "undefined" in line for line in hover_lines), hover_lines
+    for line in hover_lines:
+        name, _, value = line.partition(": ")
+        if browser.execute_script(f"return {json.dumps(name)} in DATA.columns") and re.fullmatch(r"-?[\d.e+-]+", value):
+            assert len(value.replace("-", "").replace(".", "").lstrip("0")) <= 4, line
+
+    # the legend's and the colour bar's titles begin below plotly's toolbar, not under it
+    overlap = """const a = arguments[0].getBoundingClientRect(), b = arguments[1].getBoundingClientRect();
+                 return !(a.right <= b.left || b.right <= a.left || a.bottom <= b.top || b.bottom <= a.top);"""
+    toolbar = browser.find_element(By.CSS_SELECTOR, "#map .modebar")
+    assert not browser.execute_script(overlap, toolbar, browser.find_element(By.CSS_SELECTOR, "#map .legendtitletext"))
+    numeric = browser.execute_script(
+        "return Object.keys(DATA.figures).find(n => DATA.figures[n].data[0].marker.colorbar)")
+    assert numeric, "the run's map has no numeric colouring"
+    browser.execute_script("const s = document.getElementById('colour-by'); s.value = arguments[0];"
+                           "s.dispatchEvent(new Event('change'));", numeric)
+    wait_for(browser, "!!document.querySelector('#map .cbtitle')")
+    toolbar = browser.find_element(By.CSS_SELECTOR, "#map .modebar")
+    assert not browser.execute_script(overlap, toolbar, browser.find_element(By.CSS_SELECTOR, "#map .cbtitle"))
+    browser.execute_script("const s = document.getElementById('colour-by'); s.value = 'class';"
+                           "s.dispatchEvent(new Event('change'));")
 
     # the search box highlights the images of matching classes
     search = browser.find_element(By.ID, "search")

@@ -31,7 +31,7 @@ log.info("%d-fold cross-validation of %d %r images of %d classes on %s", setting
 started = time.monotonic()
 result = out_of_fold_probabilities(
     rows.features, rows.targets, len(classes), settings, device, checkpoint_dir=snakemake.params.checkpoints,
-    progress=lambda fold, row: log.info("fold %d epoch %d: val loss %.4f", fold, row["epoch"], row["val_loss"]))
+    progress=lambda fold, row: log.debug("fold %d epoch %d: val loss %.4f", fold, row["epoch"], row["val_loss"]))
 seconds = time.monotonic() - started
 accuracy = float((result.probabilities.argmax(axis=1) == rows.targets).mean())
 write_crossval(snakemake.output.crossval, snakemake.output.info, classes,

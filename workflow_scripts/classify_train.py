@@ -34,7 +34,7 @@ fit_rows, val_rows = train_val_split(rows.targets, settings.val_fraction, settin
 started = time.monotonic()
 fit = fit_mlp(rows.features[fit_rows], rows.targets[fit_rows], rows.features[val_rows], rows.targets[val_rows],
               len(classes), settings, device, checkpoint=f"{snakemake.params.checkpoints}/train.pt",
-              progress=lambda row: log.info("epoch %(epoch)d: train loss %(train_loss).4f, val loss %(val_loss).4f, "
+              progress=lambda row: log.debug("epoch %(epoch)d: train loss %(train_loss).4f, val loss %(val_loss).4f, "
                                             "val accuracy %(val_accuracy).4f", row))
 seconds = time.monotonic() - started
 if fit.resumed_at_epoch:

@@ -28,7 +28,7 @@ torch.set_num_threads(snakemake.threads)
 device, gpu_claim = acquire_device(settings.device)  # the claim holds the GPU until the job ends
 started = time.monotonic()
 per_seed = evaluate(distilled, train, test, len(store.class_names), settings, device,
-                    progress=lambda row: log.info("%(set)s, seed %(seed)d: test accuracy %(accuracy).4f", row))
+                    progress=lambda row: log.debug("%(set)s, seed %(seed)d: test accuracy %(accuracy).4f", row))
 table = summarize_evaluation(per_seed)
 document = distill_document(distilled, table, settings, train_images=len(train.labels),
                             classes=len(set(train.labels.tolist())), label_source=attrs["label_source"],

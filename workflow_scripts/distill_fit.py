@@ -30,7 +30,7 @@ def progress(row):
     if row["phase"] == "experts":
         log.info("%d experts trained (%.0f s)", row["experts"], row["seconds"])
     elif row["iteration"] % 50 == 0 or row["iteration"] == settings.iterations:
-        log.info("iteration %(iteration)d: matching loss %(matching_loss).4f, learning rate %(learning_rate).4g", row)
+        log.debug("iteration %(iteration)d: matching loss %(matching_loss).4f, learning rate %(learning_rate).4g", row)
 
 
 with exit_on(log, DistillInputError):

@@ -471,8 +471,8 @@ def run_temi(train: SplitFeatures, test: SplitFeatures, clusters: int, settings:
 
     def progress(row: dict) -> None:
         if row["epoch"] % every == 0 or row["step"] == schedule.steps:
-            log.info("epoch %(epoch)d, step %(step)d: loss %(loss_mean).4f (best head %(best_head)d: %(loss_best).4f), "
-                     "lr %(learning_rate).2e", row)
+            log.debug("epoch %(epoch)d, step %(step)d: loss %(loss_mean).4f (best head %(best_head)d: %(loss_best).4f), "
+                      "lr %(learning_rate).2e", row)
 
     fit = train_temi(seen(train.features), neighbours, clusters, settings, seed, device, warm_start=warm_start,
                      checkpoint=None if folder is None else folder / "train.pt", progress=progress, log=log)

@@ -28,7 +28,7 @@ from embedlens.images import short_reason
 from embedlens.parallel import ordered_map
 from embedlens.plots import embedding_map
 from embedlens.report.media import SHEET_COLUMNS, thumbnail, thumbnail_sheets
-from embedlens.report.render import render, script_json
+from embedlens.report.render import number, render, script_json
 from embedlens.store import FeatureStore
 
 KEYS = ["split", "index_in_split"]
@@ -99,6 +99,13 @@ def colourings(points: pd.DataFrame, extra: Sequence[pd.DataFrame]) -> list[Colo
     return result
 
 
+def hover_text(choices: Sequence[Colouring]) -> dict[str, list[str | None]]:
+    """What a point's hover box says of each colouring beyond the class: its value as the report prints
+    figures (4 significant digits), None where the point has no value, which the box leaves out."""
+    return {choice.name: [None if value is None else number(value) for value in choice.values]
+            for choice in choices if choice.name != "class"}
+
+
 def load_points(store: FeatureStore, manifest: pd.DataFrame, max_points: int, seed: int
                 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The sampled points (split, index_in_split, label, class_name, source) with their features, read
@@ -159,7 +166,7 @@ def build_explore_page(store: FeatureStore, manifest: pd.DataFrame, dataset: Ima
         "split": points["split"].tolist(), "index": points["index_in_split"].astype(int).tolist(),
         "class": points["class_name"].astype(str).tolist(), "source": points["source"].astype(str).tolist(),
         "unreadable": unreadable,
-        "columns": {choice.name: choice.values for choice in choices if choice.name != "class"},
+        "columns": hover_text(choices),
         "figures": figures, "thumbnail": thumbnail_size, "sheetColumns": SHEET_COLUMNS,
     }
     import plotly.offline

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from functools import cache
 
 import jinja2
@@ -12,7 +13,12 @@ import jinja2
 
 def number(value) -> str:
     """A headline figure as a reader wants it: integers with thousands separators, fractions with four
-    significant digits, large floats rounded; anything else as text."""
+    significant digits, large floats rounded; a mapping as ``key value`` parts and a list as its items,
+    each formatted so (never a Python repr); anything else as text."""
+    if isinstance(value, Mapping):
+        return "; ".join(f"{label(key)} {number(item)}" for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(number, value))
     if isinstance(value, bool) or value is None:
         return {True: "yes", False: "no", None: "—"}[value]
     if isinstance(value, int):

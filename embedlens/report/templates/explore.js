@@ -35,7 +35,7 @@
 
   function describe(id) {
     const lines = [DATA.class[id], DATA.split[id] + " #" + DATA.index[id] + " (source " + DATA.source[id] + ")"];
-    for (const [name, values] of Object.entries(DATA.columns)) lines.push(name + ": " + values[id]);
+    for (const [name, values] of Object.entries(DATA.columns)) if (values[id] !== null) lines.push(name + ": " + values[id]);
     if (DATA.unreadable[id]) lines.push("image unreadable: " + DATA.unreadable[id]);
     return lines;
   }
