@@ -3,7 +3,7 @@ matched to them, saved to distilled.h5 with the matching-loss curve."""
 
 import torch
 
-from embedlens.classify.results import remove_checkpoints
+from embedlens.checkpoint import remove_checkpoints
 from embedlens.devices import acquire_device
 from embedlens.distill import DistillInputError, DistillSettings, distill_backing_off, label_source, read_rows
 from embedlens.logs import exit_on, job_logger
