@@ -40,7 +40,8 @@ document = distill_document(distilled, table, choices, settings, train_images=le
                             validation_images=len(rows.validation.labels), classes=len(set(rows.fit.labels.tolist())),
                             label_source=attrs["label_source"], evaluation_seconds=time.monotonic() - started)
 document["notes"] = attrs.get("notes", []) + rows.notes + (
-    [holdout_note(settings.train_split, settings.holdout_fraction, len(rows.test.labels), len(rows.fit.labels))]
+    [holdout_note(settings.train_split, settings.holdout_fraction, len(rows.test.labels),
+                  len(rows.fit.labels) + len(rows.validation.labels))]
     if settings.test_split == settings.train_split else [])
 write_table(choices, snakemake.output.validation)
 write_table(per_seed, snakemake.output.seeds)
