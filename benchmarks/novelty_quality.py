@@ -103,7 +103,8 @@ def main() -> None:
         raw = raw[raw["score"] != "knn_distance"].assign(score=lambda table: table["score"] + " (raw)")
         near = pd.concat([near, summarize_quality(raw)]).sort_values("auroc_mean", ascending=False)
     print_table(f"near novelty: {args.unseen} of {classes} CIFAR-100 classes unseen, {args.draws} draws, "
-                f"k per draw {per_draw.groupby('draw')['k'].first().tolist()}, knn_k = {settings.knn_k} ({time.monotonic() - start:.0f} s); "
+                f"k per draw {per_draw.groupby('draw')['k'].first().tolist()}, knn_k = {settings.knn_k} "
+                f"({time.monotonic() - start:.0f} s); "
                 f"mean and std over draws; (raw): k-means on embeddings not L2-normalised, as the notebook did", near)
     for draw, group in per_draw.groupby("draw"):
         print(f"  draw {draw}: unseen {group['unseen_classes'].iloc[0]}")

@@ -308,7 +308,8 @@ def test_the_summary_counts_images_per_verdict_and_the_map_colours_them(tmp_path
     pictures, _ = issue_pictures(issues, reader, 2)
     assert pictures[0] is None and pictures[1] is images[("train", 4)]
     assert list(reader.unreadable) == ["train #3"] and "cannot identify image file" in reader.unreadable["train #3"]
-    assert logged == [f"train #3 could not be read for label_issues.png and is drawn blank: {reader.unreadable['train #3']}"]
+    reason = reader.unreadable["train #3"]
+    assert logged == [f"train #3 could not be read for label_issues.png and is drawn blank: {reason}"]
     labels_json = labels_document(check, reader.unreadable)
     query_rows = store.join_manifest("test", manifest)
     clean = clean_table(query_rows, "test", found.pairs, check.issues, config)

@@ -31,8 +31,9 @@ distilled, attrs = Distilled.load(snakemake.input.distilled)
 torch.set_num_threads(snakemake.threads)
 device, gpu_claim = acquire_device(settings.device)  # the claim holds the GPU until the job ends
 started, classes = time.monotonic(), len(store.class_names)
-choices = choose_training(distilled, rows.fit, rows.validation, classes, settings, device, progress=lambda row: log.info(
-    "%(set)s, lr %(learning_rate).4g, %(epochs)d epochs: validation accuracy %(validation_accuracy).4f", row))
+choices = choose_training(distilled, rows.fit, rows.validation, classes, settings, device,
+                          progress=lambda row: log.info("%(set)s, lr %(learning_rate).4g, %(epochs)d epochs: validation "
+                                                        "accuracy %(validation_accuracy).4f", row))
 per_seed = evaluate(distilled, rows.fit, rows.test, classes, settings, device, chosen_training(choices),
                     progress=lambda row: log.info("%(set)s, seed %(seed)d: test accuracy %(accuracy).4f", row))
 table = summarize_evaluation(per_seed)

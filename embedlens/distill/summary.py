@@ -23,8 +23,8 @@ def choice_note(choices: pd.DataFrame, validation_images: int, settings: Distill
                           if np.isfinite(row.validation_accuracy) else " (its only candidate)")
                        for row in chosen.itertuples())
     if not validation_images and (choices.groupby("set").size() > 1).any():
-        return (f"Nothing could be chosen: the validation part is empty (distill.val_fraction {settings.val_fraction:g} "
-                f"of classes too small to split), so each set took its first candidate: {picked}. The test split "
+        return (f"Nothing could be chosen: the validation part is empty (distill.val_fraction "
+                f"{settings.val_fraction:g} of classes too small to split), so each set took its first candidate: {picked}. The test split "
                 "was used once.")
     return (f"Learning rates and epochs were chosen on a validation part of {validation_images} train images "
             f"(distill.val_fraction {settings.val_fraction:g} of each class, seeded, stratified; never the test "

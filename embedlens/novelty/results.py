@@ -113,4 +113,5 @@ def fit_document(fit: NoveltyFit, settings: NoveltySettings, *, unreadable: int,
             "unreadable": int(unreadable), "knn_k": model.knn_k, "centroid_spacing": model.centroid_spacing,
             "thresholds": {"novelty_z": model.novelty_threshold, "surprise_ratio": model.surprise_threshold,
                            "knn_distance": model.knn_threshold},
-            "flags": flag_counts(fit.scores), "notes": fit.notes, "blank_images": dict(blank_images), "settings": settings.as_dict()}
+            "flags": flag_counts(fit.scores), "notes": fit.notes, "blank_images": dict(blank_images),
+            "settings": settings.as_dict()}
