@@ -30,7 +30,7 @@ import time
 import numpy as np
 import torch
 
-from embedlens.cluster.kmeans import assign, fit_kmeans
+from embedlens.kmeans import assign, fit_kmeans
 from embedlens.cluster.metrics import cluster_metrics
 from embedlens.cluster.settings import ClusterSettings
 from embedlens.cluster.temi import run_temi, train_temi

@@ -9,7 +9,8 @@ Far novelty: scikit-learn's bundled handwritten digits (8x8 greyscale, upscaled 
 CIFAR) are embedded with the store's own backbone and scored against a fit on CIFAR-100 (every class),
 together with the held-out CIFAR-100 images.
 
-k is chosen as the workflow chooses it (the elbow of the inertia curve), unless --k is given.
+k is chosen as the workflow chooses it (the elbow of the inertia curve; in each draw on its seen classes
+alone), unless --k is given.
 
     python benchmarks/novelty_quality.py --store results/cifar100/dino_vits16/features.h5 --draws 5
 
@@ -29,8 +30,10 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from embedlens.backbones import load_backbone
-from embedlens.novelty import (NoveltySettings, QualitySettings, detection_quality, fit_novelty, summarize_quality,
-                               unseen_class_quality)
+from embedlens.config import section_defaults
+from embedlens.novelty.fit import fit_novelty
+from embedlens.novelty.quality import detection_quality, summarize_quality, unseen_class_quality
+from embedlens.novelty.settings import NoveltySettings
 from embedlens.preprocess import preprocess_batch
 from embedlens.store import FeatureStore
 
@@ -67,7 +70,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=5, help="random draws of unseen classes (5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=None, help="a fixed k instead of the elbow's")
-    parser.add_argument("--knn-k", type=int, default=NoveltySettings.knn_k, help="the kNN score's neighbour")
+    parser.add_argument("--knn-k", type=int, default=section_defaults("novelty")["knn_k"],
+                        help="the kNN score's neighbour (the schema's default)")
     parser.add_argument("--no-raw", dest="raw", action="store_false",
                         help="skip the k-means scores on raw (not L2-normalised) embeddings")
     parser.add_argument("--far-images", type=int, default=1797, help="digits to embed (1797: all of them)")
@@ -77,8 +81,9 @@ def main() -> None:
     features = np.concatenate([store.features(split) for split in store.splits])
     labels = np.concatenate([store.labels(split) for split in store.splits])
     classes = len(np.unique(labels[labels >= 0]))
-    settings = NoveltySettings(seed=args.seed, k=args.k, knn_k=args.knn_k,
-                               quality=QualitySettings(unseen_fraction=args.unseen / classes, draws=args.draws))
+    settings = NoveltySettings.from_config({**section_defaults("novelty"), "seed": args.seed, "k": args.k,
+                                            "knn_k": args.knn_k,
+                                            "quality": {"unseen_fraction": args.unseen / classes, "draws": args.draws}})
     print(f"store {args.store}: {len(features)} images ({'+'.join(store.splits)}), {classes} classes, "
           f"{store.dim}-d, {store.attrs.get('model')}")
 
@@ -89,14 +94,15 @@ def main() -> None:
           f"held out, {time.monotonic() - start:.0f} s")
 
     start = time.monotonic()
-    per_draw = unseen_class_quality(features, labels, fit.model.k, settings, store.class_names)
+    per_draw = unseen_class_quality(features, labels, settings, store.class_names)
     near = summarize_quality(per_draw)
     if args.raw:  # the notebook clustered raw embeddings; the kNN score is a cosine either way
-        raw = unseen_class_quality(features, labels, fit.model.k, replace(settings, normalize=False), store.class_names)
+        raw = unseen_class_quality(features, labels, replace(settings, normalize=False), store.class_names)
         raw = raw[raw["score"] != "knn_distance"].assign(score=lambda table: table["score"] + " (raw)")
         near = pd.concat([near, summarize_quality(raw)]).sort_values("auroc_mean", ascending=False)
     print_table(f"near novelty: {args.unseen} of {classes} CIFAR-100 classes unseen, {args.draws} draws, "
-                f"k = {fit.model.k}, knn_k = {settings.knn_k} ({time.monotonic() - start:.0f} s); "
+                f"k per draw {per_draw.groupby('draw')['k'].first().tolist()}, knn_k = {settings.knn_k} "
+                f"({time.monotonic() - start:.0f} s); "
                 f"mean and std over draws; (raw): k-means on embeddings not L2-normalised, as the notebook did", near)
     for draw, group in per_draw.groupby("draw"):
         print(f"  draw {draw}: unseen {group['unseen_classes'].iloc[0]}")

@@ -1,5 +1,5 @@
-"""Checkpoints of the training loops (the classifier, distillation): written atomically, resumed only
-when they belong to the same data and settings.
+"""Checkpoints of the training loops (the classifier, clustering, distillation): written atomically, resumed only
+when they belong to the same data and settings, and removed once a job's results are written.
 
 A checkpoint is one ``torch.save`` file holding a ``fingerprint`` (SHA-256 of the settings that decide
 the result and of the input arrays), whatever the loop needs to go on, and torch's random states, so
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +52,14 @@ def load_checkpoint(path: str | Path | None, key: str, device: torch.device) -> 
     if device.type == "cuda" and saved.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(saved["cuda_rng"], device)
     return saved
+
+
+def remove_checkpoints(folder: str | Path) -> None:
+    """Delete a training's checkpoint folder once its results are written, and the ``checkpoints``
+    folder that holds it when no other training's checkpoints are left there."""
+    folder = Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()
+    except OSError:  # another training of the stage is still running, or it never existed
+        pass

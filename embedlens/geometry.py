@@ -1,5 +1,5 @@
-"""Embedding geometry shared by every stage: L2 normalisation, class centroids (also streamed over a
-store too large for memory), and cosine similarity between centroids.
+"""Embedding geometry shared by every stage: L2 normalisation, per-dimension standardisation, class
+centroids (also streamed over a store too large for memory), and cosine similarity between centroids.
 
 Labels are the dataset's integer labels; rows labelled -1 (no class) never feed a centroid.
 """
@@ -19,6 +19,26 @@ def l2_normalize(features: np.ndarray) -> np.ndarray:
     features = np.asarray(features, dtype=np.float64)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return features / np.where(norms > 0, norms, 1.0)
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Per-dimension mean and standard deviation of some features (a zero deviation counts as 1)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> Standardizer:
+        features = np.asarray(features, dtype=np.float64)
+        std = features.std(axis=0)
+        return cls(features.mean(axis=0).astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
+
+    def forward(self, features: np.ndarray) -> np.ndarray:
+        return ((np.asarray(features, dtype=np.float32) - self.mean) / self.std).astype(np.float32)
+
+    def inverse(self, standardized: np.ndarray) -> np.ndarray:
+        return (np.asarray(standardized, dtype=np.float32) * self.std + self.mean).astype(np.float32)
 
 
 @dataclass

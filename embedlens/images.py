@@ -10,6 +10,8 @@
   extraction finds those when it decodes the file, the one time it is decoded;
 - :func:`failure_reason` / :func:`short_reason`: how an exception becomes such a reason (the latter
   also for images that are not files, e.g. a Hugging Face row);
+- :class:`FigureImages`: the images a figure shows, one that cannot be read drawn blank, named in the
+  log and counted for the stage's summary;
 - :func:`check_headers`: :func:`header_reason` for many files, in order, over forked worker
   processes (:func:`embedlens.parallel.ordered_map` over chunks); :func:`check_in_chunks` is the same
   for any chunked check.
@@ -28,7 +30,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -168,6 +170,30 @@ def short_reason(error: BaseException, path: str | os.PathLike | None = None) ->
     if not message:
         message = type(error).__name__
     return message[:MAX_REASON_CHARS]
+
+
+class FigureImages:
+    """Reads the images one figure shows (``read(key)`` -> RGB uint8 array). An image that cannot be
+    read is drawn blank (None): its name and the reason go to ``warn`` (the job's log) and to
+    :attr:`unreadable`, which the stage's summary counts (:func:`embedlens.summary.blank_images_note`)."""
+
+    def __init__(self, read: Callable[[Hashable], np.ndarray], figure: str,
+                 warn: Callable[[str], None] = lambda message: None):
+        self.read = read
+        self.figure = figure
+        self.warn = warn
+        self.unreadable: dict[str, str] = {}
+
+    def get(self, key: Hashable, name: str) -> np.ndarray | None:
+        """The image ``key``, or None when it cannot be read; ``name`` says which image it is."""
+        try:
+            return self.read(key)
+        except Exception as error:  # one unreadable image must not cost the figure; it is named and counted
+            reason = short_reason(error)
+            self.unreadable[name] = reason
+            self.warn(f"{name} could not be read for {self.figure} and is drawn blank: {reason}")
+            return None
+
 
 
 def failure_reason(error: BaseException, path: str | os.PathLike) -> str:

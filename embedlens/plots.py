@@ -380,10 +380,11 @@ def training_curves(history: Mapping[str, Sequence[float]], path: str | Path, *,
     save_figure(figure, path)
 
 
-def image_rows(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], path: str | Path, *,
+def image_rows(rows: Sequence[tuple[str, Sequence[np.ndarray | None], Sequence[str]]], path: str | Path, *,
                title: str | None = None, cell: float = 1.3,
                caption_colours: Sequence[Sequence[str]] | None = None) -> None:
-    """Images in labelled rows: each row is (row title, RGB uint8 images, one caption per image).
+    """Images in labelled rows: each row is (row title, RGB uint8 images, one caption per image; an image
+    given as None leaves its cell blank).
     An empty row shows its title and "none". Images keep their aspect ratio. ``caption_colours``, one
     list per row, colours each caption (e.g. green for a match, red for a mismatch)."""
     columns = max([len(images) for _, images, _ in rows] + [1])
@@ -397,7 +398,8 @@ def image_rows(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], 
         if not len(images):
             axes[r][0].text(0.5, 0.5, "none", transform=axes[r][0].transAxes, ha="center", va="center", fontsize=8)
         for c, (image, caption) in enumerate(zip(images, captions)):
-            axes[r][c].imshow(image, interpolation="nearest")
+            if image is not None:  # an image that could not be read leaves its cell blank with the caption
+                axes[r][c].imshow(image, interpolation="nearest")
             axes[r][c].set_title(caption, fontsize=6,
                                  color=caption_colours[r][c] if caption_colours is not None else "black")
     # the title keeps about 0.6 inch above the rows: matplotlib's default top margin is a share of the

@@ -95,6 +95,17 @@ class StageSummary:
                       "figures": _artifacts(data.get("figures", ()))})
 
 
+def blank_images_note(figure: str, unreadable: Mapping[str, str] | Sequence[str]) -> str | None:
+    """The note a summary carries when images of ``figure`` could not be read and were drawn blank
+    (``unreadable``: their names, e.g. :attr:`embedlens.images.FigureImages.unreadable`); None when none."""
+    names = list(unreadable)
+    if not names:
+        return None
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"{len(names)} image(s) of {figure} could not be read and are drawn blank ({shown}); the job's log gives "
+            "the reasons.")
+
+
 def _artifacts(items: Sequence[Mapping]) -> list[Artifact]:
     return [Artifact(str(item["path"]), str(item.get("caption", ""))) for item in items]
 

@@ -1,8 +1,8 @@
 # Dataset distillation in feature space by matching training trajectories (Cazenavette et al. 2022):
 # per_class synthetic feature vectors per class and a learned learning rate, distilled from the train
-# split with the dataset's labels or the clustering stage's pseudo labels (distill_fit), measured
-# against a random real subset of the same size, the class centroids and the full train split
-# (distill_evaluate), each synthetic vector's nearest real images (distill_neighbours), and the stage
+# split less its validation part with the dataset's labels or the clustering stage's pseudo labels
+# (distill_fit), measured against a random real subset of the same size, the class centroids and every
+# fit row, each trained with the learning rate and epochs chosen on the validation part (distill_evaluate), each synthetic vector's nearest real images (distill_neighbours), and the stage
 # summary (distill_summary). Settings: the distill: section of the config. The two training rules claim a
 # GPU when there is one; distill_fit checkpoints into distill/checkpoints/ and resumes from it when killed.
 #
@@ -10,6 +10,7 @@
 #     {RESULTS}/{dataset}/{backbone}/distill/matching_loss.png     the matching loss per iteration
 #     {RESULTS}/{dataset}/{backbone}/distill/distill.json          settings, accuracy of each set, compression, times
 #     {RESULTS}/{dataset}/{backbone}/distill/evaluation.csv        test accuracy per set, mean ± std (evaluation_seeds.csv: per seed)
+#     {RESULTS}/{dataset}/{backbone}/distill/validation.csv        every candidate lr and epochs per set, its validation accuracy, the chosen one
 #     {RESULTS}/{dataset}/{backbone}/distill/neighbours.csv, .png  each synthetic vector's nearest real train images
 #     {RESULTS}/{dataset}/{backbone}/distill/summary.json          the stage's summary for the report
 #
@@ -62,6 +63,7 @@ rule distill_evaluate:
                      caption="../report/distill_evaluation.rst",
                      labels={"dataset": "{dataset}", "backbone": "{backbone}", "output": "evaluation"}),
         seeds=f"{DISTILL_DIR}/evaluation_seeds.csv",
+        validation=f"{DISTILL_DIR}/validation.csv",
         document=f"{DISTILL_DIR}/distill.json",
     params:
         settings=DISTILL_SETTINGS,

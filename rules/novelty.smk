@@ -83,7 +83,6 @@ rule novelty_quality:
         info=dataset_info_file,
         manifest=f"{RESULTS}/{{dataset}}/manifest.csv",
         features=f"{RESULTS}/{{dataset}}/{{backbone}}/features.h5",
-        fit=f"{NOVELTY_DIR}/fit.json",
     output:
         table=f"{NOVELTY_DIR}/quality.csv",
         draws=f"{NOVELTY_DIR}/quality_draws.csv",

@@ -18,7 +18,8 @@ from embedlens.audit.duplicates import (PAIR_COLUMNS, AuditInputError, find_dupl
                                         split_rows)
 from embedlens.audit.labels import ISSUE_COLUMNS, check_labels, empty_issues
 from embedlens.audit.pixels import UNVERIFIED, PixelChecker, pixel_similarity, pixel_view, verdict
-from embedlens.audit.results import audit_summary, duplicates_document, labels_document, map_columns
+from embedlens.audit.results import audit_summary, duplicates_document, issue_pictures, labels_document, map_columns
+from embedlens.images import FigureImages
 from embedlens.audit.settings import AuditSettings
 from embedlens.classify.analysis import analyse, clean_split_figures
 from embedlens.classify.data import ClassSet
@@ -221,11 +222,11 @@ def test_an_audit_of_one_split_finds_its_repeats_within_it_and_searches_no_leaka
     assert set(found.searches) == {"within"}  # one split: within_query does not matter, no cross search
     assert found.pairs[["search", "query_index", "reference_index", "verdict"]].values.tolist() == [
         ["within", 0, 11, "exact"]]
-    document = duplicates_document(found, settings(query_split="test", reference_split="test"))
+    document = duplicates_document(found, settings(query_split="test", reference_split="test"), {})
     clean = clean_table(split_rows(store, manifest, "test"), "test", found.pairs, pd.DataFrame(columns=ISSUE_COLUMNS),
         settings(query_split="test", reference_split="test"))
     summary = audit_summary(document, {"issues": 0, "issues_per_split": {}, "probe_accuracy": None, "checked": 0,
-                                       "notes": []}, clean, dataset="planted", backbone="thumb")
+                                       "notes": [], "blank_images": {}}, clean, dataset="planted", backbone="thumb")
     assert summary.headline["within_duplicates"] == 1 and summary.headline["candidates"] == 0
     assert summary.headline["removed"] == 1 and "no leakage between splits" in summary.notes[0]
 
@@ -315,11 +316,21 @@ def test_the_summary_counts_images_per_verdict_and_the_map_colours_them(tmp_path
     store, manifest, images = planted_dataset(tmp_path)
     config = settings(threshold=0.7)
     found = find_duplicates(store, manifest, config, lambda key: images[key])
-    duplicates = duplicates_document(found, config)
+    duplicates = duplicates_document(found, config, {})
     features, labels = blobs(per_class=10)
     rows = pd.DataFrame({"split": "train", "index_in_split": np.arange(40), "label": labels})
     check = check_labels(features, rows, ["ant", "bee", "cat", "dog"], config)
-    labels_json = labels_document(check)
+    logged = []
+    reader = FigureImages(lambda key: images[key] if key != ("train", 3) else Image.open(io.BytesIO(b"not a png")),
+                          "label_issues.png", logged.append)
+    issues = pd.DataFrame({"split": ["train", "train"], "index_in_split": [3, 4], "class_name": ["ant", "bee"],
+                           "suggested_class": ["bee", "ant"], "label_quality": [0.1, 0.2]})
+    pictures, _ = issue_pictures(issues, reader, 2)
+    assert pictures[0] is None and pictures[1] is images[("train", 4)]
+    assert list(reader.unreadable) == ["train #3"] and "cannot identify image file" in reader.unreadable["train #3"]
+    reason = reader.unreadable["train #3"]
+    assert logged == [f"train #3 could not be read for label_issues.png and is drawn blank: {reason}"]
+    labels_json = labels_document(check, reader.unreadable)
     query_rows = store.join_manifest("test", manifest)
     clean = clean_table(query_rows, "test", found.pairs, check.issues, config)
     summary = audit_summary(duplicates, labels_json, clean, dataset="planted", backbone="thumbs")
@@ -329,6 +340,7 @@ def test_the_summary_counts_images_per_verdict_and_the_map_colours_them(tmp_path
     assert head["removed"] == 6 and head["clean_images"] == 6  # 5 leaked, 1 within-split copy
     assert set(head["search_seconds"]) == {"cross", "within"}
     assert any("1 exact copies, 4 near copies" in note for note in summary.notes)
+    assert "1 image(s) of label_issues.png could not be read and are drawn blank (train #3)" in " ".join(summary.notes)
     colours = map_columns("test", query_rows, found.pairs, rows, check.issues)
     test_colours = colours[colours["split"] == "test"].set_index("index_in_split")["audit copy"]
     assert test_colours[6] == "exact" and test_colours[9] == "near" and test_colours[0] == "no copy found"

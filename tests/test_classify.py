@@ -15,9 +15,10 @@ from embedlens.classify.analysis import (analyse, classification_table, cleanlab
 from embedlens.classify.data import ClassSet, classifier_problem, crossval_problem, fit_and_test_rows
 from embedlens.classify.pictures import TestPredictions, draw_pair, pictured_pairs
 from embedlens.classify.settings import ClassifySettings
-from embedlens.classify.training import (build_mlp, fit_mlp, hidden_sizes, out_of_fold_probabilities,
+from embedlens.classify.training import (fit_mlp, hidden_sizes, out_of_fold_probabilities,
                                          predict_proba, train_val_split)
 from embedlens.config import section_defaults
+from embedlens.networks import build_mlp
 from embedlens.plots import confusion_heatmap
 from embedlens.roles import SplitRoles, with_roles
 from embedlens.store import FeatureStore, SplitFeatures, write_store

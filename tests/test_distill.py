@@ -14,10 +14,14 @@ import torch
 
 from embedlens.config import section_defaults
 from embedlens.roles import SplitRoles, with_roles
-from embedlens.distill import (SETS, DistillInputError, Distilled, DistillSettings, LabelledFeatures, beats_random,
-                               distill, distill_backing_off, distill_document, distill_summary, evaluate, grid_vectors,
-                               initial_positions,
-                               label_source, nearest_real, read_rows, summarize_evaluation)
+from embedlens.distill.data import LabelledFeatures, label_source, read_rows
+from embedlens.distill.evaluation import (SETS, beats_random, choose_training, chosen_training, evaluate,
+                                          summarize_evaluation)
+from embedlens.distill.matching import Distilled, distill, distill_backing_off
+from embedlens.distill.pictures import grid_vectors, nearest_real
+from embedlens.distill.settings import DistillInputError, DistillSettings
+from embedlens.distill.summary import distill_document, distill_summary
+from embedlens.distill.training import initial_positions
 from embedlens.pseudo_labels import PseudoLabelsError, pseudo_labels_path, read_pseudo_labels
 from embedlens.store import FeatureStore, SplitFeatures, write_store
 
@@ -76,10 +80,17 @@ def test_settings_refuse_a_target_epoch_past_the_experts_and_unknown_label_sourc
         DistillSettings.from_config({**section_defaults("distill"), "iters": 3})
 
 
-def test_true_labels_read_the_train_and_test_splits(tmp_path):
+def test_true_labels_read_the_train_and_test_splits_and_a_validation_part_of_train(tmp_path):
     store = store_at(tmp_path)
-    train, test = read_rows(store, settings())
-    assert train.features.shape == (80, 12) and np.array_equal(train.labels, store.labels("train"))
+    rows = read_rows(store, settings())
+    train, validation, test = rows.fit, rows.validation, rows.test
+    # val_fraction 0.1 of each class of 20 train rows: 2 per class held out to choose on, 18 to fit
+    assert train.features.shape == (72, 12) and np.bincount(validation.labels).tolist() == [2, 2, 2, 2]
+    assert sorted(np.concatenate([train.index, validation.index]).tolist()) == store.index("train").tolist()
+    position = {index: row for row, index in enumerate(store.index("train").tolist())}
+    assert np.array_equal(train.labels, store.labels("train")[[position[i] for i in train.index.tolist()]])
+    assert np.array_equal(read_rows(store, settings()).validation.index, validation.index)  # seeded
+    assert not np.array_equal(read_rows(store, settings(seed=5)).validation.index, validation.index)
     assert len(test.labels) == 24 and label_source(settings()) == "true labels"
     with pytest.raises(DistillInputError, match="distill.test_split: .* has no split 'val'; it has train, test"):
         read_rows(store, settings(test_split="val"))
@@ -93,12 +104,17 @@ def test_pseudo_labels_are_aligned_to_the_store_rows_by_index(tmp_path):
     path = tmp_path / pseudo_labels_path("results", "toy", "lite0", "temi")
     assert str(path).endswith("results/toy/lite0/cluster/temi/pseudo_labels.json")
     write_pseudo_labels(path, split="train", index=index[shuffled], pseudo_label=pseudo[shuffled])
-    train, test = read_rows(store, settings(labels="pseudo"), path)
-    assert np.array_equal(train.labels, pseudo) and np.array_equal(train.index, index)
+    rows = read_rows(store, settings(labels="pseudo"), path)
+    train, validation, test = rows.fit, rows.validation, rows.test
+    both = np.concatenate([train.index, validation.index])
+    assert sorted(both.tolist()) == index.tolist()
+    truth = dict(zip(index.tolist(), pseudo.tolist()))
+    assert [truth[i] for i in both.tolist()] == np.concatenate([train.labels, validation.labels]).tolist()
     pseudo[:5] = -1  # the clustering stage's "no label" (a cluster whose representatives had none)
     write_pseudo_labels(path, split="train", index=index, pseudo_label=pseudo)
-    train, _ = read_rows(store, settings(labels="pseudo"), path)
-    assert len(train.labels) == 75 and np.array_equal(train.index, index[5:])
+    rows = read_rows(store, settings(labels="pseudo"), path)
+    assert len(rows.fit.labels) + len(rows.validation.labels) == 75
+    assert not set(index[:5].tolist()) & set(np.concatenate([rows.fit.index, rows.validation.index]).tolist())
     assert np.array_equal(test.labels, store.labels("test"))  # tested against the truth
     assert "pseudo labels of clustering method temi" in label_source(settings(labels="pseudo"), path)
 
@@ -155,8 +171,9 @@ def test_the_mlp_classifier_is_distilled_and_evaluated_the_same_way():
     result = distill(features, labels, len(NAMES), config, CPU)
     assert result.features.shape == (8, 12) and np.isfinite(result.history["matching_loss"]).all()
     train = LabelledFeatures(features, labels, np.arange(len(labels)))
-    per_seed = evaluate(result, train, train, len(NAMES), config, CPU)
-    assert per_seed["accuracy"].between(0, 1).all() and len(per_seed) == 4
+    choices = choose_training(result, train, train, len(NAMES), config, CPU)
+    per_seed = evaluate(result, train, train, len(NAMES), config, CPU, chosen_training(choices))
+    assert per_seed["set"].tolist() == [name for name, _ in SETS] and (per_seed["epochs"] == [30, 30, 30, 6]).all()
 
 
 def test_a_killed_distillation_resumes_and_ends_as_an_uninterrupted_one(tmp_path):
@@ -201,12 +218,15 @@ def test_a_diverging_distillation_backs_off_to_lower_rates_and_says_so():
         distill_backing_off(features, labels, len(NAMES), settings(lr_lr=1e12), CPU)
 
 
-def test_without_a_test_split_the_test_rows_are_a_stratified_hold_out_of_train(tmp_path):
+def test_without_a_test_split_the_test_and_validation_rows_are_disjoint_stratified_hold_outs_of_train(tmp_path):
     store = store_at(tmp_path)
-    train, test = read_rows(store, settings(test_split="train", holdout_fraction=0.25))
-    assert len(test.labels) == 20 and len(train.labels) == 60  # 80 train rows, 20 of each of 4 classes
-    assert not set(train.index.tolist()) & set(test.index.tolist())
+    rows = read_rows(store, settings(test_split="train", holdout_fraction=0.25))
+    train, validation, test = rows.fit, rows.validation, rows.test
+    # 80 train rows, 20 of each of 4 classes: 5 per class tested, 0.1 of the other 15 (2) to validate
     assert np.bincount(test.labels).tolist() == [5, 5, 5, 5]
+    assert np.bincount(validation.labels).tolist() == [2, 2, 2, 2] and len(train.labels) == 52
+    assert not set(validation.index.tolist()) & set(test.index.tolist())  # nothing is chosen on a test row
+    assert not set(train.index.tolist()) & (set(test.index.tolist()) | set(validation.index.tolist()))
 
 
 def test_the_saved_set_is_plain_hdf5_and_loads_back(tmp_path):
@@ -227,14 +247,17 @@ def test_the_saved_set_is_plain_hdf5_and_loads_back(tmp_path):
 # -- evaluation -----------------------------------------------------------------------------------------------
 
 
-def test_each_set_is_trained_over_the_seeds_and_summarised():
+def test_each_set_is_trained_over_the_seeds_with_its_choice_and_summarised():
     features, labels = blobs()
     test_features, test_labels = blobs(per_class=10, seed=1)
     config = settings()
     result = distill(features, labels, len(NAMES), config, CPU)
     train = LabelledFeatures(features, labels, np.arange(len(labels)))
+    choices = choose_training(result, train, LabelledFeatures(*blobs(per_class=5, seed=2), np.arange(20)),
+                              len(NAMES), config, CPU)
+    assert choices["chosen"].all() and choices["validation_accuracy"].isna().all()  # one candidate each: no choice
     per_seed = evaluate(result, train, LabelledFeatures(test_features, test_labels, np.arange(40)), len(NAMES),
-                        config, CPU)
+                        config, CPU, chosen_training(choices))
     assert len(per_seed) == 4 * 3 and set(per_seed["seed"]) == {0, 1, 2}
     table = summarize_evaluation(per_seed)
     assert table["set"].tolist() == [name for name, _ in SETS]
@@ -242,18 +265,45 @@ def test_each_set_is_trained_over_the_seeds_and_summarised():
     assert sizes == {"distilled": 8, "random": 8, "centroids": 4, "full": 80}
     rates = table.set_index("set")["learning_rate"].to_dict()
     assert rates["distilled"] == result.learned_lr and rates["random"] == rates["centroids"] == 0.05
-    assert table["accuracy_mean"].between(0, 1).all() and (table["seeds"] == 3).all()
+    assert (table["seeds"] == 3).all()
     full = table.set_index("set").loc["full", "accuracy_mean"]
     assert full > 0.5  # four classes: the full split is well above chance
     random_subsets = per_seed[per_seed["set"] == "random"]["accuracy"]
     assert random_subsets.nunique() > 1  # each seed draws its own subset
-    document = distill_document(result, table, config, train_images=80, classes=4, label_source="true labels",
-                                evaluation_seconds=2.0)
+    document = distill_document(result, table, choices, config, train_images=80, validation_images=20, classes=4,
+                                label_source="true labels", evaluation_seconds=2.0)
     assert document["compression_ratio"] == 10.0 and document["vectors"] == 8
     assert document["accuracy_kept"] == pytest.approx(table.set_index("set").loc["distilled", "accuracy_mean"] / full,
                                                       abs=1e-4)
-    assert document["beats_random"] == beats_random(table)
+    assert document["accuracy"]["random"]["candidates"] == 1 and "its only candidate" in document["choice"]
     json.dumps(document)  # plain JSON
+
+
+def test_learning_rate_and_epochs_are_chosen_on_the_validation_part_and_the_test_split_only_reports():
+    features, labels = blobs()
+    config = settings(eval_lr=[1e-6, 0.5], eval_epochs=[30], full_lr=[1e-6, 0.05], full_epochs=[2, 6])
+    result = distill(features, labels, len(NAMES), config, CPU)
+    train = LabelledFeatures(features, labels, np.arange(len(labels)))
+    validation = LabelledFeatures(*blobs(per_class=10, seed=2), np.arange(40))
+    choices = choose_training(result, train, validation, len(NAMES), config, CPU)
+    assert choices.groupby("set").size().to_dict() == {"centroids": 2, "distilled": 1, "full": 4, "random": 2}
+    chosen = chosen_training(choices)
+    # a rate of 1e-6 leaves the classifier at its random start: validation picks the rate that learns
+    assert chosen["random"][0] == chosen["centroids"][0] == 0.5 and chosen["full"][0] == 0.05
+    for name, group in choices.groupby("set"):
+        if len(group) > 1:  # the chosen candidate is the best on validation
+            assert group.loc[group["chosen"], "validation_accuracy"].iloc[0] == group["validation_accuracy"].max()
+    # the test rows are only reported on, every seed with the chosen rate
+    test = LabelledFeatures(*blobs(per_class=10, seed=1), np.arange(40))
+    per_seed = evaluate(result, train, test, len(NAMES), config, CPU, chosen)
+    assert (per_seed.groupby("set")["learning_rate"].first().to_dict()
+            == {name: lr for name, (lr, _) in chosen.items()})
+    document = distill_document(result, summarize_evaluation(per_seed), choices, config, train_images=80,
+                                validation_images=40, classes=4, label_source="true labels", evaluation_seconds=1.0)
+    assert "chosen on a validation part of 40 train images" in document["choice"]
+    assert "random lr 0.5, 30 epochs (validation accuracy" in document["choice"]
+    assert document["accuracy"]["full"]["validation_accuracy"] == pytest.approx(
+        choices[choices["chosen"] & (choices["set"] == "full")]["validation_accuracy"].iloc[0], abs=1e-4)
 
 
 def table_of(distilled: tuple[float, float], random: tuple[float, float]) -> pd.DataFrame:
@@ -295,14 +345,19 @@ def test_the_summary_says_honestly_whether_the_distilled_set_is_worth_it():
     document = {"label_source": "true labels", "classes": 100, "per_class": 1, "vectors": 100, "train_images": 20000,
                 "compression_ratio": 200.0, "learned_lr": 0.02, "accuracy": accuracy, "accuracy_kept": 0.5714,
                 "beats_random": False, "seconds": {"distillation": 60.0, "evaluation": 30.0},
+                "choice": "Learning rates and epochs were chosen on a validation part of 2000 train images.",
                 "settings": {"per_class": 1}}
-    summary = distill_summary(document, {"k": 6, "same_class": 0.8, "vectors_drawn": 20}, dataset="c", backbone="b")
+    neighbours = {"k": 6, "same_class": 0.8, "vectors_drawn": 20, "blank_images": {"train #3 (3.png)": "truncated"}}
+    summary = distill_summary(document, neighbours, dataset="c", backbone="b")
     assert summary.stage == "distill" and summary.headline["accuracy"] == 0.40
     assert summary.headline["beats_random"] is False and summary.headline["compression_ratio"] == 200.0
     notes = " ".join(summary.notes)
     assert "does NOT beat the random real subset" in notes and "200x compression" in notes
-    assert "57.1% of the full split's accuracy" in notes and "80-95%" in notes
+    assert "57.1% of the accuracy of every fit row" in notes and "80-95%" in notes
+    assert "chosen on a validation part of 2000 train images" in notes
+    assert "1 image(s) of neighbours.png could not be read and are drawn blank (train #3 (3.png))" in notes
     assert {artifact.path for artifact in summary.figures} == {"neighbours.png", "matching_loss.png"}
+    assert "validation.csv" in {artifact.path for artifact in summary.tables}
     document["beats_random"] = True
     assert "beats the random real subset beyond the seeds' spread" in " ".join(
-        distill_summary(document, {"k": 6, "same_class": 0.8, "vectors_drawn": 20}, dataset="c", backbone="b").notes)
+        distill_summary(document, {**neighbours, "blank_images": {}}, dataset="c", backbone="b").notes)

@@ -50,10 +50,19 @@ def test_distillation_writes_the_set_its_evaluation_pictures_and_summary(tmp_pat
         assert json.loads(handle.attrs["label_source"]) == "true labels"
     document = json.loads((distill / "distill.json").read_text())
     assert set(document["accuracy"]) == {"distilled", "random", "centroids", "full"}
-    assert document["compression_ratio"] == 4.0 and document["train_images"] == 32
+    # 8 train images per class: 1 of each (distill.val_fraction 0.1) is held out to choose on, 7 are fitted
+    assert document["train_images"] == 28 and document["validation_images"] == 4
+    assert document["compression_ratio"] == 3.5
     evaluation = pd.read_csv(distill / "evaluation.csv")
     assert evaluation["set"].tolist() == ["distilled", "random", "centroids", "full"]
-    assert evaluation["vectors"].tolist() == [8, 8, 4, 32] and (evaluation["seeds"] == 2).all()
+    assert evaluation["vectors"].tolist() == [8, 8, 4, 28] and (evaluation["seeds"] == 2).all()
+    choices = pd.read_csv(distill / "validation.csv")
+    assert choices.groupby("set").size().to_dict() == {"distilled": 1, "random": 4, "centroids": 4, "full": 3}
+    chosen = choices[choices["chosen"]].set_index("set")
+    assert chosen["learning_rate"].to_dict() == pytest.approx(evaluation.set_index("set")["learning_rate"].to_dict())
+    for name in ("random", "centroids", "full"):
+        assert chosen.loc[name, "validation_accuracy"] == choices[choices["set"] == name]["validation_accuracy"].max()
+    assert "chosen on a validation part of 4 train images" in " ".join(summary.notes)
     assert summary.headline["accuracy"] == pytest.approx(evaluation.loc[0, "accuracy_mean"], abs=1e-4)
     assert summary.headline["beats_random"] == document["beats_random"]
     neighbours = pd.read_csv(distill / "neighbours.csv")
@@ -74,7 +83,7 @@ def test_pseudo_labels_of_the_clustering_stage_are_distilled_and_tested_against_
         assert "pseudo labels of clustering method kmeans" in json.loads(handle.attrs["label_source"])
     document = json.loads((tmp_path / DISTILL / "distill.json").read_text())
     assert document["label_source"].startswith("pseudo labels") and document["classes"] == len(labelled)
-    assert document["train_images"] == sum(label >= 0 for label in pseudo["pseudo_label"])
+    assert document["train_images"] + document["validation_images"] == sum(label >= 0 for label in pseudo["pseudo_label"])
     assert "Labels: pseudo labels of clustering method kmeans" in " ".join(
         StageSummary.read(tmp_path / DISTILL / "summary.json").notes)
 

@@ -10,11 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedlens.novelty import (SCORE_COLUMNS, NoveltyInputError, NoveltyModel, NoveltySettings, QualitySettings,
-                               check_model_matches, detection_quality, elbow_k, fit_document, fit_model,
-                               fit_novelty, fpr_at_tpr, k_range, map_columns, measure_quality, novelty_summary,
-                               own_knn_distances, split_fit_holdout, summarize_quality, unseen_class_quality,
-                               unseen_count)
+from embedlens.config import section_defaults
+from embedlens.novelty.fit import elbow_k, fit_novelty, k_range, split_fit_holdout
+from embedlens.novelty.model import SCORE_COLUMNS, NoveltyModel, fit_model, own_knn_distances
+from embedlens.novelty.quality import (detection_quality, fpr_at_tpr, measure_quality, quality_document,
+                                       summarize_quality, unseen_class_quality, unseen_count)
+from embedlens.novelty.results import check_model_matches, figure_images, fit_document, map_columns, most_novel_images
+from embedlens.novelty.settings import NoveltyInputError, NoveltySettings
+from embedlens.novelty.summary import novelty_summary
+
+
+def novelty_settings(quality: dict | None = None, **changes) -> NoveltySettings:
+    """The schema's defaults with ``changes`` (``quality``: changes of the ``novelty.quality`` section)."""
+    section = section_defaults("novelty")
+    return NoveltySettings.from_config({**section, **changes, "quality": {**section["quality"], **(quality or {})}})
 
 
 def blobs(classes: int = 5, per_class: int = 40, dim: int = 16, spread: float = 0.15, seed: int = 0
@@ -68,7 +77,7 @@ def test_without_a_knee_the_farthest_point_below_the_chord_is_taken_and_two_poin
 
 def test_k_search_finds_the_number_of_well_separated_clusters():
     features, _ = blobs(classes=5)
-    fit = fit_novelty(features, NoveltySettings(k_max=12))
+    fit = fit_novelty(features, novelty_settings(k_max=12))
     assert fit.searched and fit.model.k == 5
     assert fit.curve["k"].tolist() == list(range(2, 13))
     assert fit.curve["inertia"].is_monotonic_decreasing
@@ -76,25 +85,25 @@ def test_k_search_finds_the_number_of_well_separated_clusters():
 
 def test_a_fixed_k_skips_the_search_and_keeps_its_own_point():
     features, _ = blobs(classes=5)
-    fit = fit_novelty(features, NoveltySettings(k=3))
+    fit = fit_novelty(features, novelty_settings(k=3))
     assert not fit.searched and fit.model.k == 3
     assert fit.curve["k"].tolist() == [3] and fit.curve["inertia"].iloc[0] > 0
 
 
 def test_the_k_range_shrinks_to_the_images_and_says_so():
     features, _ = blobs(classes=2, per_class=4)  # 8 images: 6 fit, so k <= 5
-    fit = fit_novelty(features, NoveltySettings(k_max=20))
+    fit = fit_novelty(features, novelty_settings(k_max=20))
     assert fit.curve["k"].max() == 5
     assert any("searched up to 5" in note for note in fit.notes)
     assert any("neighbour 5" in note for note in fit.notes)  # knn_k 10 lowered to the 5 other fit images
     with pytest.raises(NoveltyInputError, match="novelty.k_min=4"):
-        k_range(NoveltySettings(k_min=4), fit_rows=4)
+        k_range(novelty_settings(k_min=4), fit_rows=4)
 
 
 def test_a_fixed_k_above_the_fit_images_is_refused_with_the_setting_named():
     features, _ = blobs(classes=2, per_class=3)
     with pytest.raises(NoveltyInputError, match=r"novelty.k=8 but the fit part has only 4 images"):
-        fit_novelty(features, NoveltySettings(k=8))
+        fit_novelty(features, novelty_settings(k=8))
 
 
 # -- the model and its scores --------------------------------------------------------------------------
@@ -102,7 +111,7 @@ def test_a_fixed_k_above_the_fit_images_is_refused_with_the_setting_named():
 
 def test_scores_follow_their_definitions():
     features, labels = blobs(classes=3, per_class=30)
-    settings = NoveltySettings(normalize=False, knn_k=4)
+    settings = novelty_settings(normalize=False, knn_k=4)
     model = fit_model(features, 3, settings)
     cluster, distance = model.assign(features)
     # statistics per cluster from the fit rows
@@ -114,7 +123,7 @@ def test_scores_follow_their_definitions():
     assert model.centroid_spacing == pytest.approx(spacing)
     # without a surprise_threshold setting, the flag_quantile of the fit images' own ratios
     assert model.surprise_threshold == pytest.approx(np.quantile(distance / spacing, 0.95))
-    assert fit_model(features, 3, NoveltySettings(normalize=False, surprise_threshold=0.7)).surprise_threshold == 0.7
+    assert fit_model(features, 3, novelty_settings(normalize=False, surprise_threshold=0.7)).surprise_threshold == 0.7
     queries = features[:7] + 0.3
     scores = model.score(queries)
     assert list(scores.columns) == SCORE_COLUMNS
@@ -133,7 +142,7 @@ def test_scores_follow_their_definitions():
 
 def test_a_far_image_is_flagged_by_every_score_and_an_ordinary_one_by_none():
     features, _ = blobs(classes=4, per_class=50)
-    model = fit_model(features, 4, NoveltySettings())
+    model = fit_model(features, 4, novelty_settings())
     far = -features.sum(axis=0, keepdims=True)  # pointing away from all four clusters
     ordinary = features[:1] + 0.01
     scores = model.score(np.concatenate([far, ordinary]))
@@ -143,8 +152,8 @@ def test_a_far_image_is_flagged_by_every_score_and_an_ordinary_one_by_none():
 
 def test_the_knn_threshold_is_the_quantile_of_the_fit_images_own_distances_without_themselves():
     features, _ = blobs(classes=3, per_class=40)
-    model = fit_model(features, 3, NoveltySettings(knn_k=5, flag_quantile=0.9))
-    own = own_knn_distances(model, seed=0)
+    model = fit_model(features, 3, novelty_settings(knn_k=5, flag_quantile=0.9))
+    own = own_knn_distances(model, seed=0, sample=10_000)
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
     similarity = unit @ unit.T
     np.fill_diagonal(similarity, -np.inf)
@@ -156,19 +165,19 @@ def test_the_knn_threshold_is_the_quantile_of_the_fit_images_own_distances_witho
 
 def test_a_cluster_without_spread_borrows_the_overall_spread():
     features = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.1, 1.0], [0.0, 1.1], [-0.1, 1.0]])
-    model = fit_model(features, 2, NoveltySettings(normalize=False, knn_k=1))
+    model = fit_model(features, 2, novelty_settings(normalize=False, knn_k=1))
     assert np.isfinite(model.cluster_std).all() and (model.cluster_std > 0).all()
 
 
 def test_no_images_give_an_empty_scores_table():
     features, _ = blobs(classes=3)
-    scores = fit_model(features, 3, NoveltySettings()).score(np.zeros((0, features.shape[1])))
+    scores = fit_model(features, 3, novelty_settings()).score(np.zeros((0, features.shape[1])))
     assert list(scores.columns) == SCORE_COLUMNS and scores.empty
 
 
 def test_a_saved_model_scores_exactly_as_the_fitted_one(tmp_path):
     features, _ = blobs(classes=4)
-    model = fit_model(features, 4, NoveltySettings(), info={"dataset": "shapes", "recipe": {"backbone": {"name": "b"}}})
+    model = fit_model(features, 4, novelty_settings(), info={"dataset": "shapes", "recipe": {"backbone": {"name": "b"}}})
     model.save(tmp_path / "model.h5")
     loaded = NoveltyModel.load(tmp_path / "model.h5")
     queries = features[::7] * 1.1
@@ -187,7 +196,7 @@ def test_loading_a_file_that_is_not_a_model_names_it(tmp_path):
 def test_a_store_of_another_backbone_is_refused_for_scoring():
     features, _ = blobs(classes=3)
     recipe = {"backbone": {"name": "lite0", "model": "tf_efficientnet_lite0"}, "extract": {"amp": True}}
-    model = fit_model(features, 3, NoveltySettings(), info={"dataset": "photos", "recipe": recipe})
+    model = fit_model(features, 3, novelty_settings(), info={"dataset": "photos", "recipe": recipe})
     same = SimpleNamespace(path="new.h5", dim=features.shape[1], recipe={**recipe, "dataset": "tomorrow"})
     check_model_matches(model, same)
     other = SimpleNamespace(path="new.h5", dim=features.shape[1],
@@ -213,8 +222,8 @@ def test_fpr_at_95_tpr_and_auroc_on_a_hand_made_example():
 
 def test_unseen_class_quality_detects_far_classes_and_is_seeded():
     features, labels = blobs(classes=10, per_class=30, spread=0.1)
-    settings = NoveltySettings(quality=QualitySettings(unseen_fraction=0.2, draws=3), knn_k=5)
-    per_draw = unseen_class_quality(features, labels, k=8, settings=settings,
+    settings = novelty_settings(quality={"unseen_fraction": 0.2, "draws": 3}, knn_k=5)
+    per_draw = unseen_class_quality(features, labels, settings,
                                     class_names=[f"c{i}" for i in range(10)])
     assert len(per_draw) == 3 * 3 and set(per_draw["score"]) == {"novelty_score", "surprise_score", "knn_distance"}
     assert (per_draw["unseen_images"] == 2 * 30).all()
@@ -223,7 +232,7 @@ def test_unseen_class_quality_detects_far_classes_and_is_seeded():
     assert per_draw.groupby("draw")["unseen_classes"].first().nunique() > 1
     knn = per_draw[per_draw["score"] == "knn_distance"]
     assert (knn["auroc"] > 0.99).all() and (knn["fpr_at_95_tpr"] < 0.05).all()
-    pd.testing.assert_frame_equal(per_draw, unseen_class_quality(features, labels, 8, settings,
+    pd.testing.assert_frame_equal(per_draw, unseen_class_quality(features, labels, settings,
                                                                  [f"c{i}" for i in range(10)]))
     table = summarize_quality(per_draw)
     assert table["draws"].tolist() == [3] * 3 and table["auroc_mean"].is_monotonic_decreasing
@@ -235,39 +244,102 @@ def test_unseen_counts_and_the_reasons_not_to_measure():
     assert unseen_count(100, 0.1) == 10 and unseen_count(4, 0.1) == 1 and unseen_count(3, 0.9) == 1
     with pytest.raises(NoveltyInputError, match="at least 3"):
         unseen_count(2, 0.1)
-    assert measure_quality(np.array([0, 1, 2]), NoveltySettings()) is None
-    assert "1 class(es)" in measure_quality(np.array([-1, -1, 0]), NoveltySettings())
-    assert "draws is 0" in measure_quality(np.array([0, 1, 2]), NoveltySettings(quality=QualitySettings(draws=0)))
+    assert measure_quality(np.array([0, 1, 2]), novelty_settings()) is None
+    assert "1 class(es)" in measure_quality(np.array([-1, -1, 0]), novelty_settings())
+    assert "draws is 0" in measure_quality(np.array([0, 1, 2]), novelty_settings(quality={"draws": 0}))
 
 
 # -- settings and summary ------------------------------------------------------------------------------
 
 
-def test_settings_come_from_the_validated_config_section():
+def test_settings_come_from_the_validated_config_section_and_refuse_unknown_keys():
     from embedlens.config import validate_config
 
     config = validate_config({"datasets": [{"name": "a", "kind": "synthetic"}],
                               "backbones": [{"name": "b", "kind": "timm", "model": "m"}],
-                              "novelty": {"k": 7, "quality": {"draws": 2}, "splits": ["test"]}})
-    settings = NoveltySettings.from_config(config["novelty"])
+                              "novelty": {"k": 7, "quality": {"draws": 2}, "splits": ["test"],
+                                          "calibration_sample": 500}})
+    settings = NoveltySettings.from_config(config["novelty"])  # enabled and score_datasets: the workflow's
     assert settings.k == 7 and settings.quality.draws == 2 and settings.splits == ("test",)
-    assert settings.quality.unseen_fraction == 0.1 and settings.flag_quantile == 0.95
-    defaults = validate_config({"datasets": [{"name": "a", "kind": "synthetic"}],
-                                "backbones": [{"name": "b", "kind": "timm", "model": "m"}]})["novelty"]
-    assert NoveltySettings.from_config(defaults) == NoveltySettings()  # the dataclass mirrors the schema
+    assert settings.calibration_sample == 500 and settings.quality.unseen_fraction == 0.1
+    assert settings.flag_quantile == section_defaults("novelty")["flag_quantile"]
+    with pytest.raises(ValueError, match=r"novelty: unknown key\(s\) \['k_maxx'\], missing key\(s\) \[\]"):
+        NoveltySettings.from_config({**section_defaults("novelty"), "k_maxx": 3})
+    with pytest.raises(ValueError, match=r"novelty.quality: unknown key\(s\) \['drawz'\]"):
+        NoveltySettings.from_config({**section_defaults("novelty"), "quality": {"draws": 1, "unseen_fraction": 0.1,
+                                                                                "drawz": 1}})
+    section = section_defaults("novelty")
+    del section["knn_k"]
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['knn_k'\]"):
+        NoveltySettings.from_config(section)
+
+
+def test_the_knn_threshold_is_calibrated_on_a_seeded_sample_of_calibration_sample_fit_images():
+    features, _ = blobs(classes=3, per_class=40)
+    model = fit_model(features, 3, novelty_settings(calibration_sample=30))
+    rows = np.sort(np.random.default_rng(0).choice(120, 30, replace=False))
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    similarity = unit[rows] @ unit.T
+    similarity[np.arange(30), rows] = -np.inf  # each without itself
+    expected = 1.0 - np.sort(similarity, axis=1)[:, ::-1][:, 9]
+    assert model.knn_threshold == pytest.approx(np.quantile(expected, 0.95), abs=1e-5)
+
+
+def test_each_quality_draw_chooses_k_on_its_seen_classes_alone():
+    # Six classes, each one tight blob: the elbow over every class finds 6 clusters; a draw that holds two
+    # classes out as unseen must find the 4 of its seen classes, whichever they are.
+    features, labels = blobs(classes=6, per_class=40, spread=0.03, seed=1)
+    assert fit_novelty(features, novelty_settings(k_max=10)).model.k == 6
+    settings = novelty_settings(k_max=10, quality={"unseen_fraction": 2 / 6, "draws": 3})
+    per_draw = unseen_class_quality(features, labels, settings)
+    assert per_draw["unseen_classes"].str.count(",").eq(1).all()  # two unseen classes per draw
+    assert (per_draw["k"] == 4).all()
+    document = quality_document(per_draw, summarize_quality(per_draw), labels, settings)
+    assert document["k_per_draw"] == [4, 4, 4] and document["k_searched"]
+    fixed = unseen_class_quality(features, labels, novelty_settings(k=3, quality={"draws": 2}))
+    assert (fixed["k"] == 3).all()  # a fixed novelty.k is used as it is
+
+
+def test_an_unreadable_image_is_drawn_blank_logged_with_its_reason_and_counted(tmp_path):
+    from PIL import Image
+
+    from embedlens.datasets import open_dataset
+
+    (tmp_path / "cats").mkdir()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "cats" / "good.png")
+    (tmp_path / "cats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    dataset = open_dataset({"name": "pets", "kind": "folder", "root": str(tmp_path)})
+    table = pd.DataFrame({"split": ["train", "train"], "index_in_split": [0, 1],
+                          "source": ["cats/broken.png", "cats/good.png"],
+                          "path": [str(tmp_path / "cats/broken.png"), str(tmp_path / "cats/good.png")],
+                          "label": [0, 0], "class_name": ["cats", "cats"], "knn_distance": [0.5, 0.1],
+                          "novelty_score": [3.0, 0.0]})
+    logged = []
+    reader = figure_images(dataset, "novel.png", logged.append)
+    images, captions = most_novel_images(reader, table, 2)
+    assert images[0] is None and images[1].shape == (8, 8, 3) and captions[0].startswith("broken.png")
+    assert list(reader.unreadable) == [f"train #0 ({tmp_path / 'cats/broken.png'})"]
+    assert len(logged) == 1 and "broken.png" in logged[0] and "novel.png" in logged[0]
+    assert logged[0].endswith(reader.unreadable[f"train #0 ({tmp_path / 'cats/broken.png'})"])
+    features, _ = blobs(classes=3)
+    settings = novelty_settings(k=3, quality={"draws": 0})
+    document = fit_document(fit_novelty(features, settings), settings, unreadable=0, blank_images=reader.unreadable)
+    summary = novelty_summary(document, {"measured": False, "reason": "novelty.quality.draws is 0"}, [],
+                              dataset="pets", backbone="tiny")
+    assert any(note.startswith("1 image(s) of novel.png could not be read and are drawn blank (train #0")
+               for note in summary.notes)
 
 
 def test_the_summary_reports_counts_quality_and_scored_datasets(tmp_path):
     features, labels = blobs(classes=5)
-    settings = NoveltySettings(k_max=8, quality=QualitySettings(draws=2))
+    settings = novelty_settings(k_max=8, quality={"draws": 2})
     fit = fit_novelty(features, settings)
-    document = fit_document(fit, settings, unreadable=2)
+    document = fit_document(fit, settings, unreadable=2, blank_images={})
     assert document["flags"]["images"] == len(fit.held_out_rows) == 40
-    per_draw = unseen_class_quality(features, labels, fit.model.k, settings)
-    quality = {"measured": True, "classes": 5, "unseen_classes": 1, "draws": 2,
-               "scores": summarize_quality(per_draw).to_dict(orient="records")}
+    per_draw = unseen_class_quality(features, labels, settings)
+    quality = quality_document(per_draw, summarize_quality(per_draw), labels, settings)
     scored = [{"dataset": "tomorrow", "flags": {"images": 5, "novel": 1, "surprising": 0, "knn_novel": 2},
-               "unreadable": 1}]
+               "unreadable": 1, "blank_images": {}}]
     summary = novelty_summary(document, quality, scored, dataset="shapes", backbone="tiny")
     summary.write(tmp_path / "summary.json")
     assert summary.headline["k"] == 5 and summary.headline["unreadable"] == 2
@@ -288,8 +360,8 @@ def test_the_summary_reports_counts_quality_and_scored_datasets(tmp_path):
 
 def test_a_fit_too_small_to_trust_says_so_first():
     features, _ = blobs(classes=3, per_class=15)
-    settings = NoveltySettings(k=3, quality=QualitySettings(draws=0))
-    document = fit_document(fit_novelty(features, settings), settings, unreadable=0)
+    settings = novelty_settings(k=3, quality={"draws": 0})
+    document = fit_document(fit_novelty(features, settings), settings, unreadable=0, blank_images={})
     summary = novelty_summary(document, {"measured": False, "reason": "novelty.quality.draws is 0"}, [],
                               dataset="few", backbone="tiny")
     assert summary.headline["trusted"] == "no"
@@ -298,7 +370,7 @@ def test_a_fit_too_small_to_trust_says_so_first():
 
 def test_map_columns_give_every_image_its_cluster_and_held_out_images_their_knn_distance():
     features, _ = blobs(classes=3, per_class=20)
-    fit = fit_novelty(features, NoveltySettings(k=3))
+    fit = fit_novelty(features, novelty_settings(k=3))
     rows = pd.DataFrame({"split": ["train"] * 60, "index_in_split": np.arange(60) * 2})
     table = map_columns(rows, fit, features)
     assert table["index_in_split"].tolist() == rows["index_in_split"].tolist()

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from embedlens.novelty import NoveltyModel
+from embedlens.novelty.model import NoveltyModel
 from embedlens.summary import StageSummary
 
 from conftest import pixels, save
@@ -58,6 +58,9 @@ def test_novelty_fits_scores_and_later_scores_new_images_without_refitting(tmp_p
     assert (quality["draws"] == 2).all() and quality["auroc_mean"].between(0, 1).all()
     assert summary.headline["auroc"] == pytest.approx(quality.set_index("score").loc["knn_distance", "auroc_mean"],
                                                       abs=1e-4)
+    draws = pd.read_csv(novelty / "quality_draws.csv")  # k chosen in each draw on its seen classes alone
+    assert draws.groupby("draw")["k"].nunique().eq(1).all() and draws["k"].between(2, 8).all()
+    assert json.loads((novelty / "quality.json").read_text())["k_per_draw"] == draws.groupby("draw")["k"].first().tolist()
     colourings = pd.read_csv(novelty / "map_columns.csv")
     assert len(colourings) == 84 and colourings["novelty kNN distance"].notna().sum() == 17
     assert colourings["novelty cluster"].str.fullmatch(r"cluster \d").all()

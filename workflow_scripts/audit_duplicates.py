@@ -11,6 +11,7 @@ from embedlens.audit.duplicates import AuditInputError, find_duplicates, image_r
 from embedlens.audit.results import duplicates_document, pair_pictures
 from embedlens.audit.settings import AuditSettings
 from embedlens.datasets import open_dataset
+from embedlens.images import FigureImages
 from embedlens.logs import exit_on, job_logger
 from embedlens.manifest import read_manifest, write_table
 from embedlens.plots import histogram, image_grid
@@ -29,10 +30,10 @@ with exit_on(log, AuditInputError):
     found = find_duplicates(store, manifest, settings, read)
 for key, reason in found.unreadable.items():
     log.warning("%s #%d could not be read for the pixel check: %s", *key, reason)
-document = duplicates_document(found, settings)
 write_table(found.pairs, output.pairs)
 query, reference = settings.query_split, settings.reference_split
-images, captions = pair_pictures(found.pairs, read, settings.pairs_shown)
+reader = FigureImages(read, "pairs.png", log.warning)
+images, captions = pair_pictures(found.pairs, reader, settings.pairs_shown)
 image_grid(images, captions, output.grid, columns=8,
            title=f"{name} x {backbone}: closest {query}-{reference} pairs ({query} image, then its {reference} neighbour)")
 threshold = settings.threshold if settings.selection == "threshold" else None
@@ -41,6 +42,7 @@ histogram(found.searches["within" if settings.one_split else "cross"].nearest, o
                  + (" (itself left out)" if settings.one_split else ""), ylabel=f"{query} images",
           marked_x=threshold, marked_label=None if threshold is None else f"threshold {threshold:g}",
           title=f"{name} x {backbone}: nearest {reference} neighbour of each {query} image")
+document = duplicates_document(found, settings, reader.unreadable)
 write_text_atomic(output.document, json.dumps(document, indent=2) + "\n")
 for search, entry in document["searches"].items():
     log.info("%s search: %d candidate pairs in %.1f s, per verdict %s", search, entry["pairs"], entry["seconds"],

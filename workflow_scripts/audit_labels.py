@@ -9,6 +9,7 @@ from embedlens.audit.labels import check_labels, labelled_features
 from embedlens.audit.results import issue_pictures, labels_document
 from embedlens.audit.settings import AuditSettings
 from embedlens.datasets import open_dataset
+from embedlens.images import FigureImages
 from embedlens.logs import exit_on, job_logger
 from embedlens.manifest import read_manifest, write_table
 from embedlens.plots import image_grid
@@ -25,10 +26,11 @@ with exit_on(log, AuditInputError):
 check = check_labels(features, rows, store.class_names, settings, jobs=snakemake.threads)
 write_table(check.issues, output.issues)
 read = image_reader(open_dataset(snakemake.params.dataset), read_manifest(snakemake.input.manifest))
-images, captions = issue_pictures(check.issues, read, settings.issues_shown)
+reader = FigureImages(read, "label_issues.png", log.warning)
+images, captions = issue_pictures(check.issues, reader, settings.issues_shown)
 image_grid(images, captions, output.grid, columns=8,
            title=f"{name} x {backbone}: most likely label errors (cleanlab, {settings.folds}-fold linear probe)")
-document = labels_document(check)
+document = labels_document(check, reader.unreadable)
 write_text_atomic(output.document, json.dumps(document, indent=2) + "\n")
 log.info("%d labelled images checked, %d likely label errors, probe accuracy %s", document["checked"],
          document["issues"], document["probe_accuracy"])

@@ -4,8 +4,9 @@ import time
 
 import torch
 
+from embedlens.checkpoint import remove_checkpoints
 from embedlens.classify.data import crossval_problem, fit_and_test_rows
-from embedlens.classify.results import remove_checkpoints, write_crossval
+from embedlens.classify.results import write_crossval
 from embedlens.classify.settings import ClassifySettings
 from embedlens.classify.training import out_of_fold_probabilities
 from embedlens.devices import acquire_device

@@ -4,8 +4,9 @@ import time
 
 import torch
 
+from embedlens.checkpoint import remove_checkpoints
 from embedlens.classify.data import classifier_problem, describe_classes, fit_and_test_rows
-from embedlens.classify.results import remove_checkpoints, write_training_outputs
+from embedlens.classify.results import write_training_outputs
 from embedlens.classify.settings import ClassifySettings
 from embedlens.classify.training import fit_mlp, hidden_sizes, predict_proba, train_val_split
 from embedlens.devices import acquire_device

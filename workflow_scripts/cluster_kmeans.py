@@ -4,7 +4,7 @@ import json
 import time
 
 from embedlens.atomic import write_text_atomic
-from embedlens.cluster.kmeans import assign, fit_kmeans
+from embedlens.kmeans import assign, fit_kmeans
 from embedlens.cluster.results import (Assignment, clustering_problem, number_of_clusters, read_splits,
                                        save_predictions, write_skipped_fit)
 from embedlens.cluster.settings import ClusterSettings

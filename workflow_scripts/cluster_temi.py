@@ -7,7 +7,7 @@ import json
 import torch
 
 from embedlens.atomic import atomic_path, write_text_atomic
-from embedlens.classify.results import remove_checkpoints
+from embedlens.checkpoint import remove_checkpoints
 from embedlens.cluster.results import (Assignment, clustering_problem, number_of_clusters, read_splits,
                                        save_predictions, write_skipped_fit)
 from embedlens.cluster.settings import ClusterSettings

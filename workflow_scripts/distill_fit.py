@@ -1,11 +1,14 @@
-"""Rule distill_fit: the experts' trajectories on the train split's features and the synthetic vectors
-matched to them, saved to distilled.h5 with the matching-loss curve."""
+"""Rule distill_fit: the experts' trajectories on the features of the train split's fit rows (its
+validation part left out) and the synthetic vectors matched to them, saved to distilled.h5 with the
+matching-loss curve."""
 
 import torch
 
-from embedlens.classify.results import remove_checkpoints
+from embedlens.checkpoint import remove_checkpoints
 from embedlens.devices import acquire_device
-from embedlens.distill import DistillInputError, DistillSettings, distill_backing_off, label_source, read_rows
+from embedlens.distill.data import label_source, read_rows
+from embedlens.distill.matching import distill_backing_off
+from embedlens.distill.settings import DistillInputError, DistillSettings
 from embedlens.logs import exit_on, job_logger
 from embedlens.pseudo_labels import PseudoLabelsError
 from embedlens.plots import curve
@@ -18,7 +21,7 @@ store = FeatureStore(snakemake.input.features)
 store.check(dataset=name, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
 pseudo_labels = snakemake.input.get("pseudo_labels")
 with exit_on(log, DistillInputError, PseudoLabelsError):
-    train, _ = read_rows(store, settings, pseudo_labels)
+    train = read_rows(store, settings, pseudo_labels).fit
 torch.set_num_threads(snakemake.threads)
 device, gpu_claim = acquire_device(settings.device)  # the claim holds the GPU until the job ends
 source = label_source(settings, pseudo_labels)

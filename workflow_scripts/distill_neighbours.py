@@ -5,7 +5,10 @@ import json
 
 from embedlens.atomic import write_text_atomic
 from embedlens.datasets import open_dataset
-from embedlens.distill import Distilled, DistillSettings, grid_vectors, nearest_real, neighbour_rows
+from embedlens.distill.matching import Distilled
+from embedlens.distill.pictures import grid_vectors, nearest_real, neighbour_rows
+from embedlens.distill.settings import DistillSettings
+from embedlens.images import FigureImages
 from embedlens.logs import job_logger
 from embedlens.manifest import read_manifest, write_table
 from embedlens.plots import image_rows
@@ -22,10 +25,13 @@ table = nearest_real(distilled, store.features(settings.train_split), rows, stor
                      device=settings.device)
 write_table(table, snakemake.output.table)
 vectors = grid_vectors(distilled.labels, settings.grid_rows)
-image_rows(neighbour_rows(open_dataset(snakemake.params.dataset), table, vectors), snakemake.output.grid,
+dataset = open_dataset(snakemake.params.dataset)
+reader = FigureImages(lambda key: dataset.read_image(*key), "neighbours.png", log.warning)
+image_rows(neighbour_rows(reader, table, vectors), snakemake.output.grid,
            title=f"{name} x {backbone}: synthetic vectors and their nearest real {settings.train_split} images")
 same_class = float(table["same_class"].mean())
 write_text_atomic(snakemake.output.document, json.dumps({"k": int(table["rank"].max()), "same_class": same_class,
-                                                         "vectors_drawn": len(vectors)}, indent=2) + "\n")
+                                                         "vectors_drawn": len(vectors),
+                                                         "blank_images": reader.unreadable}, indent=2) + "\n")
 log.info("%d synthetic vectors; %.1f%% of their nearest real images share their class", len(distilled.labels),
          100 * same_class)

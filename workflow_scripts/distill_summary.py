@@ -2,7 +2,7 @@
 
 import json
 
-from embedlens.distill import distill_summary
+from embedlens.distill.summary import distill_summary
 from embedlens.logs import job_logger
 from embedlens.summary import StageSummary
 

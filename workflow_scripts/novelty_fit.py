@@ -10,8 +10,10 @@ from embedlens.atomic import write_text_atomic
 from embedlens.datasets import open_dataset
 from embedlens.logs import exit_on, job_logger
 from embedlens.manifest import read_manifest, write_table
-from embedlens.novelty import (NoveltyInputError, NoveltySettings, fit_document, fit_novelty, map_columns,
-                               most_novel_images, pca_map, read_images, scores_table)
+from embedlens.novelty.fit import fit_novelty, pca_map
+from embedlens.novelty.results import (fit_document, figure_images, map_columns, most_novel_images, read_images,
+                                       scores_table)
+from embedlens.novelty.settings import NoveltyInputError, NoveltySettings
 from embedlens.plots import bar_chart, curve, image_grid, scatter_map
 from embedlens.store import FeatureStore
 
@@ -48,8 +50,10 @@ scatter_map(xy, clusters, output.pca, centers=centroid_xy, group_name="cluster",
             title=f"{name} x {backbone}: fit images by cluster ({len(xy)} shown)")
 bar_chart([str(c) for c in range(model.k)], np.bincount(fit.scores["cluster"], minlength=model.k), output.clusters,
           xlabel="cluster", ylabel="held-out images", title=f"{name} x {backbone}: held-out images per cluster")
-images, captions = most_novel_images(dataset, table, settings.top_images)
+reader = figure_images(dataset, "novel.png", log.warning)
+images, captions = most_novel_images(reader, table, settings.top_images)
 image_grid(images, captions, output.novel, title=f"{name} x {backbone}: most novel held-out images (kNN distance)")
-document = fit_document(fit, settings, unreadable=len(pd.read_csv(snakemake.input.skipped)) + len(store.skipped()))
+document = fit_document(fit, settings, unreadable=len(pd.read_csv(snakemake.input.skipped)) + len(store.skipped()),
+                        blank_images=reader.unreadable)
 write_text_atomic(output.document, json.dumps(document, indent=2) + "\n")
 log.info("held-out flags: %s", document["flags"])

@@ -9,8 +9,10 @@ from embedlens.atomic import write_text_atomic
 from embedlens.datasets import open_dataset
 from embedlens.logs import exit_on, job_logger
 from embedlens.manifest import read_manifest, write_table
-from embedlens.novelty import (NoveltyInputError, NoveltyModel, NoveltySettings, check_model_matches, flag_counts,
-                               most_novel_images, read_images, scores_table)
+from embedlens.novelty.model import NoveltyModel
+from embedlens.novelty.results import (check_model_matches, figure_images, flag_counts, most_novel_images, read_images,
+                                       scores_table)
+from embedlens.novelty.settings import NoveltyInputError, NoveltySettings
 from embedlens.plots import image_grid
 from embedlens.store import FeatureStore
 
@@ -26,11 +28,12 @@ with exit_on(log, NoveltyInputError):
     features, rows = read_images(store, read_manifest(snakemake.input.manifest), dataset)
 table = scores_table(rows, model.score(features))
 write_table(table, snakemake.output.scores)
-images, captions = most_novel_images(dataset, table, settings.top_images)
+reader = figure_images(dataset, f"score/{new}/novel.png", log.warning)
+images, captions = most_novel_images(reader, table, settings.top_images)
 image_grid(images, captions, snakemake.output.novel,
            title=f"{new} scored against {fitted} x {snakemake.wildcards.backbone}: most novel images (kNN distance)")
 counts = flag_counts(table)
 unreadable = len(pd.read_csv(snakemake.input.skipped)) + len(store.skipped())
-write_text_atomic(snakemake.output.document, json.dumps({"dataset": new, "flags": counts, "unreadable": unreadable},
-                                                       indent=2) + "\n")
+write_text_atomic(snakemake.output.document, json.dumps({"dataset": new, "flags": counts, "unreadable": unreadable,
+                                                        "blank_images": reader.unreadable}, indent=2) + "\n")
 log.info("%s against the model of %s: %s; %d images could not be read", new, fitted, counts, unreadable)

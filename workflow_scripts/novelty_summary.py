@@ -4,7 +4,7 @@ datasets scored against the model."""
 import json
 
 from embedlens.logs import job_logger
-from embedlens.novelty import novelty_summary
+from embedlens.novelty.summary import novelty_summary
 from embedlens.summary import StageSummary
 
 

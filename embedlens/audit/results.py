@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -11,7 +11,8 @@ from embedlens.audit.duplicates import DuplicateSearch
 from embedlens.audit.labels import LabelCheck
 from embedlens.audit.pixels import UNVERIFIED, VERDICTS
 from embedlens.audit.settings import AuditSettings
-from embedlens.summary import Artifact, StageSummary
+from embedlens.images import FigureImages
+from embedlens.summary import Artifact, StageSummary, blank_images_note
 
 RANKED_VERDICTS = (*VERDICTS, UNVERIFIED)   # a query image's verdict is the first of these among its candidates
 COPIES = ("exact", "near")                  # the verdicts that mean the same photograph
@@ -25,13 +26,15 @@ def best_verdicts(pairs: pd.DataFrame) -> pd.Series:
     return best.map(dict(enumerate(RANKED_VERDICTS)))
 
 
-def duplicates_document(found: DuplicateSearch, settings: AuditSettings) -> dict:
+def duplicates_document(found: DuplicateSearch, settings: AuditSettings, blank_images: Mapping[str, str]) -> dict:
     """What ``duplicates.json`` records for the summary: per search the candidate pairs, the pairs per
     verdict, the seconds it took and the saturated query images; for the cross-split search also the
     query images per verdict (each counted once, by its most serious verdict), the copies (exact or
-    near) whose labels differ, and quantiles of each query image's highest similarity."""
+    near) whose labels differ, and quantiles of each query image's highest similarity; and the images
+    of pairs.png that could not be read (``blank_images``, with the reasons)."""
     pairs = found.pairs
-    document = {"settings": settings.as_dict(), "unreadable": len(found.unreadable), "searches": {}}
+    document = {"settings": settings.as_dict(), "unreadable": len(found.unreadable),
+                "blank_images": dict(blank_images), "searches": {}}
     for name, result in found.searches.items():
         chosen = pairs[pairs["search"] == name]
         entry = {"pairs": int(len(chosen)), "seconds": round(result.seconds, 3), "saturated": result.saturated,
@@ -48,36 +51,33 @@ def duplicates_document(found: DuplicateSearch, settings: AuditSettings) -> dict
     return document
 
 
-def labels_document(check: LabelCheck) -> dict:
+def labels_document(check: LabelCheck, blank_images: Mapping[str, str]) -> dict:
     """What ``labels.json`` records: images checked, issues found, the probe's out-of-sample accuracy,
-    classes left out and notes."""
-    return {"checked": check.checked, "issues": int(len(check.issues)),
+    classes left out, notes, and the images of label_issues.png that could not be read (with the reasons)."""
+    return {"checked": check.checked, "blank_images": dict(blank_images), "issues": int(len(check.issues)),
             "issues_per_split": {str(k): int(v) for k, v in check.issues["split"].value_counts().items()},
             "probe_accuracy": None if check.probe_accuracy is None else round(check.probe_accuracy, 4),
             "left_out": check.left_out, "notes": check.notes}
-
-
-def _readable(read: Callable[[Hashable], np.ndarray], key: Hashable) -> np.ndarray | None:
-    try:
-        return read(key)
-    except Exception:  # drawn blank: the caption names the image
-        return None
 
 
 def _short(text: str, width: int = 25) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def pair_pictures(pairs: pd.DataFrame, read: Callable[[Hashable], np.ndarray], count: int
-                  ) -> tuple[list[np.ndarray | None], list[str]]:
+def _image(reader: FigureImages, split: str, index: int) -> np.ndarray | None:
+    return reader.get((split, index), f"{split} #{index}")
+
+
+def pair_pictures(pairs: pd.DataFrame, reader: FigureImages, count: int) -> tuple[list[np.ndarray | None], list[str]]:
     """Images and captions of the ``count`` closest cross-split pairs (within-split pairs when there was
     no cross-split search) for a grid with an even number of columns: each query image, then its
-    neighbour; the query's caption carries similarity and verdict."""
+    neighbour; the query's caption carries similarity and verdict. ``reader`` reads ``(split,
+    index_in_split)``; an image it cannot read is drawn blank and named in ``reader.unreadable``."""
     images, captions = [], []
     shown = "cross" if (pairs["search"] == "cross").any() else "within"
     for row in pairs[pairs["search"] == shown].head(count).itertuples(index=False):
-        images += [_readable(read, (row.query_split, row.query_index)),
-                   _readable(read, (row.reference_split, row.reference_index))]
+        images += [_image(reader, row.query_split, row.query_index),
+                   _image(reader, row.reference_split, row.reference_index)]
         captions += [f"{row.query_split} #{row.query_index}\n{_short(row.query_class)}\n"
                      f"cos {row.similarity:.3f} {row.verdict}",
                      f"{row.reference_split} #{row.reference_index}\n{_short(row.reference_class)}"
@@ -85,13 +85,13 @@ def pair_pictures(pairs: pd.DataFrame, read: Callable[[Hashable], np.ndarray], c
     return images, captions
 
 
-def issue_pictures(issues: pd.DataFrame, read: Callable[[Hashable], np.ndarray], count: int
+def issue_pictures(issues: pd.DataFrame, reader: FigureImages, count: int
                    ) -> tuple[list[np.ndarray | None], list[str]]:
     """Images and captions of the ``count`` most likely label errors: given and suggested class, and the
-    probe's probability of the given one."""
+    probe's probability of the given one (an image ``reader`` cannot read is drawn blank and named)."""
     images, captions = [], []
     for row in issues.head(count).itertuples(index=False):
-        images.append(_readable(read, (row.split, row.index_in_split)))
+        images.append(_image(reader, row.split, row.index_in_split))
         captions.append(f"{row.split} #{row.index_in_split}\ngiven: {_short(row.class_name, 18)}\n"
                         f"suggested: {_short(row.suggested_class, 14)}\np(given) {row.label_quality:.2f}")
     return images, captions
@@ -165,6 +165,8 @@ def audit_summary(duplicates: Mapping, labels: Mapping, clean: pd.DataFrame, *, 
                      f"{settings['folds']}-fold linear probe predicts {100 * labels['probe_accuracy']:.1f}% of the "
                      "given labels out of sample.")
     notes += labels["notes"]
+    notes += [note for note in (blank_images_note("pairs.png", duplicates["blank_images"]),
+                                blank_images_note("label_issues.png", labels["blank_images"])) if note]
     if duplicates["unreadable"]:
         notes.append(f"{duplicates['unreadable']} images of candidate pairs could not be read again for the pixel "
                      "check; their pairs are 'unverified' (the log names them).")

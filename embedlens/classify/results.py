@@ -5,7 +5,6 @@ estimate, and the stage's ``summary.json``."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -106,17 +105,6 @@ def load_crossval(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Targets and out-of-sample probabilities from ``crossval.npz``."""
     with np.load(path, allow_pickle=False) as data:
         return data["targets"], data["probabilities"]
-
-
-def remove_checkpoints(folder: str | Path) -> None:
-    """Delete a training's checkpoint folder once its results are written, and the ``checkpoints``
-    folder that holds it when no other training's checkpoints are left there."""
-    folder = Path(folder)
-    shutil.rmtree(folder, ignore_errors=True)
-    try:
-        folder.parent.rmdir()
-    except OSError:  # another training of the stage is still running, or it never existed
-        pass
 
 
 def _percent(value: float | None) -> str:

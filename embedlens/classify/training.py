@@ -27,6 +27,7 @@ from torch import nn
 
 from embedlens.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from embedlens.classify.settings import ClassifySettings
+from embedlens.networks import build_mlp
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate"]
 EVAL_BATCH = 4096  # rows per forward pass when only predicting
@@ -35,17 +36,6 @@ EVAL_BATCH = 4096  # rows per forward pass when only predicting
 def hidden_sizes(dim: int, fractions: tuple[float, ...] | list[float]) -> list[int]:
     """Hidden layer widths: each fraction of the feature dimension ``dim``, rounded, at least 1."""
     return [max(1, round(dim * fraction)) for fraction in fractions]
-
-
-def build_mlp(dim: int, hidden: list[int], num_classes: int, dropout: float) -> nn.Sequential:
-    """``Linear -> ReLU -> Dropout`` for every hidden width, then a linear layer to the class logits."""
-    layers: list[nn.Module] = []
-    width = dim
-    for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
-        width = size
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 - :mod:`~embedlens.cluster.settings`: the ``cluster:`` config section;
 - :mod:`~embedlens.cluster.temi`: TEMI's cluster heads, loss and training (checkpoints, resume) and the
   diagnostics of its two failure modes (the uniform solution, collapse);
-- :mod:`~embedlens.cluster.kmeans`: the k-means baseline;
+- the k-means baseline is :func:`embedlens.kmeans.fit_kmeans`, the wrapper every stage shares;
 - :mod:`~embedlens.cluster.metrics`: Hungarian accuracy, NMI, ARI and cluster sizes of any rows;
 - :mod:`~embedlens.cluster.pseudo`: pseudo labels voted by each cluster's representatives;
 - :mod:`~embedlens.cluster.results`: the files the rules pass on, the pictures and the stage summary.

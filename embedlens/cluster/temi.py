@@ -66,10 +66,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedlens.checkpoint import fingerprint, load_checkpoint, save_checkpoint
-from embedlens.cluster.kmeans import fit_kmeans
+from embedlens.kmeans import fit_kmeans
 from embedlens.cluster.metrics import neighbour_agreement
 from embedlens.cluster.settings import ClusterInputError, KmeansSettings, TemiSettings
-from embedlens.distill import Standardizer
+from embedlens.geometry import Standardizer
 from embedlens.knn import cosine_topk
 from embedlens.store import SplitFeatures
 

@@ -1,0 +1,44 @@
+"""k-means on frozen embeddings: the one wrapper of scikit-learn's k-means that every stage calls (the
+clustering baseline, TEMI's warm start, the novelty stage's clusters and elbow search).
+
+``settings`` is any object with ``n_init`` (restarts; k-means++ starts, the lowest inertia wins) and
+``normalize`` (L2-normalise the rows first, so distances measure directions): the ``cluster.kmeans``
+section and the ``novelty`` section both are.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+from embedlens.geometry import l2_normalize
+
+
+class KmeansOptions(Protocol):
+    n_init: int
+    normalize: bool
+
+
+def kmeans_space(features: np.ndarray, normalize: bool) -> np.ndarray:
+    """The embeddings as k-means sees them: float32, L2-normalised rows when ``normalize``."""
+    return (l2_normalize(features) if normalize else np.asarray(features)).astype(np.float32, copy=False)
+
+
+def fit_kmeans(features: np.ndarray, clusters: int, settings: KmeansOptions, seed: int) -> KMeans:
+    """k-means with ``clusters`` clusters (``settings.n_init`` restarts, ``seed``) on the raw embeddings
+    ``features`` (normalised here when ``settings.normalize``). Stages check the image count first and
+    name their own setting; this error is the last guard."""
+    if clusters > len(features):
+        raise ValueError(f"{len(features)} images cannot be clustered into {clusters} clusters; k-means needs at "
+                         "least as many images as clusters")
+    return KMeans(n_clusters=clusters, n_init=settings.n_init, random_state=seed).fit(
+        kmeans_space(features, settings.normalize))
+
+
+def assign(model: KMeans, features: np.ndarray, settings: KmeansOptions) -> np.ndarray:
+    """The nearest centroid of each row of ``features`` (raw embeddings), int64."""
+    if not len(features):
+        return np.zeros(0, np.int64)
+    return model.predict(kmeans_space(features, settings.normalize)).astype(np.int64)
