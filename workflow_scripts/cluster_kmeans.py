@@ -3,6 +3,8 @@
 import json
 import time
 
+from threadpoolctl import threadpool_limits
+
 from embedlens.atomic import write_text_atomic
 from embedlens.cluster.kmeans import assign, cluster_kmeans
 from embedlens.cluster.results import (Assignment, clustering_problem, number_of_clusters, read_splits,
@@ -23,6 +25,7 @@ if problem:
     raise SystemExit(0)
 train, test = read_splits(store, settings)
 clusters = number_of_clusters(settings, train.labels)
+threadpool_limits(snakemake.threads)  # scikit-learn's k-means takes every core otherwise
 started = time.monotonic()
 fit = cluster_kmeans(train.features, clusters, settings.kmeans, settings.seed)
 model = fit.model
