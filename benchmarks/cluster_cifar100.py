@@ -4,7 +4,7 @@ learn from pairs of neighbours; then the time of one TEMI epoch on 50,000 x 1,28
 
 Both methods are fitted on the train split and scored on the test split, with K = 100 clusters.
 k-means runs as the published baselines do (L2-normalised features, n_init 2). TEMI runs as the stage
-does (embedlens.cluster.temi.run_temi) with the stage's defaults except what the command line changes
+does (embedlens.cluster.temi_run.run_temi) with the stage's defaults except what the command line changes
 (steps, heads, head widths, batch size, learning rate, teacher momentum ramp, embed_norm, a k-means
 warm start): on 2 shared CPU cores the default 4,800 steps x 16 heads on 50,000 images take hours.
 
@@ -30,10 +30,12 @@ import time
 import numpy as np
 import torch
 
-from embedlens.kmeans import assign, fit_kmeans
+from embedlens.cluster.kmeans import cluster_kmeans
 from embedlens.cluster.metrics import cluster_metrics
 from embedlens.cluster.settings import ClusterSettings
-from embedlens.cluster.temi import run_temi, train_temi
+from embedlens.cluster.temi import train_temi
+from embedlens.cluster.temi_run import run_temi
+from embedlens.kmeans import assign
 from embedlens.roles import SplitRoles, stage_defaults
 from embedlens.store import FeatureStore, SplitFeatures
 
@@ -115,10 +117,10 @@ def main() -> None:
           f"K = {args.clusters}", flush=True)
 
     started = time.perf_counter()
-    model = fit_kmeans(train.features, args.clusters, settings.kmeans, args.seed)
+    kmeans = cluster_kmeans(train.features, args.clusters, settings.kmeans, args.seed)
     report["kmeans"] = {"seconds": round(time.perf_counter() - started, 1),
-                        "test": scores(test.labels, assign(model, test.features, settings.kmeans), args.clusters),
-                        "train": scores(train.labels, model.labels_, args.clusters)}
+                        "test": scores(test.labels, assign(kmeans.model, test.features, settings.kmeans), args.clusters),
+                        "train": scores(train.labels, kmeans.train_clusters, args.clusters)}
     print(f"k-means: {report['kmeans']}", flush=True)
 
     run = run_temi(train, test, args.clusters, temi, settings.kmeans, args.seed, device)

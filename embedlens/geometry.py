@@ -1,7 +1,9 @@
 """Embedding geometry shared by every stage: L2 normalisation, per-dimension standardisation, class
 centroids (also streamed over a store too large for memory), and cosine similarity between centroids.
 
-Labels are the dataset's integer labels; rows labelled -1 (no class) never feed a centroid.
+Labels are the dataset's integer labels; rows labelled -1 (no class) never feed a centroid. Everything
+here works block by block in float32 (:data:`BLOCK_ROWS` rows at a time), so no full-size float64
+copy of a split is ever made, whatever its size.
 """
 
 from __future__ import annotations
@@ -13,12 +15,44 @@ import numpy as np
 from scipy import sparse
 from sklearn.metrics.pairwise import cosine_similarity
 
+BLOCK_ROWS = 16_384  # rows per block: 64 MB of float32 temporaries at 1,024 dimensions
+
+
+def row_norms(features: np.ndarray) -> np.ndarray:
+    """The L2 norm of every row (float32), computed block by block without a squared copy."""
+    norms = np.empty(len(features), dtype=np.float32)
+    for start in range(0, len(features), BLOCK_ROWS):
+        block = np.asarray(features[start:start + BLOCK_ROWS], dtype=np.float32)
+        norms[start:start + len(block)] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    return norms
+
 
 def l2_normalize(features: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float64); all-zero rows stay zero."""
-    features = np.asarray(features, dtype=np.float64)
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.where(norms > 0, norms, 1.0)
+    """Rows scaled to unit L2 norm, float32 (one output array, filled block by block); all-zero rows
+    stay zero."""
+    features = np.asarray(features)
+    unit = np.empty(features.shape, dtype=np.float32)
+    for start in range(0, len(features), BLOCK_ROWS):
+        block = np.asarray(features[start:start + BLOCK_ROWS], dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
+        np.divide(block, np.where(norms > 0, norms, 1.0), out=unit[start:start + len(block)])
+    return unit
+
+
+def column_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation (float32; a zero deviation counts as 1) of the rows,
+    from float64 sums block by block: the full-array result without a float64 copy of the array."""
+    features = np.asarray(features)
+    total = np.zeros(features.shape[1])
+    for start in range(0, len(features), BLOCK_ROWS):
+        total += features[start:start + BLOCK_ROWS].sum(axis=0, dtype=np.float64)
+    mean = total / max(len(features), 1)
+    squares = np.zeros(features.shape[1])
+    for start in range(0, len(features), BLOCK_ROWS):
+        centred = features[start:start + BLOCK_ROWS] - mean
+        squares += np.einsum("ij,ij->j", centred, centred)
+    std = np.sqrt(squares / max(len(features), 1))
+    return mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -62,9 +96,11 @@ class CentroidAccumulator:
     """Class centroids built chunk by chunk, so a store of any size streams through in bounded memory.
 
     ``add`` takes the features (N, D) and labels (N,) of one chunk; ``result`` gives the
-    :class:`Centroids` of every class seen. Sums are float64, so the result equals the mean over all
-    rows at once. With ``normalized`` each row is L2-normalised before it is summed (the mean
-    direction, every image weighing the same). ``classes`` keeps only these labels.
+    :class:`Centroids` of every class seen. Each block of :data:`BLOCK_ROWS` rows is summed per class
+    in one product of a sparse (classes x rows) weight matrix with the float32 rows as they are (no
+    masked or converted copy): a row's weight is 0 when it is left out, 1 / its norm with
+    ``normalized`` (the mean direction, every image weighing the same), else 1. The blocks' sums are
+    added up in float64. ``classes`` keeps only these labels.
     """
 
     def __init__(self, dim: int, *, normalized: bool = False, classes: Sequence[int] | None = None):
@@ -79,17 +115,28 @@ class CentroidAccumulator:
         if features.ndim != 2 or features.shape[1] != self.dim or len(features) != len(labels):
             raise ValueError(f"features {features.shape} and labels {labels.shape} do not match "
                              f"(expected (N, {self.dim}) and (N,))")
+        for start in range(0, len(features), BLOCK_ROWS):
+            self._add_block(features[start:start + BLOCK_ROWS], labels[start:start + BLOCK_ROWS])
+
+    def _add_block(self, features: np.ndarray, labels: np.ndarray) -> None:
         keep = labels >= 0
         if self.classes is not None:
             keep &= np.isin(labels, self.classes)
-        values = features[keep]
-        values = l2_normalize(values) if self.normalized else values.astype(np.float64)
-        present, inverse = np.unique(labels[keep], return_inverse=True)
-        # A sparse one-hot (classes x rows) times the rows: per-class sums in one pass, no dense one-hot.
-        one_hot = sparse.csr_matrix((np.ones(len(inverse)), (inverse, np.arange(len(inverse)))),
-                                    shape=(len(present), len(inverse)))
-        sums = np.asarray(one_hot @ values)
-        counts = np.bincount(inverse, minlength=len(present))
+        if not keep.any():
+            return
+        weights = keep.astype(np.float32)
+        if self.normalized:
+            norms = row_norms(features)
+            weights /= np.where(norms > 0, norms, 1.0)
+        present, inverse = np.unique(np.where(keep, labels, -1), return_inverse=True)
+        if present[0] == -1:  # the rows left out fall in a class of their own, weight 0, dropped below
+            present, inverse = present[1:], inverse - 1
+        kept_rows = np.flatnonzero(keep)
+        block = features if features.dtype in (np.float32, np.float64) else features.astype(np.float32)
+        one_hot = sparse.csr_matrix((weights[kept_rows].astype(block.dtype), (inverse[kept_rows], kept_rows)),
+                                    shape=(len(present), len(labels)))
+        sums = np.asarray(one_hot @ block, dtype=np.float64)
+        counts = np.bincount(inverse[kept_rows], minlength=len(present))
         for label, total, count in zip(present.tolist(), sums, counts.tolist()):
             if label in self._sums:
                 self._sums[label] += total

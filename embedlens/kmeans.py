@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 from sklearn.cluster import KMeans
 
-from embedlens.geometry import l2_normalize
+from embedlens.geometry import BLOCK_ROWS, l2_normalize
 
 
 class KmeansOptions(Protocol):
@@ -38,7 +38,10 @@ def fit_kmeans(features: np.ndarray, clusters: int, settings: KmeansOptions, see
 
 
 def assign(model: KMeans, features: np.ndarray, settings: KmeansOptions) -> np.ndarray:
-    """The nearest centroid of each row of ``features`` (raw embeddings), int64."""
-    if not len(features):
-        return np.zeros(0, np.int64)
-    return model.predict(kmeans_space(features, settings.normalize)).astype(np.int64)
+    """The nearest centroid of each row of ``features`` (raw embeddings), int64, block by block
+    (:data:`~embedlens.geometry.BLOCK_ROWS` rows), so no normalised copy of the whole array is made."""
+    clusters = np.zeros(len(features), np.int64)
+    for start in range(0, len(features), BLOCK_ROWS):
+        block = kmeans_space(features[start:start + BLOCK_ROWS], settings.normalize)
+        clusters[start:start + len(block)] = model.predict(block)
+    return clusters

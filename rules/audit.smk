@@ -3,7 +3,8 @@
 # (embedlens.knn), each candidate with a pixel verdict exact / near / similar (audit_duplicates); likely
 # label errors from cleanlab on the out-of-sample probabilities of a cross-validated linear probe
 # (audit_labels); the clean query split, the explore map's colourings and the summary (audit_clean).
-# Settings: the audit: section of the config.
+# Settings: the audit: section of the config. audit_duplicates and audit_labels claim a GPU and use it when
+# there is one (audit.device); the label check's folds checkpoint in audit/checkpoints/labels/ and resume.
 #
 #     {RESULTS}/{dataset}/{backbone}/audit/duplicates.csv          candidate pairs with verdicts, closest first
 #     {RESULTS}/{dataset}/{backbone}/audit/pairs.png               the closest cross-split pairs side by side
@@ -42,9 +43,10 @@ rule audit_duplicates:
         audit=AUDIT_SETTINGS,
         dataset=dataset_spec,
         recipe=feature_recipe,
-    threads: 2
+    threads: ANALYSIS_THREADS
     resources:
-        mem_mb=features_mem_mb,
+        gpu=1,
+        mem_mb=job_mem_mb("audit_duplicates"),
         runtime=features_runtime,
     log:
         f"{RESULTS}/logs/audit_duplicates/{{dataset}}/{{backbone}}.log",
@@ -69,9 +71,11 @@ rule audit_labels:
         audit=AUDIT_SETTINGS,
         dataset=dataset_spec,
         recipe=feature_recipe,
-    threads: 2
+        checkpoints=f"{AUDIT_DIR}/checkpoints/labels",
+    threads: ANALYSIS_THREADS
     resources:
-        mem_mb=features_mem_mb,
+        gpu=1,
+        mem_mb=job_mem_mb("audit_labels"),
         runtime=lambda wildcards, input, attempt: features_runtime(wildcards, input, attempt) * 2,
     log:
         f"{RESULTS}/logs/audit_labels/{{dataset}}/{{backbone}}.log",

@@ -37,10 +37,10 @@ rule classify_train:
         settings=settings_of("classify", leave_out=()),
         recipe=feature_recipe,
         checkpoints=f"{CLASSIFY}/checkpoints/train",
-    threads: 2
+    threads: ANALYSIS_THREADS
     resources:
         gpu=1,
-        mem_mb=classify_mem_mb,
+        mem_mb=job_mem_mb("classify"),
         runtime=lambda wildcards, input, attempt: int((20 + store_mb(input) / 100) * attempt),
     log:
         f"{RESULTS}/logs/classify_train/{{dataset}}/{{backbone}}.log",
@@ -63,10 +63,10 @@ rule classify_crossval:
         settings=settings_of("classify", leave_out=()),
         recipe=feature_recipe,
         checkpoints=f"{CLASSIFY}/checkpoints/crossval",
-    threads: 2
+    threads: ANALYSIS_THREADS
     resources:
         gpu=1,
-        mem_mb=classify_mem_mb,
+        mem_mb=job_mem_mb("classify"),
         runtime=lambda wildcards, input, attempt: int(
             (20 + config["classify"]["folds"] * store_mb(input) / 100) * attempt),
     log:

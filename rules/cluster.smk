@@ -39,10 +39,10 @@ rule cluster_temi:
         settings=CLUSTER_FIT,
         recipe=feature_recipe,
         checkpoints=f"{CLUSTER_DIR}/temi/checkpoints",
-    threads: 2
+    threads: ANALYSIS_THREADS
     resources:
         gpu=1,
-        mem_mb=features_mem_mb,
+        mem_mb=job_mem_mb("cluster_temi"),
         runtime=lambda wildcards, input, attempt: int(
             (20 + store_mb(input) / 100 * CLUSTER["temi"]["steps"] / 48 * CLUSTER["temi"]["heads"] / 16) * attempt),
     log:
@@ -64,9 +64,9 @@ rule cluster_kmeans:
     params:
         settings=CLUSTER_FIT,
         recipe=feature_recipe,
-    threads: 2
+    threads: ANALYSIS_THREADS
     resources:
-        mem_mb=features_mem_mb,
+        mem_mb=job_mem_mb("cluster_kmeans"),
         runtime=features_runtime,
     log:
         f"{RESULTS}/logs/cluster_kmeans/{{dataset}}/{{backbone}}.log",
@@ -100,7 +100,7 @@ rule cluster_results:
         dataset=dataset_spec,
         recipe=feature_recipe,
     resources:
-        mem_mb=features_mem_mb,
+        mem_mb=job_mem_mb("cluster_results"),
         runtime=features_runtime,
     log:
         f"{RESULTS}/logs/cluster_results/{{dataset}}/{{backbone}}/{{method}}.log",

@@ -7,9 +7,11 @@ from embedlens.datasets.cifar import ARCHIVE_FILES, archive_folder
 from embedlens.plan import known_info, read_info
 from embedlens.pseudo_labels import PSEUDO, pseudo_labels_path
 from embedlens.recipe import requested_recipe
+from embedlens.resources import declared_mem_mb
 from embedlens.roles import SettingError, check_settings, image_keys, skip_reason, stage_settings
 
 RESULTS = config["results"]
+ANALYSIS_THREADS = config["analysis_threads"]  # threads: of the analysis rules (classify, cluster, audit)
 DATASETS = [dataset["name"] for dataset in config["datasets"]]
 BACKBONES = [backbone["name"] for backbone in config["backbones"]]
 CONDA_ENV = "../envs/embedlens.yaml"
@@ -174,11 +176,6 @@ def store_mb(input):
     return os.path.getsize(input.features) / 1e6 if os.path.exists(input.features) else 0.0
 
 
-def classify_mem_mb(wildcards, input, attempt):
-    """The store's rows of the chosen classes (at most the whole store) twice, plus torch."""
-    return int((2500 + 2 * store_mb(input)) * attempt)
-
-
 def table_mem_mb(wildcards, input, attempt):
     """Memory of a job that holds the manifest in pandas (about 5x its CSV size) and streams the rest."""
     return int((1500 + 5 * manifest_mb(input)) * attempt)
@@ -194,6 +191,12 @@ def features_mem_mb(wildcards, input, attempt):
     """Memory of a job that holds a feature store in memory: about four copies of the features (raw,
     normalised, a reference for the k-NN search, the rows it scores) plus the libraries."""
     return int((2000 + 4 * features_mb(input)) * attempt)
+
+
+def job_mem_mb(job):
+    """A resources function: the memory ``job`` declares for its feature store
+    (embedlens.resources.declared_mem_mb, measured by benchmarks/stage_scale.py), more with each retry."""
+    return lambda wildcards, input, attempt: declared_mem_mb(job, features_mb(input)) * attempt
 
 
 def features_runtime(wildcards, input, attempt):

@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 import torch
 
+from embedlens.cluster.kmeans import cluster_kmeans
 from embedlens.kmeans import assign, fit_kmeans
 from embedlens.cluster.metrics import cluster_metrics, hungarian_accuracy, neighbour_agreement, size_statistics
 from embedlens.cluster.pseudo import pseudo_labels, representatives
 from embedlens.cluster.results import (Assignment, cluster_summary, collapse_warning, load_predictions, map_columns,
                                        metrics_table, results_document, save_predictions)
 from embedlens.cluster.settings import ClusterInputError, ClusterSettings
-from embedlens.cluster.temi import (ClusterHeads, TemiSchedule, cosine_schedule, diagnose, ensemble_weight,
-                                    head_probabilities, head_statistics, load_heads, neighbour_count, run_temi,
-                                    temi_head_losses, train_temi, uniform_loss)
+from embedlens.cluster.temi import (ClusterHeads, TemiSchedule, cosine_schedule, ensemble_weight, load_heads,
+                                    neighbour_count, temi_head_losses, train_temi, uniform_loss)
+from embedlens.cluster.temi_run import diagnose, head_outputs, run_temi
 from embedlens.config import section_defaults
 from embedlens.roles import SplitRoles, with_roles
 from embedlens.knn import cosine_topk
@@ -159,14 +160,12 @@ def test_temi_separates_well_separated_classes_deterministically():
     for key in first.teacher:
         torch.testing.assert_close(first.teacher[key], again.teacher[key], rtol=0, atol=0)
     heads = load_heads(first.teacher, temi, CPU)
-    probabilities = head_probabilities(heads, features, temi, CPU)
-    assigned = probabilities[first.best_head].argmax(axis=1)
-    assert cluster_metrics(labels, assigned, 5)["acc"] > 0.9
+    outputs = head_outputs(heads, features, temi, CPU, keep=[first.best_head])
+    assert cluster_metrics(labels, outputs.clusters[0], 5)["acc"] > 0.9
     assert first.best_head == int(np.argmin(first.head_losses[-1]))
     assert first.history["epoch"].tolist() == list(range(1, 16))
     assert first.history["loss_best"].iloc[-1] < 0.5 * uniform_loss(5, 0.6) - 0.3  # far below the uniform loss
-    statistics = head_statistics(probabilities)
-    assert diagnose(statistics, first.head_losses[-1], 5, 0.6) == []
+    assert diagnose(outputs.statistics, first.head_losses[-1], 5, 0.6) == []
 
 
 def test_a_killed_training_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
@@ -214,16 +213,54 @@ def test_the_last_layer_stays_frozen_during_the_first_steps():
 
 
 def test_the_uniform_solution_and_collapse_are_detected():
-    uniform = np.full((2, 30, 10), 0.1, dtype=np.float32)
-    uniform[:, :, 0] += 1e-3  # argmax: all in cluster 0
-    statistics = head_statistics(uniform)
-    assert statistics[0]["entropy"] == pytest.approx(1.0, abs=1e-3) and statistics[0]["active_clusters"] == 1
-    warnings = diagnose(statistics, np.array([uniform_loss(10, 0.6)] * 2), 10, 0.6)
+    uniform = [{"head": h, "entropy": 0.999, "active_clusters": 1} for h in range(2)]
+    warnings = diagnose(uniform, np.array([uniform_loss(10, 0.6)] * 2), 10, 0.6)
     assert len(warnings) == 1 and warnings[0].startswith("uniform solution")
-    confident = np.eye(10, dtype=np.float32)[np.arange(30) % 10][None]
-    assert diagnose(head_statistics(confident), np.array([-2.0]), 10, 0.6) == []
+    one_confident = [*uniform, {"head": 2, "entropy": 0.1, "active_clusters": 10}]
+    assert diagnose(one_confident, np.array([-2.0] * 3), 10, 0.6) == []
     assert collapse_warning(3, 10, 0.5).startswith("collapse: the fit images fall into 3 of 10 clusters")
     assert collapse_warning(5, 10, 0.5) is None
+
+
+def test_head_outputs_stream_what_the_full_probabilities_give():
+    """Batch by batch (7 rows at a time), the entropies, active clusters and argmaxes equal those of
+    every head's (heads, N, K) probabilities computed at once in float64."""
+    features, _ = blobs(per_class=10)
+    temi = small()
+    torch.manual_seed(1)
+    heads = ClusterHeads(16, 5, temi.heads, temi.hidden_dim, temi.bottleneck_dim)
+    with torch.no_grad():
+        logits = heads(torch.as_tensor(features)).double().numpy() / temi.teacher_temperature
+    probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probabilities /= probabilities.sum(axis=-1, keepdims=True)
+    entropy = -(probabilities * np.log(probabilities)).sum(axis=-1).mean(axis=1) / math.log(5)
+    argmax = probabilities.argmax(axis=-1)
+    streamed = head_outputs(heads, features, temi, CPU, batch_rows=7)
+    np.testing.assert_array_equal(streamed.clusters, argmax)
+    np.testing.assert_allclose([s["entropy"] for s in streamed.statistics], entropy, rtol=1e-5)
+    assert [s["active_clusters"] for s in streamed.statistics] == [len(np.unique(a)) for a in argmax]
+    best = head_outputs(heads, features, temi, CPU, keep=[2], batch_rows=7,
+                        transform=lambda rows: rows * 2)  # the transform applies to every batch
+    with torch.no_grad():
+        doubled = heads(torch.as_tensor(features * 2))[2].argmax(dim=-1).numpy()
+    np.testing.assert_array_equal(best.clusters, doubled[None])
+
+
+def test_kmeans_at_scale_fits_a_sample_and_assigns_every_row_in_blocks(monkeypatch):
+    import embedlens.cluster.kmeans as kmeans_module
+
+    features, labels = blobs(per_class=60)  # 300 rows
+    sampled = dataclasses.replace(settings().kmeans, fit_rows=100)
+    monkeypatch.setattr(kmeans_module, "BLOCK_ROWS", 64)
+    fit = cluster_kmeans(features, 5, sampled, seed=0)
+    assert fit.fit_rows == 100 and len(fit.train_clusters) == 300
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    distances = ((unit[:, None, :] - fit.model.cluster_centers_[None]) ** 2).sum(axis=-1)
+    np.testing.assert_array_equal(fit.train_clusters, distances.argmin(axis=1))  # every row: its nearest centre
+    assert cluster_metrics(labels, fit.train_clusters, 5)["acc"] > 0.95
+    whole = cluster_kmeans(features, 5, settings().kmeans, seed=0)
+    assert whole.fit_rows == 300
+    np.testing.assert_array_equal(whole.train_clusters, whole.model.labels_)
 
 
 def test_too_few_images_for_the_clusters_is_a_clear_error():
@@ -357,7 +394,7 @@ def test_a_kmeans_warm_start_points_every_head_at_the_given_clusters():
     short = dataclasses.replace(temi, steps=30, warmup_fraction=0.67, freeze_last_layer_fraction=0.33)  # 3 epochs
     fit = train_temi(features, neighbours, 5, short, seed=0, device=CPU,
                      warm_start=clusters)
-    assigned = head_probabilities(load_heads(fit.teacher, temi, CPU), features, temi, CPU)[fit.best_head].argmax(1)
+    assigned = head_outputs(load_heads(fit.teacher, temi, CPU), features, temi, CPU, keep=[fit.best_head]).clusters[0]
     assert cluster_metrics(labels, assigned, 5)["acc"] > 0.9
 
 
@@ -470,6 +507,7 @@ def test_temi_finds_planted_clusters_and_leaves_the_uniform_solution():
 
 def test_a_resumed_run_reads_its_neighbours_and_warm_start_and_says_so_when_it_resumes(tmp_path, monkeypatch, caplog):
     import embedlens.cluster.temi as temi_module
+    import embedlens.cluster.temi_run as run_module
 
     features, labels = blobs(per_class=20)  # 100 images, batches of 20: 5 steps per epoch
     train = SplitFeatures(features, labels, np.arange(len(labels)))
@@ -491,8 +529,8 @@ def test_a_resumed_run_reads_its_neighbours_and_warm_start_and_says_so_when_it_r
         raise AssertionError("a resumed run recomputed its neighbours or warm start")
 
     monkeypatch.setattr(temi_module, "save_checkpoint", save)
-    monkeypatch.setattr(temi_module, "cosine_topk", recomputed)
-    monkeypatch.setattr(temi_module, "fit_kmeans", recomputed)
+    monkeypatch.setattr(run_module, "cosine_topk", recomputed)
+    monkeypatch.setattr(run_module, "cluster_kmeans", recomputed)
     with caplog.at_level(logging.DEBUG, logger="embedlens.cluster.temi"):  # the per-epoch lines are DEBUG
         resumed = run_temi(train, train, 5, temi, settings().kmeans, 3, CPU, checkpoints=tmp_path)
     assert resumed.fit.resumed_at_epoch == 2
@@ -520,5 +558,6 @@ def test_embed_norm_standardises_what_the_heads_see_with_the_train_statistics():
         torch.testing.assert_close(run.fit.teacher[key], direct.teacher[key], rtol=1e-4, atol=1e-5)
     heads = load_heads(run.fit.teacher, temi, CPU)
     test_seen = (features[::3] * 2 - features.mean(axis=0)) / features.std(axis=0)  # the train split's statistics
-    expected = head_probabilities(heads, test_seen, temi, CPU).argmax(axis=-1)
+    with torch.no_grad():
+        expected = heads(torch.as_tensor(test_seen, dtype=torch.float32)).argmax(dim=-1).numpy()
     np.testing.assert_array_equal(run.test_head_clusters, expected)

@@ -3,7 +3,6 @@ its batching and per-file fallback, and extraction's route for refused and broke
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np

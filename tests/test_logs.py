@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-from embedlens.logs import job_logger
 
 
 def test_an_exception_that_ends_the_job_is_in_its_log(tmp_path):

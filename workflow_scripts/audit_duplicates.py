@@ -11,6 +11,7 @@ from embedlens.audit.duplicates import AuditInputError, find_duplicates, image_r
 from embedlens.audit.results import duplicates_document, pair_pictures
 from embedlens.audit.settings import AuditSettings
 from embedlens.datasets import open_dataset
+from embedlens.devices import acquire_device
 from embedlens.images import FigureImages
 from embedlens.logs import exit_on, job_logger
 from embedlens.manifest import read_manifest, write_table
@@ -22,12 +23,13 @@ output = snakemake.output
 name, backbone = snakemake.wildcards.dataset, snakemake.wildcards.backbone
 settings = AuditSettings.from_config({**snakemake.params.audit, "enabled": True})
 torch.set_num_threads(snakemake.threads)
+device, gpu_claim = acquire_device(settings.device)  # the claim holds the GPU until the job ends
 store = FeatureStore(snakemake.input.features)
 store.check(dataset=name, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
 manifest = read_manifest(snakemake.input.manifest)
 read = image_reader(open_dataset(snakemake.params.dataset), manifest)
 with exit_on(log, AuditInputError):
-    found = find_duplicates(store, manifest, settings, read)
+    found = find_duplicates(store, manifest, settings, read, device)
 for key, reason in found.unreadable.items():
     log.warning("%s #%d could not be read for the pixel check: %s", *key, reason)
 write_table(found.pairs, output.pairs)

@@ -1,4 +1,4 @@
-"""Rule cluster_temi: TEMI heads trained on the fit split's features (embedlens.cluster.temi.run_temi:
+"""Rule cluster_temi: TEMI heads trained on the fit split's features (embedlens.cluster.temi_run.run_temi:
 neighbours mined once with the shared k-NN), the teacher's best head assigning both splits; checkpoints
 (the neighbours and warm start, then the training) in cluster/temi/checkpoints/."""
 
@@ -11,7 +11,8 @@ from embedlens.checkpoint import remove_checkpoints
 from embedlens.cluster.results import (Assignment, clustering_problem, number_of_clusters, read_splits,
                                        save_predictions, write_skipped_fit)
 from embedlens.cluster.settings import ClusterSettings
-from embedlens.cluster.temi import run_temi, uniform_loss
+from embedlens.cluster.temi import uniform_loss
+from embedlens.cluster.temi_run import run_temi
 from embedlens.devices import acquire_device
 from embedlens.logs import job_logger
 from embedlens.manifest import write_table

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 
 from embedlens.audit.pixels import PixelChecker
 from embedlens.audit.settings import AuditSettings
@@ -90,17 +91,19 @@ def select_candidates(neighbours: Neighbours, settings: AuditSettings, *, within
     return frame.reset_index(drop=True), saturated
 
 
-def search(queries: np.ndarray, reference, settings: AuditSettings) -> SearchResult:
+def search(queries: np.ndarray, reference, settings: AuditSettings, device: str | torch.device = "cpu"
+           ) -> SearchResult:
     """Nearest neighbours of every row of ``queries`` in ``reference`` (an array or an open h5py
     dataset, read block by block), or within ``queries`` when ``reference`` is None (a row never finds
-    itself), then :func:`select_candidates`. ``settings.neighbours`` is lowered to the rows there are."""
+    itself), on ``device``, then :func:`select_candidates`. ``settings.neighbours`` is lowered to the
+    rows there are."""
     within = reference is None
     available = len(queries) - 1 if within else len(reference)
     k = min(settings.neighbours, available)
     if not len(queries) or k < 1:
         return SearchResult(_empty_candidates(), np.full(len(queries), np.nan), 0, 0.0)
     started = time.perf_counter()
-    neighbours = cosine_topk(queries, reference, k=k)
+    neighbours = cosine_topk(queries, reference, k=k, device=device)
     seconds = time.perf_counter() - started
     candidates, saturated = select_candidates(neighbours, settings, within=within)
     return SearchResult(candidates, neighbours.similarities[:, 0].astype(np.float64), saturated, seconds)
@@ -141,9 +144,10 @@ def add_verdicts(pairs: pd.DataFrame, checker: PixelChecker) -> pd.DataFrame:
 
 
 def find_duplicates(store: FeatureStore, manifest: pd.DataFrame, settings: AuditSettings,
-                    read_image: Callable[[Hashable], np.ndarray]) -> DuplicateSearch:
+                    read_image: Callable[[Hashable], np.ndarray], device: str | torch.device = "cpu"
+                    ) -> DuplicateSearch:
     """Both searches on ``store`` (only the one within the query split when the reference is the same
-    split) and the pixel verdict of every candidate. ``read_image((split,
+    split), on ``device``, and the pixel verdict of every candidate. ``read_image((split,
     index_in_split))`` returns that image as RGB uint8; it is called once per image of a candidate."""
     query_rows = split_rows(store, manifest, settings.query_split)
     reference_rows = split_rows(store, manifest, settings.reference_split)
@@ -151,11 +155,11 @@ def find_duplicates(store: FeatureStore, manifest: pd.DataFrame, settings: Audit
     searches, tables = {}, []
     if not settings.one_split:
         with store.open_features(settings.reference_split) as reference:
-            searches["cross"] = search(queries, reference, settings)
+            searches["cross"] = search(queries, reference, settings, device)
         tables.append(pairs_table("cross", searches["cross"].candidates, settings.query_split, query_rows,
                                   settings.reference_split, reference_rows))
     if settings.within_query or settings.one_split:
-        searches["within"] = search(queries, None, settings)
+        searches["within"] = search(queries, None, settings, device)
         tables.append(pairs_table("within", searches["within"].candidates, settings.query_split, query_rows,
                                   settings.query_split, query_rows))
     pairs = pd.concat(tables, ignore_index=True)

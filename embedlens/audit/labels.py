@@ -1,9 +1,11 @@
 """Likely label errors: out-of-sample predicted probabilities for every labelled image from a
-cross-validated linear probe on the features (scikit-learn), ranked by cleanlab.
+cross-validated linear probe on the features, ranked by cleanlab.
 
-The probe is a logistic regression on L2-normalised, standardised features, fitted K times
-(stratified K-fold, seeded); each image's probabilities come from the fit that did not see it
-(``cross_val_predict``). cleanlab's confident learning (:func:`cleanlab.filter.find_label_issues`,
+The probe is a softmax (multinomial logistic) regression on L2-normalised, standardised features
+(:func:`embedlens.probe.softmax_probe`: torch, minibatched, on the GPU when there is one), fitted K
+times (stratified K-fold, seeded, one fold after the other); each image's probabilities come from the
+fit that did not see it and are written to disk in float32 as they come (:func:`embedlens.probe.out_of_fold`),
+so a killed audit resumes at the first fold not done. cleanlab's confident learning (:func:`cleanlab.filter.find_label_issues`,
 Northcutt et al. 2021) flags the images whose given label disagrees with what the probe expects, most
 likely error first (ranked by self-confidence: the probability of the given label). A class with fewer
 images than folds cannot be cross-validated; its images are left out of the check, and the notes say so.
@@ -13,35 +15,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+import torch
 
 from embedlens.audit.duplicates import AuditInputError
 from embedlens.audit.settings import AuditSettings
-from embedlens.geometry import l2_normalize
+from embedlens.checkpoint import fingerprint
+from embedlens.probe import OutOfFold, out_of_fold, softmax_probe
 from embedlens.store import FeatureStore
 
 ISSUE_COLUMNS = ["rank", "split", "index_in_split", "label", "class_name", "suggested_label", "suggested_class",
                  "label_quality", "suggested_probability"]
 
 
-def out_of_sample_probabilities(features: np.ndarray, targets: np.ndarray, settings: AuditSettings, *,
-                                jobs: int = 1) -> np.ndarray:
-    """(N, C) probabilities of classes ``0..C-1`` for each row of ``features``, each from the probe
-    fitted on the other folds (``targets``: (N,) in ``0..C-1``, every class at least ``folds`` rows).
-    ``jobs`` folds are fitted at once."""
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=settings.regularization, max_iter=settings.max_iter,
-                                                               random_state=settings.seed))
-    folds = StratifiedKFold(n_splits=settings.folds, shuffle=True, random_state=settings.seed)
-    return cross_val_predict(probe, l2_normalize(features).astype(np.float32), targets, cv=folds,
-                             method="predict_proba", n_jobs=jobs)
+def out_of_sample_probabilities(features: np.ndarray, positions: np.ndarray, targets: np.ndarray,
+                                settings: AuditSettings, device: torch.device, *, folder: str | Path | None = None
+                                ) -> OutOfFold:
+    """(N, C) float32 probabilities of classes ``0..C-1`` for rows ``positions`` of ``features``, each from the probe fitted on the other folds (``targets``: (N,) in ``0..C-1``,
+    every class at least ``folds`` rows). ``folder``: the probabilities file and fold markers, so a
+    killed run resumes (:func:`embedlens.probe.out_of_fold`)."""
+    classes = int(targets.max()) + 1
+    key = fingerprint([settings.probe_key(), classes], features, positions, targets)
+    fit_fold = softmax_probe(features, targets, classes, settings.probe(), device, positions=positions)
+    return out_of_fold(targets, classes, settings.folds, settings.seed, fit_fold, folder=folder, key=key)
 
 
 @dataclass
@@ -64,9 +65,10 @@ def empty_issues() -> pd.DataFrame:
 
 
 def check_labels(features: np.ndarray, rows: pd.DataFrame, class_names: Sequence[str], settings: AuditSettings, *,
-                 jobs: int = 1) -> LabelCheck:
+                 device: torch.device = torch.device("cpu"), folder: str | Path | None = None) -> LabelCheck:
     """Likely label errors among ``rows`` (``split, index_in_split, label``, one per row of
-    ``features``; label -1 means unlabelled and is not checked). ``class_names[label]`` names a label."""
+    ``features``; label -1 means unlabelled and is not checked). ``class_names[label]`` names a label.
+    ``folder``: for the probabilities of the folds (:func:`out_of_sample_probabilities`)."""
     labels = rows["label"].to_numpy()
     counts = pd.Series(labels[labels >= 0]).value_counts()
     small = sorted(int(label) for label, count in counts.items() if count < settings.folds)
@@ -83,7 +85,7 @@ def check_labels(features: np.ndarray, rows: pd.DataFrame, class_names: Sequence
                      "labelled images; the probe needs two")
         return LabelCheck(empty_issues(), 0, None, left_out, notes)
     targets = np.searchsorted(classes, labels[checked])
-    probabilities = out_of_sample_probabilities(features[checked], targets, settings, jobs=jobs)
+    probabilities = out_of_sample_probabilities(features, checked, targets, settings, device, folder=folder).probabilities
     ranked = find_label_issues(labels=targets, pred_probs=probabilities, return_indices_ranked_by="self_confidence",
                                n_jobs=1)
     quality = get_label_quality_scores(targets, probabilities, method="self_confidence")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
+from embedlens.probe import ProbeSettings
+
 SELECTIONS = ("threshold", "top_n")
 VERDICTS = ("exact", "near", "similar")
 
@@ -27,7 +29,11 @@ class AuditSettings:
     label_splits: tuple[str, ...] | None
     folds: int
     regularization: float
-    max_iter: int
+    probe_epochs: int
+    probe_min_steps: int
+    probe_batch_size: int
+    probe_learning_rate: float
+    device: str
     seed: int
     pairs_shown: int
     issues_shown: int
@@ -60,6 +66,15 @@ class AuditSettings:
         if values["label_splits"] is not None:
             values["label_splits"] = tuple(values["label_splits"])
         return cls(**values)
+
+    def probe(self) -> ProbeSettings:
+        """The label check's softmax probe (:func:`embedlens.probe.softmax_probe`)."""
+        return ProbeSettings(self.regularization, self.probe_epochs, self.probe_min_steps, self.probe_batch_size,
+                             self.probe_learning_rate, self.seed)
+
+    def probe_key(self) -> dict:
+        """What decides the label check's probabilities: a killed check resumes only when this matches."""
+        return {"folds": self.folds, **asdict(self.probe())}
 
     def as_dict(self) -> dict:
         """JSON-friendly form, for provenance in the stage's outputs."""

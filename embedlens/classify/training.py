@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import train_test_split
 from torch import nn
 
 from embedlens.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from embedlens.classify.settings import ClassifySettings
 from embedlens.networks import build_mlp
+from embedlens.probe import out_of_fold
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate"]
 EVAL_BATCH = 4096  # rows per forward pass when only predicting
@@ -187,25 +188,25 @@ def out_of_fold_probabilities(features: np.ndarray, targets: np.ndarray, num_cla
                               settings: ClassifySettings, device: torch.device, *,
                               checkpoint_dir: str | Path | None = None,
                               progress: Callable[[int, dict], None] | None = None) -> CrossValResult:
-    """``settings.folds``-fold stratified, seeded cross-validation. Each fold trains the MLP exactly
-    as :func:`fit_mlp` does, early-stopped on a stratified validation part of its own training rows
-    (never on the held-out fold), and predicts the held-out fold with its best weights. Each fold
-    checkpoints to ``checkpoint_dir/fold-<k>.pt``, so a killed run resumes at the fold and epoch it
-    reached. ``progress(fold, row)`` follows every epoch."""
-    splitter = StratifiedKFold(n_splits=settings.folds, shuffle=True, random_state=settings.seed)
-    probabilities = np.zeros((len(targets), num_classes), dtype=np.float32)
-    folds = np.full(len(targets), -1, dtype=np.int64)
+    """``settings.folds``-fold stratified, seeded cross-validation through the shared out-of-fold
+    pipeline (:func:`embedlens.probe.out_of_fold`: folds one after the other, float32 probabilities
+    written as they come). Each fold trains the MLP exactly as :func:`fit_mlp` does, early-stopped on
+    a stratified validation part of its own training rows (never on the held-out fold), and predicts
+    the held-out fold with its best weights. Each fold checkpoints to ``checkpoint_dir/fold-<k>.pt``
+    and the finished folds' probabilities stay in ``checkpoint_dir``, so a killed run resumes at the
+    fold and epoch it reached. ``progress(fold, row)`` follows every epoch."""
     hidden = hidden_sizes(features.shape[1], settings.hidden_fractions)
-    best_epochs = []
-    for fold, (train_rows, held_out) in enumerate(splitter.split(features, targets), start=1):
+
+    def fit_fold(fold: int, train_rows: np.ndarray):
         fit_part, val_part = train_val_split(targets[train_rows], settings.val_fraction, settings.seed)
         fit_rows, val_rows = train_rows[fit_part], train_rows[val_part]
         result = fit_mlp(features[fit_rows], targets[fit_rows], features[val_rows], targets[val_rows], num_classes,
                          settings, device,
                          checkpoint=None if checkpoint_dir is None else Path(checkpoint_dir) / f"fold-{fold}.pt",
-                         progress=None if progress is None else (lambda row, fold=fold: progress(fold, row)))
-        probabilities[held_out] = predict_proba(result.state_dict, features[held_out], hidden, num_classes,
-                                                settings.dropout, device)
-        folds[held_out] = fold
-        best_epochs.append(result.best_epoch)
-    return CrossValResult(probabilities, folds, best_epochs)
+                         progress=None if progress is None else (lambda row: progress(fold, row)))
+        return (lambda rows: predict_proba(result.state_dict, features[rows], hidden, num_classes, settings.dropout,
+                                           device)), {"best_epoch": result.best_epoch}
+
+    found = out_of_fold(targets, num_classes, settings.folds, settings.seed, fit_fold, folder=checkpoint_dir,
+                        key=data_fingerprint(settings, num_classes, features, targets))
+    return CrossValResult(found.probabilities, found.folds, [detail["best_epoch"] for detail in found.details])

@@ -24,23 +24,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedlens.geometry import class_centroids, l2_normalize
+from embedlens.geometry import BLOCK_ROWS, class_centroids, l2_normalize, row_norms
 
 
 def representatives(features: np.ndarray, cluster: np.ndarray, k: int) -> dict[int, np.ndarray]:
     """For each non-empty cluster, the row numbers of its ``k`` members most cosine-similar to its
-    centre (the mean of the members' normalised embeddings), most similar first (ties: lower row first)."""
+    centre (the mean of the members' normalised embeddings), most similar first (ties: lower row first).
+    The similarities are computed block by block (:data:`embedlens.geometry.BLOCK_ROWS` rows)."""
     cluster = np.asarray(cluster, dtype=np.int64)
-    unit = l2_normalize(features)
-    centres = class_centroids(unit, cluster)
-    centre_of = centres.position()
-    similarity = np.einsum("nd,nd->n", unit, centres.vectors[[centre_of[c] for c in cluster.tolist()]])
-    result = {}
-    for label in centres.labels.tolist():
-        members = np.flatnonzero(cluster == label)
-        order = np.lexsort((members, -similarity[members]))
-        result[label] = members[order[:k]]
-    return result
+    centres = class_centroids(features, cluster, normalized=True)
+    centre_of = np.full(int(cluster.max(initial=-1)) + 1, -1, dtype=np.int64)
+    centre_of[centres.labels] = np.arange(len(centres))
+    unit_centres = l2_normalize(centres.vectors)
+    norms = row_norms(features)
+    similarity = np.empty(len(cluster), dtype=np.float32)
+    for start in range(0, len(cluster), BLOCK_ROWS):
+        block = np.asarray(features[start:start + BLOCK_ROWS], dtype=np.float32)
+        own = unit_centres[centre_of[cluster[start:start + BLOCK_ROWS]]]
+        similarity[start:start + len(block)] = np.einsum("nd,nd->n", block, own)
+    similarity /= np.where(norms > 0, norms, 1.0)
+    order = np.lexsort((np.arange(len(cluster)), -similarity, cluster))  # by cluster, most similar first
+    labels, starts = np.unique(cluster[order], return_index=True)
+    return {label: order[start:start + min(k, stop - start)]
+            for label, start, stop in zip(labels.tolist(), starts, [*starts[1:], len(order)])}
 
 
 def pseudo_labels(features: np.ndarray, cluster: np.ndarray, labels: np.ndarray, index: np.ndarray, k: int, *,

@@ -45,6 +45,7 @@ class KmeansSettings:
 
     n_init: int
     normalize: bool
+    fit_rows: int
 
 
 @dataclass(frozen=True)

@@ -36,25 +36,14 @@ embeddings: cluster heads trained on frozen embeddings with pairs of nearest nei
 - **Clusters.** The teacher's head with the lowest mean loss over the last epoch assigns each image
   to its most probable cluster.
 
-Two failure modes are detected (:func:`diagnose`): the *uniform solution*, where every head gives
-every image nearly the same probability for all clusters (the loss then sits near its value for
-uniform probabilities, ``-(1/K) * log K**(2 - 2*beta)``: the PMI term ``-log K**(2 - 2*beta)`` times
-the weight ``1/K``), and *collapse*, where the images fall into few clusters.
-
-:func:`run_temi` chains the whole method (neighbours, their label agreement, the warm start, training,
-the heads' probabilities, statistics and diagnosis) for the workflow and the benchmark alike. It
-checkpoints atomically: the neighbours and the warm start as soon as they are computed, the training
-at the end of the epoch that passes every ``checkpoint_every`` steps. Run again on the same data and
-settings it resumes: neighbours and warm start are read, not recomputed; heads, teacher, optimiser,
-prior, random state and history are restored, so a resumed run ends with the same heads as an
-uninterrupted one (on the CPU).
+The failure modes (the uniform solution, collapse) and the whole run from a split to its clusters live
+in :mod:`embedlens.cluster.temi_run`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,18 +55,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedlens.checkpoint import fingerprint, load_checkpoint, save_checkpoint
-from embedlens.kmeans import fit_kmeans
-from embedlens.cluster.metrics import neighbour_agreement
-from embedlens.cluster.settings import ClusterInputError, KmeansSettings, TemiSettings
-from embedlens.geometry import Standardizer
-from embedlens.knn import cosine_topk
-from embedlens.store import SplitFeatures
+from embedlens.cluster.settings import ClusterInputError, TemiSettings
 
 HISTORY_COLUMNS = ["epoch", "step", "loss_mean", "loss_best", "best_head", "learning_rate", "teacher_momentum"]
 PREDICT_BATCH = 8192        # rows per forward pass when only predicting
-UNIFORM_ENTROPY = 0.9       # a head whose mean per-image entropy is above this share of log K is near-uniform
 REFERENCE_BATCH = 256       # the learning rate is given per this many images
-LOG_LINES = 20              # run_temi logs about this many epochs of a training
 LOG = logging.getLogger("embedlens.cluster.temi")
 
 
@@ -349,19 +331,6 @@ def train_temi(features: np.ndarray, neighbours: np.ndarray, clusters: int, sett
                    resumed_at)
 
 
-def head_probabilities(heads: ClusterHeads, features: np.ndarray, settings: TemiSettings, device: torch.device
-                       ) -> np.ndarray:
-    """The teacher-temperature probabilities of every head for every row, (heads, N, K) float32."""
-    heads.eval()
-    parts = []
-    with torch.no_grad():
-        for start in range(0, len(features), PREDICT_BATCH):
-            block = torch.as_tensor(features[start:start + PREDICT_BATCH], dtype=torch.float32, device=device)
-            parts.append(torch.softmax(heads(block) / settings.teacher_temperature, dim=-1).cpu().numpy())
-    return (np.concatenate(parts, axis=1) if parts
-            else np.zeros((settings.heads, 0, heads.last_direction.shape[2]), np.float32))
-
-
 def load_heads(state: dict[str, torch.Tensor], settings: TemiSettings, device: torch.device) -> ClusterHeads:
     """The heads of a state dict (as :class:`TemiFit` holds the teacher's)."""
     dim = state["hidden_weight"].shape[0]
@@ -369,119 +338,3 @@ def load_heads(state: dict[str, torch.Tensor], settings: TemiSettings, device: t
     heads = build_heads(dim, clusters, settings)
     heads.load_state_dict(state)
     return heads.to(device)
-
-
-def head_statistics(probabilities: np.ndarray) -> list[dict]:
-    """Per head, from its (N, K) probabilities: the mean per-image entropy as a share of log K (1: every
-    image uniform over the clusters) and the clusters that some image is assigned to."""
-    heads, _, clusters = probabilities.shape
-    entropy = -(probabilities * np.log(np.clip(probabilities, 1e-12, None))).sum(axis=-1).mean(axis=1)
-    return [{"head": h, "entropy": float(entropy[h] / math.log(clusters)),
-             "active_clusters": int(len(np.unique(probabilities[h].argmax(axis=1))))} for h in range(heads)]
-
-
-def diagnose(statistics: list[dict], last_losses: np.ndarray, clusters: int, beta: float) -> list[str]:
-    """Warnings about the uniform solution: every head near-uniform (mean entropy above
-    :data:`UNIFORM_ENTROPY` of log K), the loss then near :func:`uniform_loss`. Collapse is judged
-    from the chosen head's clusters with the other methods' (:func:`embedlens.cluster.results.collapse_warning`)."""
-    if not statistics or min(s["entropy"] for s in statistics) < UNIFORM_ENTROPY:
-        return []
-    return [f"uniform solution: every head gives near-uniform probabilities (mean entropy at least "
-            f"{min(s['entropy'] for s in statistics):.2f} of log K); the last epoch's loss, best head "
-            f"{float(np.min(last_losses)):.4f}, against {uniform_loss(clusters, beta):.4f} for uniform probabilities "
-            "(-(1/K) log K^(2-2beta)). The heads have hardly left the uniform solution; train longer or with a higher "
-            "learning rate, or try cluster.temi.warm_start: kmeans."]
-
-
-@dataclass
-class TemiRun:
-    """What :func:`run_temi` found: the training, the clusters of both splits, the heads' statistics."""
-
-    fit: TemiFit
-    clusters: int
-    neighbours: int                       # k as mined (see neighbour_count)
-    neighbour_agreement: float | None     # share of mined pairs with one label; None without labels
-    standardizer: Standardizer | None     # the train split's per-dimension statistics with embed_norm
-    train_clusters: np.ndarray            # (N_train,) the best head's cluster of every train image
-    test_head_clusters: np.ndarray        # (heads, N_test) every head's cluster of every test image
-    statistics: list[dict]                # head_statistics of the train split
-    warnings: list[str]
-    notes: list[str]
-    seconds: float
-
-    @property
-    def test_clusters(self) -> np.ndarray:
-        return self.test_head_clusters[self.fit.best_head]
-
-    def document(self, settings: TemiSettings) -> dict:
-        """The fit's details for ``fit.json``: the effective k, steps and epochs among them."""
-        fit, schedule = self.fit, self.fit.schedule
-        return {"method": "temi", "status": "fitted", "clusters": self.clusters, "seconds": round(self.seconds, 1),
-                "train_images": len(self.train_clusters), "test_images": self.test_head_clusters.shape[1],
-                "neighbours": self.neighbours, "neighbour_agreement": self.neighbour_agreement,
-                "heads": settings.heads, "steps": schedule.steps, "epochs": schedule.epochs,
-                "steps_per_epoch": schedule.steps_per_epoch, "batch_size": schedule.batch_size,
-                "warmup_steps": schedule.warmup_steps, "frozen_steps": schedule.frozen_steps,
-                "teacher_momentum": [settings.teacher_momentum, float(fit.history["teacher_momentum"].iloc[-1])],
-                "embed_norm": settings.embed_norm, "warm_start": settings.warm_start, "best_head": fit.best_head,
-                "final_loss": float(fit.head_losses[-1][fit.best_head]),
-                "uniform_loss": uniform_loss(self.clusters, settings.beta), "head_statistics": self.statistics,
-                "resumed_at_epoch": fit.resumed_at_epoch, "notes": self.notes, "warnings": self.warnings}
-
-
-def run_temi(train: SplitFeatures, test: SplitFeatures, clusters: int, settings: TemiSettings,
-             kmeans: KmeansSettings, seed: int, device: torch.device, *, checkpoints: str | Path | None = None,
-             log: logging.Logger = LOG) -> TemiRun:
-    """TEMI from the train split's embeddings to both splits' clusters: k (:func:`neighbour_count`),
-    the neighbours and their label agreement, the k-means warm start (``settings.warm_start``, with
-    ``kmeans``), the standardisation (``embed_norm``), the training, every head's probabilities, the
-    statistics and the diagnosis (:func:`diagnose`).
-
-    ``checkpoints``: a folder for ``prepared.pt`` (the neighbours and the warm start, written as soon
-    as they are computed) and ``train.pt`` (:func:`train_temi`); a second run on the same data and
-    settings reads them instead of computing them again. ``log`` gets about :data:`LOG_LINES` lines
-    of progress."""
-    started = time.monotonic()
-    k, notes = neighbour_count(settings, len(train.features), clusters)
-    for note in notes:
-        log.info("%s", note)
-    folder = None if checkpoints is None else Path(checkpoints)
-    prepared_key = fingerprint([k, clusters, seed, settings.warm_start, asdict(kmeans)], train.features)
-    prepared = load_checkpoint(None if folder is None else folder / "prepared.pt", prepared_key, device)
-    if prepared is not None:
-        neighbours, warm_start = prepared["neighbours"], prepared["warm_start"]
-        log.info("neighbours and warm start read from the checkpoint %s", folder / "prepared.pt")
-    else:
-        neighbours = cosine_topk(train.features, k=k, device=device).indices  # self excluded
-        warm_start = (fit_kmeans(train.features, clusters, kmeans, seed).labels_
-                      if settings.warm_start == "kmeans" else None)
-        if folder is not None:
-            save_checkpoint(folder / "prepared.pt", prepared_key, device, neighbours=neighbours, warm_start=warm_start)
-    agreement = neighbour_agreement(neighbours, train.labels)
-    log.info("%d train images, %d clusters, %d heads on %s; %d neighbours each (%s share the image's label) in "
-             "%.0f s", len(train.features), clusters, settings.heads, device, k,
-             "n/a" if agreement is None else f"{agreement:.1%}", time.monotonic() - started)
-
-    standardizer = Standardizer.fit(train.features) if settings.embed_norm else None
-    seen = (lambda features: features) if standardizer is None else standardizer.forward
-    schedule = TemiSchedule.plan(len(train.features), settings)
-    every = max(1, schedule.epochs // LOG_LINES)
-    log.info("%d steps: %d epochs of %d batches of %d images", schedule.steps, schedule.epochs,
-             schedule.steps_per_epoch, schedule.batch_size)
-
-    def progress(row: dict) -> None:
-        if row["epoch"] % every == 0 or row["step"] == schedule.steps:
-            log.debug("epoch %(epoch)d, step %(step)d: loss %(loss_mean).4f (best head %(best_head)d: %(loss_best).4f), "
-                      "lr %(learning_rate).2e", row)
-
-    fit = train_temi(seen(train.features), neighbours, clusters, settings, seed, device, warm_start=warm_start,
-                     checkpoint=None if folder is None else folder / "train.pt", progress=progress, log=log)
-    heads = load_heads(fit.teacher, settings, device)
-    train_probabilities = head_probabilities(heads, seen(train.features), settings, device)
-    statistics = head_statistics(train_probabilities)
-    warnings = diagnose(statistics, fit.head_losses[-1], clusters, settings.beta)
-    for warning in warnings:
-        log.warning("%s", warning)
-    test_head_clusters = head_probabilities(heads, seen(test.features), settings, device).argmax(axis=-1)
-    return TemiRun(fit, clusters, k, agreement, standardizer, train_probabilities[fit.best_head].argmax(axis=1),
-                   test_head_clusters, statistics, warnings, notes, time.monotonic() - started)
