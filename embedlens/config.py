@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,16 @@ def _object_defaults(spec: Mapping) -> dict:
         else:
             values[key] = copy.deepcopy(inner["default"])
     return values
+
+
+def settings_values(section: str, values: Mapping, settings_class: type) -> dict:
+    """``values`` (a validated config's ``section``, e.g. ``cluster.temi``) as a new dict, once its keys
+    are exactly the fields of the dataclass ``settings_class``: every settings class takes its defaults
+    from the schema, never from its own fields. The error names the unknown and the missing keys."""
+    known = {field.name for field in fields(settings_class)}
+    unknown, missing = sorted(set(values) - known), sorted(known - set(values))
+    if unknown or missing:
+        raise ValueError(f"{section}: unknown key(s) {unknown}, missing key(s) {missing}; validate the config "
+                         f"against embedlens/config.schema.yaml (it fills in the defaults; "
+                         f"embedlens.config.section_defaults gives them outside the workflow)")
+    return dict(values)

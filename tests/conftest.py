@@ -12,6 +12,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from embedlens.config import section_defaults
+from embedlens.overlap import OverlapSettings, RefineSettings
+from embedlens.roles import merged
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 CIFAR100_ROOT = SHARED_DATASETS
@@ -24,6 +28,16 @@ def cifar100_root() -> Path:
     if not (CIFAR100_ROOT / "cifar-100-python" / "test").is_file():
         pytest.skip("the genuine CIFAR-100 is not in ../shared/datasets")
     return CIFAR100_ROOT
+
+
+def overlap_settings(**changes) -> OverlapSettings:
+    """The schema's ``overlap`` settings with ``changes`` (a ``refine`` dict merged key by key)."""
+    return OverlapSettings.from_config(merged(section_defaults("overlap"), changes))
+
+
+def refine_settings(**changes) -> RefineSettings:
+    """The schema's ``overlap.refine`` settings with ``changes``."""
+    return overlap_settings(refine=changes).refine
 
 
 def run_snakemake(workdir: Path, *args: str, config: dict | None = None) -> subprocess.CompletedProcess:
