@@ -151,7 +151,7 @@ def main() -> None:
                         help="on CUDA, also time embedlens's path under bf16 autocast, printed separately")
     args = parser.parse_args()
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     if device.type != "cuda" and (args.precision == "bf16" or args.also_bf16):
         parser.error(f"bf16 runs on CUDA only (embedlens autocasts only there); the device is {device}")
     spec = {"name": "bench", "kind": "timm", "model": args.model, "weights_layout": "names",

@@ -71,7 +71,7 @@ def main() -> None:
         CIFAR100._check_integrity = lambda self: True
     if not (args.root / "cifar-100-python" / args.split).is_file():
         raise SystemExit(f"the genuine CIFAR-100 is not in {args.root}")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     if args.compare == "precision" and device.type != "cuda":
         raise SystemExit("--compare precision needs CUDA: bfloat16 autocast runs only there")
     dataset = open_dataset({"name": "cifar100", "kind": "cifar100", "root": str(args.root), "download": False,

@@ -99,14 +99,14 @@ def test_bf16_autocast_features_agree_with_fp32(backbone, images, cuda_fp32):
 def _claim_and_report(messages) -> None:
     """A second model job: says it started, claims a GPU (waiting while none is free), reports it."""
     messages.put(("started", time.time()))
-    device, claim = acquire_device("cuda")
+    device, claim = acquire_device("cuda", "extract.device")
     messages.put(("claimed", time.time(), str(device), claim.index, claim.name, torch.cuda.current_device()))
     claim.release()
 
 
 def test_the_claim_gives_a_real_gpu_and_a_second_job_waits_until_it_is_free(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDLENS_GPU_LOCK_DIR", str(tmp_path))
-    device, claim = acquire_device("cuda")
+    device, claim = acquire_device("cuda", "extract.device")
     names = physical_gpu_ids(torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
     # Hold the other visible GPUs too, so that the second job finds none free however many there are.
     others = [claim_gpu(names, tmp_path, timeout=10, poll=0.05) for _ in names[1:]]
@@ -142,7 +142,7 @@ def test_the_claim_gives_a_real_gpu_and_a_second_job_waits_until_it_is_free(tmp_
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_a_second_job_takes_another_gpu(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDLENS_GPU_LOCK_DIR", str(tmp_path))
-    device, claim = acquire_device("cuda")
+    device, claim = acquire_device("cuda", "extract.device")
     try:
         context = multiprocessing.get_context("spawn")
         messages = context.Queue()

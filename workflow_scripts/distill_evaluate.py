@@ -25,7 +25,7 @@ with exit_on(log, DistillInputError, PseudoLabelsError):
     train, test = read_rows(store, settings, snakemake.input.get("pseudo_labels"))
 distilled, attrs = Distilled.load(snakemake.input.distilled)
 torch.set_num_threads(snakemake.threads)
-device, gpu_claim = acquire_device(settings.device)  # the claim holds the GPU until the job ends
+device, gpu_claim = acquire_device(settings.device, "distill.device")  # the claim holds the GPU until the job ends
 started = time.monotonic()
 per_seed = evaluate(distilled, train, test, len(store.class_names), settings, device,
                     progress=lambda row: log.info("%(set)s, seed %(seed)d: test accuracy %(accuracy).4f", row))
