@@ -179,7 +179,7 @@ def run(args, device: torch.device, backbone, dataset, rows) -> None:
     notebook_features(backbone, dataset, warmup, device, args.batch_size, 0, args.precision)
     for amp in amp_settings:
         extract_features(backbone, dataset, warmup, device=device, batch_size=args.batch_size, num_workers=0,
-                         amp=amp)
+                         amp=amp, preprocess="device", compile=False)
 
     reference, notebook_seconds = timed(lambda: notebook_features(
         backbone, dataset, rows, device, args.batch_size, args.workers, args.precision))
@@ -190,7 +190,7 @@ def run(args, device: torch.device, backbone, dataset, rows) -> None:
         progress = Progress(len(rows), logging.getLogger("extract_throughput"), every=float("inf"))
         (ours, _), ours_seconds = timed(lambda amp=amp, progress=progress: extract_features(
             backbone, dataset, rows, device=device, batch_size=args.batch_size, num_workers=args.workers,
-            amp=amp, progress=progress))
+            amp=amp, preprocess="device", compile=False, progress=progress))
         rates.append(len(rows) / ours_seconds)
         cosine = row_cosines(reference, ours)
         agreement = (f"preprocessing on the device {progress.preprocess_seconds:.2f} s "

@@ -91,7 +91,7 @@ def main() -> None:
             start = time.perf_counter()
             features[name], failed = extract_features(backbone, dataset, rows, device=device,
                                                       batch_size=args.batch_size, num_workers=args.workers,
-                                                      **recipe)
+                                                      compile=False, **recipe)
             assert not failed, failed
             print(f"{name:>7}: {len(rows) / (time.perf_counter() - start):.1f} images/s")
             path = Path(folder) / f"{name}.h5"

@@ -35,6 +35,12 @@ def overlap_settings(**changes) -> OverlapSettings:
     return OverlapSettings.from_config(merged(section_defaults("overlap"), changes))
 
 
+def extract_options(**changes) -> dict:
+    """The schema's ``extract`` settings that :func:`embedlens.extract.extract_features` takes, with ``changes``."""
+    defaults = section_defaults("extract")
+    return {key: defaults[key] for key in ("batch_size", "num_workers", "amp", "preprocess", "compile")} | changes
+
+
 def refine_settings(**changes) -> RefineSettings:
     """The schema's ``overlap.refine`` settings with ``changes``."""
     return overlap_settings(refine=changes).refine

@@ -273,7 +273,7 @@ def test_pair_pictures_show_both_classes_and_their_mistakes(tmp_path):
         return np.full((8, 8, 3), index % 255, dtype=np.uint8)
 
     artifacts = draw_pair((2, 5), classes, predictions, features, image_of, tmp_path / "pair_figures", 1,
-                          samples_per_class=3, misclassified=4, neighbours=15, min_dist=0.1, seed=0)
+                          samples_per_class=3, misclassified=4, seed=0)
     assert [a.path for a in artifacts] == ["umap_01_maple__oak.png", "samples_01_maple__oak.png"]
     assert all((tmp_path / "pair_figures" / a.path).stat().st_size > 0 for a in artifacts)
     assert "5 maple as oak" in artifacts[0].caption

@@ -20,6 +20,8 @@ from embedlens.datasets import open_dataset
 from embedlens.devices import acquire_device, claim_gpu, physical_gpu_ids
 from embedlens.extract import extract_features
 
+from conftest import extract_options
+
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(),
                                  reason="needs a CUDA device (torch.cuda.is_available() is False)")]
@@ -53,8 +55,8 @@ def extract(backbone, images, device: str, amp: bool) -> np.ndarray:
     """Features through embedlens's extraction: batches of 16 (the last one partial), 2 workers, and on
     CUDA pinned memory, as the workflow runs it."""
     dataset, rows = images
-    features, failed = extract_features(backbone, dataset, rows, device=torch.device(device), batch_size=16,
-                                        num_workers=2, amp=amp)
+    features, failed = extract_features(backbone, dataset, rows, device=torch.device(device),
+                                        **extract_options(batch_size=16, num_workers=2, amp=amp))
     assert not failed
     return features
 

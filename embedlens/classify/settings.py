@@ -42,8 +42,6 @@ class ClassifySettings:
     pair_figures: int
     samples_per_class: int
     misclassified_samples: int
-    umap_neighbors: int
-    umap_min_dist: float
     disagreements: int
 
     def __post_init__(self):
