@@ -7,6 +7,7 @@ settings, and it reports every problem at once, each naming the key and what is 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -169,6 +170,24 @@ def section_defaults(section: str, schema_path: str | Path = SCHEMA_PATH) -> dic
     if section not in properties:
         raise KeyError(f"the config schema has no section {section!r}; sections: {', '.join(properties)}")
     return _object_defaults(properties[section])
+
+
+def entry_defaults(section: str, kind: str, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """The schema's defaults of an entry of the list ``section`` (``datasets`` or ``backbones``) whose
+    kind is ``kind``: the entry's own and its kind's (e.g. a folder's extensions), what validation fills
+    in, for code that builds a dataset or a backbone from an entry that was not validated."""
+    return copy.deepcopy(_entry_defaults(section, kind, str(schema_path)))
+
+
+@functools.lru_cache(maxsize=None)  # a scan's worker processes each open the dataset again
+def _entry_defaults(section: str, kind: str, schema_path: str) -> dict:
+    items = load_schema(schema_path)["properties"][section]["items"]
+    values = _object_defaults(items)
+    for branch in items.get("allOf", []):
+        condition = branch.get("if", {}).get("properties", {}).get("kind", {})
+        if kind == condition.get("const") or kind in condition.get("enum", ()):
+            values.update(_object_defaults(branch["then"]))
+    return values
 
 
 def _object_defaults(spec: Mapping) -> dict:
