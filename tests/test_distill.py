@@ -156,7 +156,8 @@ def test_the_mlp_classifier_is_distilled_and_evaluated_the_same_way():
     assert result.features.shape == (8, 12) and np.isfinite(result.history["matching_loss"]).all()
     train = LabelledFeatures(features, labels, np.arange(len(labels)))
     per_seed = evaluate(result, train, train, len(NAMES), config, CPU)
-    assert per_seed["accuracy"].between(0, 1).all() and len(per_seed) == 4
+    accuracy = per_seed.set_index("set")["accuracy"]
+    assert len(per_seed) == 4 and accuracy["distilled"] > max(accuracy["random"], 0.25)  # 0.44 / 0.24 measured
 
 
 def test_a_killed_distillation_resumes_and_ends_as_an_uninterrupted_one(tmp_path):
@@ -242,7 +243,9 @@ def test_each_set_is_trained_over_the_seeds_and_summarised():
     assert sizes == {"distilled": 8, "random": 8, "centroids": 4, "full": 80}
     rates = table.set_index("set")["learning_rate"].to_dict()
     assert rates["distilled"] == result.learned_lr and rates["random"] == rates["centroids"] == 0.05
-    assert table["accuracy_mean"].between(0, 1).all() and (table["seeds"] == 3).all()
+    assert (table["seeds"] == 3).all()
+    mean = table.set_index("set")["accuracy_mean"]
+    assert mean["distilled"] > mean["random"] + 0.1 and mean["distilled"] > 0.7  # 0.78 vs 0.61 measured
     full = table.set_index("set").loc["full", "accuracy_mean"]
     assert full > 0.5  # four classes: the full split is well above chance
     random_subsets = per_seed[per_seed["set"] == "random"]["accuracy"]
@@ -252,7 +255,7 @@ def test_each_set_is_trained_over_the_seeds_and_summarised():
     assert document["compression_ratio"] == 10.0 and document["vectors"] == 8
     assert document["accuracy_kept"] == pytest.approx(table.set_index("set").loc["distilled", "accuracy_mean"] / full,
                                                       abs=1e-4)
-    assert document["beats_random"] == beats_random(table)
+    assert document["beats_random"] is True  # the eight learned vectors beat eight drawn real ones
     json.dumps(document)  # plain JSON
 
 

@@ -39,7 +39,7 @@ from embedlens.plots import cluster_order, label_layout, similarity_heatmap
 from embedlens.recipe import file_digest, job_recipe, requested_recipe
 from embedlens.store import FeatureStore, SplitFeatures, read_attrs, read_split, store_splits, write_store
 
-from conftest import overlap_settings, refine_settings, run_snakemake
+from conftest import overlap_settings, picture_problem, refine_settings, run_snakemake
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -348,7 +348,7 @@ def test_heatmap_of_a_thousand_classes_stays_small_and_unnamed(tmp_path):
 @pytest.mark.parametrize("count", [0, 1, 2])
 def test_heatmap_of_tiny_matrices(tmp_path, count):
     similarity_heatmap(np.eye(count), [str(i) for i in range(count)], tmp_path / "s.png")
-    assert (tmp_path / "s.png").stat().st_size > 0
+    assert picture_problem(tmp_path / "s.png") is None
 
 
 # --- real data ------------------------------------------------------------------------------------
