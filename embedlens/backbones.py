@@ -36,6 +36,9 @@ from embedlens.preprocess import Preprocessing
 from embedlens.weights import resolve_weights_file
 
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+# A random-weight backbone (pretrained: false) is drawn from this seed, so that it is the same network in
+# every shard job and every rerun; without it each shard of one store was embedded by another network.
+RANDOM_WEIGHTS_SEED = 0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DINOV2_DEFAULT = {"resize": 256, "crop": 224, "interpolation": "bicubic",
@@ -116,7 +119,9 @@ def load_backbone(spec: Mapping) -> Backbone:
     if spec["kind"] not in loaders:
         raise ValueError(f"backbone {spec['name']!r}: kind {spec['kind']!r}; allowed: {', '.join(loaders)}")
     # the schema's defaults for the kind fill what the entry leaves out, as validation would
-    backbone = loaders[spec["kind"]]({**entry_defaults("backbones", spec["kind"]), **spec})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        backbone = loaders[spec["kind"]]({**entry_defaults("backbones", spec["kind"]), **spec})
     backbone.module.eval().requires_grad_(False)
     return backbone
 
