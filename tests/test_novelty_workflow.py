@@ -55,7 +55,7 @@ def test_novelty_fits_scores_and_later_scores_new_images_without_refitting(tmp_p
     quality = pd.read_csv(novelty / "quality.csv")
     assert set(quality["score"]) == {"knn_distance", "novelty_score", "surprise_score"}
     assert (quality["draws"] == 2).all()
-    # images of a held-out drawn class lie farther from the rest than seen ones: 0.91 measured, chance 0.5
+    # images of a held-out drawn class lie farther from the rest than seen ones: 0.87 measured, chance 0.5
     assert quality.set_index("score").loc["knn_distance", "auroc_mean"] > 0.75, quality
     assert summary.headline["auroc"] == pytest.approx(quality.set_index("score").loc["knn_distance", "auroc_mean"],
                                                       abs=1e-4)
