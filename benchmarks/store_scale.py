@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from embedlens.config import section_defaults
 from embedlens.manifest import write_table
 from embedlens.overlap import OverlapSettings, compute_overlap, describe_result, write_similarity_csv
 from embedlens.plots import similarity_heatmap
@@ -81,7 +82,8 @@ def run_overlap(folder: Path) -> str:
     store = FeatureStore(folder / "features.h5")
     store.check(dataset="imagenet", recipe=requested_recipe({"name": "imagenet"}, BACKBONE, EXTRACT),
                 manifest=folder / "manifest.csv")
-    result = compute_overlap(store, OverlapSettings(selection="top_n", top_n=70))
+    result = compute_overlap(store, OverlapSettings.from_config({**section_defaults("overlap"), "selection": "top_n",
+                                                                  "top_n": 70}))
     write_similarity_csv(result.similarity, result.centroids.names, folder / "similarity.csv")
     similarity_heatmap(result.similarity, result.centroids.names, folder / "similarity.png")
     return describe_result(result)[:60]

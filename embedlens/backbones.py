@@ -29,12 +29,16 @@ import torch
 import transformers
 from torch import nn
 
+from embedlens.config import entry_defaults
 from embedlens.errors import BackboneLoadError
 from embedlens.hub import offline_unless_hub_reachable
 from embedlens.preprocess import Preprocessing
 from embedlens.weights import resolve_weights_file
 
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+# A random-weight backbone (pretrained: false) is drawn from this seed, so that it is the same network in
+# every shard job and every rerun; without it each shard of one store was embedded by another network.
+RANDOM_WEIGHTS_SEED = 0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DINOV2_DEFAULT = {"resize": 256, "crop": 224, "interpolation": "bicubic",
@@ -114,7 +118,10 @@ def load_backbone(spec: Mapping) -> Backbone:
     loaders = {"timm": _load_timm, "hf_dinov2": _load_hf, "hf_dinov3": _load_hf, "hf_clip": _load_hf}
     if spec["kind"] not in loaders:
         raise ValueError(f"backbone {spec['name']!r}: kind {spec['kind']!r}; allowed: {', '.join(loaders)}")
-    backbone = loaders[spec["kind"]](spec)
+    # the schema's defaults for the kind fill what the entry leaves out, as validation would
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        backbone = loaders[spec["kind"]]({**entry_defaults("backbones", spec["kind"]), **spec})
     backbone.module.eval().requires_grad_(False)
     return backbone
 
@@ -130,7 +137,7 @@ def _make_preprocessing(base: Mapping, overrides: Mapping | None) -> Preprocessi
 def _load_timm(spec: Mapping) -> Backbone:
     """A timm model with its classifier removed, weights from the hub, a local file or random."""
     name, model_id = spec["name"], spec["model"]
-    pretrained, weights = spec.get("pretrained", True), spec.get("weights")
+    pretrained, weights = spec["pretrained"], spec.get("weights")
     if weights and not pretrained:
         raise ValueError(f"backbone {name!r}: weights {weights!r} given but pretrained is false")
     from_hub = pretrained and not weights
@@ -148,7 +155,7 @@ def _load_timm(spec: Mapping) -> Backbone:
     source = "random" if not pretrained else "hub"
     if weights:
         path = resolve_weights_file(weights)
-        _load_weights_file(module, path, spec.get("weights_layout", "names"), name)
+        _load_weights_file(module, path, spec["weights_layout"], name)
         source = str(path)
     return Backbone(name=name, kind="timm", model_id=model_id, weights=source,
                     dim=getattr(module, "head_hidden_size", None) or module.num_features,
@@ -235,7 +242,7 @@ def _load_hf(spec: Mapping) -> Backbone:
     clip = kind == "hf_clip"
     model_class = transformers.CLIPVisionModelWithProjection if clip else transformers.AutoModel
     config = _clip_vision_config(config) if clip else config
-    if spec.get("pretrained", True):
+    if spec["pretrained"]:
         module, info = _hf_call(spec, model_class.from_pretrained, model_id, config=config,
                                 dtype=torch.float32, output_loading_info=True)
         if info["missing_keys"]:

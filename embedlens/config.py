@@ -7,7 +7,9 @@ settings, and it reports every problem at once, each naming the key and what is 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +172,24 @@ def section_defaults(section: str, schema_path: str | Path = SCHEMA_PATH) -> dic
     return _object_defaults(properties[section])
 
 
+def entry_defaults(section: str, kind: str, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """The schema's defaults of an entry of the list ``section`` (``datasets`` or ``backbones``) whose
+    kind is ``kind``: the entry's own and its kind's (e.g. a folder's extensions), what validation fills
+    in, for code that builds a dataset or a backbone from an entry that was not validated."""
+    return copy.deepcopy(_entry_defaults(section, kind, str(schema_path)))
+
+
+@functools.lru_cache(maxsize=None)  # a scan's worker processes each open the dataset again
+def _entry_defaults(section: str, kind: str, schema_path: str) -> dict:
+    items = load_schema(schema_path)["properties"][section]["items"]
+    values = _object_defaults(items)
+    for branch in items.get("allOf", []):
+        condition = branch.get("if", {}).get("properties", {}).get("kind", {})
+        if kind == condition.get("const") or kind in condition.get("enum", ()):
+            values.update(_object_defaults(branch["then"]))
+    return values
+
+
 def _object_defaults(spec: Mapping) -> dict:
     """The defaults of an object's properties; a nested object whose default is ``{}`` gets its own
     properties' defaults, as validation fills them in."""
@@ -182,3 +202,16 @@ def _object_defaults(spec: Mapping) -> dict:
         else:
             values[key] = copy.deepcopy(inner["default"])
     return values
+
+
+def settings_values(section: str, values: Mapping, settings_class: type) -> dict:
+    """``values`` (a validated config's ``section``, e.g. ``cluster.temi``) as a new dict, once its keys
+    are exactly the fields of the dataclass ``settings_class``: every settings class takes its defaults
+    from the schema, never from its own fields. The error names the unknown and the missing keys."""
+    known = {field.name for field in fields(settings_class)}
+    unknown, missing = sorted(set(values) - known), sorted(known - set(values))
+    if unknown or missing:
+        raise ValueError(f"{section}: unknown key(s) {unknown}, missing key(s) {missing}; validate the config "
+                         f"against embedlens/config.schema.yaml (it fills in the defaults; "
+                         f"embedlens.config.section_defaults gives them outside the workflow)")
+    return dict(values)

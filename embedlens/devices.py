@@ -22,17 +22,20 @@ from pathlib import Path
 
 import torch
 
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
-def resolve_device(preference: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error; ``cpu`` is CPU."""
-    if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device {preference!r}; allowed: auto, cpu, cuda")
+
+def resolve_device(preference: str, key: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error; ``cpu`` is CPU.
+    ``key`` is the setting that holds ``preference`` (``cluster.device``), which the errors name."""
+    if preference not in DEVICE_CHOICES:
+        raise ValueError(f"{key} is {preference!r}; allowed values: {', '.join(DEVICE_CHOICES)}")
     if preference == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
         return torch.device("cuda")
     if preference == "cuda":
-        raise RuntimeError("extract.device is cuda but no CUDA device is available; use auto or cpu")
+        raise RuntimeError(f"{key} is cuda but no CUDA device is available; set {key} to auto or cpu")
     return torch.device("cpu")
 
 
@@ -101,9 +104,10 @@ def claim_gpu(gpu_names: list[str], lock_dir: str | Path | None = None,
         time.sleep(poll)
 
 
-def acquire_device(preference: str = "auto") -> tuple[torch.device, GpuClaim | None]:
-    """The device a model job should use: on CUDA, a claimed GPU of its own; else the CPU."""
-    device = resolve_device(preference)
+def acquire_device(preference: str, key: str) -> tuple[torch.device, GpuClaim | None]:
+    """The device a model job should use: on CUDA, a claimed GPU of its own; else the CPU. ``key`` is
+    the setting that holds ``preference`` (``classify.device``), which the errors name."""
+    device = resolve_device(preference, key)
     if device.type != "cuda":
         return device, None
     names = physical_gpu_ids(torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))

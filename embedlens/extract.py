@@ -195,11 +195,12 @@ PREPROCESS_MODES = ("device", "pil")
 
 
 def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, device: torch.device,
-                     batch_size: int = 64, num_workers: int = 2, amp: bool = True, preprocess: str = "device",
-                     compile: bool = False, decode_jpegs_on_device: bool | None = None,
+                     batch_size: int, num_workers: int, amp: bool, preprocess: str, compile: bool,
+                     decode_jpegs_on_device: bool | None = None,
                      out: np.ndarray | h5py.Dataset | None = None, progress: Progress | None = None
                      ) -> tuple[np.ndarray | h5py.Dataset, dict[int, str]]:
-    """Embed the images of ``rows`` (manifest rows) with ``backbone``.
+    """Embed the images of ``rows`` (manifest rows) with ``backbone``; ``batch_size``, ``num_workers``,
+    ``amp``, ``preprocess`` and ``compile`` are the ``extract`` section's settings (defaults in the schema).
 
     Returns ``(features, failed)``: features float32 (len(rows), dim), row ``i`` for ``rows.iloc[i]``
     (written into ``out`` when given, e.g. a shard's HDF5 dataset, so memory stays one batch), with

@@ -114,7 +114,7 @@ def subset_list_file(section: dict, name: str) -> Path:
         raise FileNotFoundError(f"imagenet_subsets, subset {name!r}: {error}") from None
 
 
-def resize_crop(image: Image.Image, size: int = 224, resize: int = 256) -> np.ndarray:
+def resize_crop(image: Image.Image, size: int, resize: int) -> np.ndarray:
     """Shorter side to ``resize`` (bilinear, antialiased), centre crop ``size``: uint8 (size, size, C)."""
     width, height = image.size
     if width <= height:
@@ -301,19 +301,20 @@ def build_imagenet_subset(
     metadata_path: str | os.PathLike | None = None,
     skipped_path: str | os.PathLike | None = None,
     files_path: str | os.PathLike | None = None,
-    size: int = 224,
-    resize: int = 256,
-    splits: Sequence[str] = SPLITS,
+    size: int,
+    resize: int,
+    splits: Sequence[str],
     workers: int | None = None,
-    chunk_size: int = 16,
+    chunk_size: int,
     logger: logging.Logger | None = None,
 ) -> SubsetResult:
     """Build the subset NPZ and its CSVs (see the module docstring) from the ImageNet copy at ``root``.
 
     ``wnid_list`` is a shipped list name (``imagenet100``) or a file. The list is checked before any
     image is read (unknown WNIDs, duplicates, missing train folders: all reported in one error).
-    ``workers`` decoding processes (default: all cores; 1 decodes in this process), ``chunk_size``
-    images per task. The CSV paths default to the names beside the NPZ. Nothing appears under the
+    ``size``, ``resize``, ``splits`` and ``chunk_size`` (images per decoding task) are the
+    ``imagenet_subsets`` section's settings (defaults in the schema); ``workers`` decoding processes
+    (None: all cores; 1 decodes in this process). The CSV paths default to the names beside the NPZ. Nothing appears under the
     final names unless the whole build succeeds.
     """
     log = logger or logging.getLogger("embedlens.imagenet_subset")

@@ -133,7 +133,7 @@ def _compute_device(device: str | torch.device) -> torch.device:
         return device
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("cosine_topk: device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return resolve_device(device)
+    return resolve_device(device, "cosine_topk device")
 
 
 def _normalised_block(rows: Any, start: int, stop: int, device: torch.device, name: str,

@@ -25,13 +25,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from embedlens.atomic import atomic_path, write_text_atomic
+from embedlens.config import settings_values
 from embedlens.geometry import Centroids, l2_normalize, similarity_matrix, streamed_class_centroids
 from embedlens.store import FeatureStore
 from embedlens.summary import Artifact, StageSummary
@@ -49,7 +50,8 @@ SIMILARITY_COLUMN = "partner_similarity"
 
 @dataclass(frozen=True)
 class RefineSettings:
-    """Per-sample refinement of the exported subset.
+    """The ``overlap.refine`` section: per-sample refinement of the exported subset (its defaults live in
+    the schema only).
 
     ``mode``: ``none`` keeps every image of the overlapping classes; ``threshold`` keeps the images
     whose partner similarity is at least ``threshold`` (``>=``); ``top_fraction`` keeps, per class and
@@ -57,9 +59,9 @@ class RefineSettings:
     of every non-empty class and split).
     """
 
-    mode: str = "none"
-    threshold: float = 0.5
-    fraction: float = 0.5
+    mode: str
+    threshold: float
+    fraction: float
 
     def __post_init__(self):
         if self.mode not in REFINE_MODES:
@@ -75,22 +77,23 @@ class RefineSettings:
 
 @dataclass(frozen=True)
 class OverlapSettings:
-    """The ``overlap:`` section of the config (see ``embedlens/config.schema.yaml``).
+    """Every key of the schema's ``overlap`` section (its defaults live in the schema only; see
+    ``embedlens/config.schema.yaml`` for each one).
 
     ``splits``: the splits whose images feed the centroids; None takes every split of the feature
-    store (for CIFAR-100: train and test, like the notebook). ``classes``: restrict the analysis to
-    these class names (None: every class with images).
+    store (the workflow sets the dataset's fit split). ``classes``: restrict the analysis to these
+    class names (None: every class with images).
     """
 
-    splits: tuple[str, ...] | None = None
-    centroid: str = "mean"
-    selection: str = "threshold"
-    threshold: float = 0.9
-    inclusive: bool = False
-    top_n: int = 10
-    classes: tuple[str, ...] | None = None
-    refine: RefineSettings = field(default_factory=RefineSettings)
-    export: bool = True
+    splits: tuple[str, ...] | None
+    centroid: str
+    selection: str
+    threshold: float
+    inclusive: bool
+    top_n: int
+    classes: tuple[str, ...] | None
+    refine: RefineSettings
+    export: bool
 
     def __post_init__(self):
         if self.centroid not in CENTROIDS:
@@ -102,18 +105,15 @@ class OverlapSettings:
             raise ValueError(f"overlap.top_n is {self.top_n!r}; it must be an integer >= 1")
 
     @classmethod
-    def from_config(cls, section: Mapping | None) -> OverlapSettings:
-        """Build from the validated config's ``overlap`` section (a dict; missing keys: defaults)."""
-        section = dict(section or {})
-        refine = RefineSettings(**dict(section.pop("refine", None) or {}))
+    def from_config(cls, section: Mapping) -> OverlapSettings:
+        """Build from a validated config's ``overlap`` section (every key present: validation fills in
+        the schema's defaults); :func:`embedlens.config.settings_values` names unknown and missing keys."""
+        values = settings_values("overlap", section, cls)
+        values["refine"] = RefineSettings(**settings_values("overlap.refine", values["refine"], RefineSettings))
         for key in ("splits", "classes"):
-            if section.get(key) is not None:
-                section[key] = tuple(section[key])
-        unknown = sorted(set(section) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"overlap: unknown key(s) {unknown}; allowed keys: "
-                             f"{', '.join(sorted(cls.__dataclass_fields__))}")
-        return cls(refine=refine, **section)
+            if values[key] is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
 
     def as_dict(self) -> dict:
         """JSON-friendly form, for provenance in ``classes.json``."""
@@ -181,7 +181,7 @@ def _empty_pairs() -> pd.DataFrame:
 
 
 def select_pairs(similarity: np.ndarray, names: Sequence[str], labels: Sequence[int] | None = None, *,
-                 selection: str = "threshold", threshold: float = 0.9, inclusive: bool = False,
+                 selection: str, threshold: float | None = None, inclusive: bool = False,
                  top_n: int | None = None) -> pd.DataFrame:
     """The overlapping class pairs of a K x K similarity matrix.
 
@@ -257,8 +257,8 @@ class OverlapResult:
     splits: list[str]
 
 
-def compute_overlap(store: FeatureStore, settings: OverlapSettings = OverlapSettings()) -> OverlapResult:
-    """Centroids over ``settings.splits`` (default: every split of the store), streamed chunk by chunk
+def compute_overlap(store: FeatureStore, settings: OverlapSettings) -> OverlapResult:
+    """Centroids over ``settings.splits`` (None: every split of the store), streamed chunk by chunk
     so memory stays bounded, then the cosine matrix, the pairs and the overlap set."""
     use = list(settings.splits) if settings.splits is not None else list(store.splits)
     absent = [s for s in use if s not in store.splits]
@@ -320,13 +320,13 @@ def refine_keep(scores: np.ndarray, groups: np.ndarray | Sequence, refine: Refin
 
 def subset_rows(manifest: pd.DataFrame, classes: Sequence[int], *, store: FeatureStore | None = None,
                 centroids: Centroids | None = None, pairs: pd.DataFrame | None = None,
-                refine: RefineSettings = RefineSettings()) -> pd.DataFrame:
+                refine: RefineSettings | None = None) -> pd.DataFrame:
     """The manifest rows to export: every image of ``classes`` (labels), in manifest order; with
-    refinement on, only the images close to a partner class, plus a ``partner_similarity`` column.
+    refinement on (``refine`` given and its mode not none), only the images close to a partner class, plus a ``partner_similarity`` column.
     Refinement needs the feature ``store`` (streamed split by split), ``centroids`` and ``pairs``;
     an image without features (it failed to decode at extraction) is never kept."""
     rows = manifest[manifest["label"].isin([int(c) for c in classes])].reset_index(drop=True)
-    if not refine.enabled:
+    if refine is None or not refine.enabled:
         return rows
     if store is None or centroids is None or pairs is None:
         raise ValueError("refinement needs the feature store, the centroids and the pairs")

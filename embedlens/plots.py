@@ -24,6 +24,11 @@ from scipy.spatial.distance import squareform  # noqa: E402
 from embedlens.atomic import atomic_path  # noqa: E402
 
 DPI = 150
+# Every UMAP picture (the explore map, the clustering map, the classifier's pair maps) uses umap-learn's
+# own defaults, one value for all so that the maps read alike: they are pictures, no table or figure of
+# merit depends on them, so they are not settings.
+UMAP_NEIGHBOURS = 15
+UMAP_MIN_DIST = 0.1
 
 
 def save_figure(figure: plt.Figure, path: str | Path, dpi: int = DPI) -> None:

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from embedlens.overlap import (OverlapSettings, compute_overlap, overlap_summary, write_pairs_csv,
+from embedlens.overlap import (compute_overlap, overlap_summary, write_pairs_csv,
                                write_similarity_csv)
 from embedlens.plots import similarity_heatmap
 from embedlens.report.page import DatasetFiles, PairFiles
 from embedlens.store import FeatureStore, SplitFeatures, write_store
 from embedlens.summary import Artifact, StageSummary
+
+from conftest import overlap_settings
 
 CLASSES = ["cat", "lynx", "truck", "car"]
 
@@ -38,7 +40,7 @@ def overlap_files(dataset: str, backbone: str, folder: Path, threshold: float) -
     features = (base[labels] + 0.01 * rng.normal(size=(16, 3))).astype(np.float32)
     write_store(folder / "features.h5", {"train": SplitFeatures(features, labels, np.arange(16))},
                 {"dataset": dataset, "class_names": CLASSES})
-    result = compute_overlap(FeatureStore(folder / "features.h5"), OverlapSettings(threshold=threshold))
+    result = compute_overlap(FeatureStore(folder / "features.h5"), overlap_settings(threshold=threshold))
     write_pairs_csv(result.pairs, folder / "pairs.csv")
     write_similarity_csv(result.similarity, result.centroids.names, folder / "similarity.csv")
     similarity_heatmap(result.similarity, result.centroids.names, folder / "similarity.png")

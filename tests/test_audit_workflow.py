@@ -37,7 +37,7 @@ def planted_tree(root):
     save(root / "test" / "cat" / "again.png", Image.fromarray(picture(1200)))
 
 
-def test_the_audit_finds_planted_copies_and_the_classifier_reports_the_clean_split(tmp_path):
+def test_the_audit_finds_planted_copies_and_the_classifier_reports_the_clean_split(tmp_path, check_artifacts):
     planted_tree(tmp_path / "pictures")
     config = {
         "datasets": [{"name": "pictures", "kind": "folder", "root": str(tmp_path / "pictures"),
@@ -73,8 +73,7 @@ def test_the_audit_finds_planted_copies_and_the_classifier_reports_the_clean_spl
 
     summary = StageSummary.read(audit / "summary.json")
     assert summary.stage == "audit" and (summary.dataset, summary.backbone) == ("pictures", "tiny")
-    for artifact in summary.tables + summary.figures:
-        assert (audit / artifact.path).stat().st_size > 0, artifact.path
+    check_artifacts(audit, summary)
     head = summary.headline
     assert head["exact"] == 2 and head["duplicates"] >= 2 and head["within_duplicates"] >= 1
     assert head["copies_labels_differ"] >= 1 and head["removed"] == 12 - len(kept)
@@ -85,5 +84,8 @@ def test_the_audit_finds_planted_copies_and_the_classifier_reports_the_clean_spl
 
     analysis = json.loads((tmp_path / "results/pictures/tiny/classify/analysis.json").read_text())
     assert analysis["headline"]["clean_test_images"] == len(kept)
-    assert 0 <= analysis["headline"]["clean_accuracy"] <= 1
+    predictions = pd.read_csv(tmp_path / "results/pictures/tiny/classify/predictions.csv")
+    on_clean = predictions[predictions["index_in_split"].isin(kept)]
+    assert len(on_clean) == len(kept)
+    assert analysis["headline"]["clean_accuracy"] == pytest.approx(on_clean["correct"].mean(), abs=1e-4)
     assert any(note.startswith("On the clean test split") for note in analysis["notes"])

@@ -307,3 +307,10 @@ def test_hf_hub_unreachable_gives_a_clear_error():
     with pytest.raises(BackboneLoadError, match=r"(?s)'dinov2_s'.*'embedlens-tests/no-such-model'"
                                                 r".*save_pretrained.*model: FOLDER"):
         load_backbone(spec)
+
+
+def test_a_random_weight_backbone_is_the_same_network_in_every_job():
+    spec = {"name": "tiny", "kind": "timm", "model": "resnet10t", "pretrained": False}
+    first, second = load_backbone(spec), load_backbone(spec)
+    images = torch.rand(2, 3, 32, 32)
+    assert torch.equal(first.embed(images), second.embed(images))

@@ -23,6 +23,8 @@ from embedlens.plots import confusion_heatmap
 from embedlens.roles import SplitRoles, with_roles
 from embedlens.store import FeatureStore, SplitFeatures, write_store
 
+from conftest import picture_problem
+
 CPU = torch.device("cpu")
 TRAIN_TEST = SplitRoles("train", "test")
 
@@ -295,8 +297,8 @@ def test_pair_pictures_show_both_classes_and_their_mistakes(tmp_path):
         return np.full((8, 8, 3), index % 255, dtype=np.uint8)
 
     artifacts = draw_pair((2, 5), classes, predictions, features, image_of, tmp_path / "pair_figures", 1,
-                          samples_per_class=3, misclassified=4, neighbours=15, min_dist=0.1, seed=0)
+                          samples_per_class=3, misclassified=4, seed=0)
     assert [a.path for a in artifacts] == ["umap_01_maple__oak.png", "samples_01_maple__oak.png"]
-    assert all((tmp_path / "pair_figures" / a.path).stat().st_size > 0 for a in artifacts)
+    assert [picture_problem(tmp_path / "pair_figures" / a.path) for a in artifacts] == [None, None]
     assert "5 maple as oak" in artifacts[0].caption
     assert len(asked) == 3 + 3 + 4 and set(asked[-4:]) <= {0, 2, 4, 6, 8}  # the most confident mistakes

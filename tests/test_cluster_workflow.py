@@ -33,28 +33,33 @@ def shapes_config(**cluster) -> dict:
         "classify": {"enabled": False},
         "novelty": {"enabled": False},
         "cluster": {"representatives": 3, "grid_clusters": 3, "map_points": 30, "map": "tsne",
+                    # six steps from a cold start leave TEMI in one cluster on 40 images: start it from k-means
                     "temi": {"neighbours": 3, "heads": 2, "steps": 6, "batch_size": 16, "hidden_dim": 32,
-                             "bottleneck_dim": 16, "checkpoint_every": 1}, **cluster},
+                             "bottleneck_dim": 16, "checkpoint_every": 1, "warm_start": "kmeans"}, **cluster},
     }
 
 
-def test_temi_and_kmeans_write_their_results_pseudo_labels_and_the_stage_summary(tmp_path):
+def test_temi_and_kmeans_write_their_results_pseudo_labels_and_the_stage_summary(tmp_path, check_artifacts):
     # the most likely label errors leave the audit's clean split too, up to a quarter of it
     snakemake(tmp_path, f"{CLUSTER}/summary.json", config={**shapes_config(), "audit": {"label_issue_fraction": 0.25}})
     stage = tmp_path / CLUSTER
     summary = StageSummary.read(stage / "summary.json")
     assert summary.stage == "cluster" and (summary.dataset, summary.backbone) == ("shapes", "tiny")
-    for artifact in summary.tables + summary.figures:
-        assert (stage / artifact.path).stat().st_size > 0, artifact.path
+    check_artifacts(stage, summary)
     metrics = pd.read_csv(stage / "metrics.csv")
     # the dataset audit is on by default: the test figures come on its clean split too
-    clean = pd.read_csv(tmp_path / "results/shapes/tiny/audit/clean_test_index.csv", keep_default_na=False)
+    audit = tmp_path / "results/shapes/tiny/audit"
+    clean = pd.read_csv(audit / "clean_test_index.csv", keep_default_na=False)
     kept = int(clean["kept"].sum())
-    assert 12 <= kept < 16 and clean.loc[~clean["kept"], "reason"].str.contains("label issue|copy").all()
+    test_issues = (pd.read_csv(audit / "label_issues.csv")["split"] == "test").sum()
+    assert 16 - kept == min(4, test_issues)  # no copies among independent drawings; a quarter of 16 at most
+    assert clean.loc[~clean["kept"], "reason"].str.startswith("label issue").all()
     assert metrics[["method", "split"]].values.tolist() == [
         ["temi", "train"], ["temi", "test"], ["temi", "test (clean)"],
         ["kmeans", "train"], ["kmeans", "test"], ["kmeans", "test (clean)"]]
-    assert metrics["acc"].between(0.25, 1).all() and (metrics["images"] == [40, 16, kept, 40, 16, kept]).all()
+    assert (metrics["images"] == [40, 16, kept, 40, 16, kept]).all()
+    # the four drawn classes are found: 0.75-0.9 measured, chance (one cluster) is 0.25
+    assert (metrics.loc[metrics["split"] != "test (clean)", "acc"] >= 0.6).all(), metrics
     assert {"clean_acc", "clean_nmi", "clean_ari"} <= set(summary.headline)
     for method in ("temi", "kmeans"):
         results = json.loads((stage / method / "results.json").read_text())
@@ -76,7 +81,8 @@ def test_temi_and_kmeans_write_their_results_pseudo_labels_and_the_stage_summary
     assert {"nmi", "ari", "acc_kmeans"} <= set(headline)
     fit = temi["fit"]
     assert (fit["heads"], fit["steps"], fit["epochs"], fit["steps_per_epoch"]) == (2, 6, 3, 2)  # 40 images, batches of 16
-    assert fit["neighbours"] == 1 and 0 <= fit["neighbour_agreement"] <= 1  # 3 lowered to 10% of 10-image classes
+    assert fit["neighbours"] == 1  # 3 lowered to 10% of 10-image classes
+    assert fit["neighbour_agreement"] >= 0.6  # a nearest neighbour mostly shares the class (0.7 measured; chance 0.25)
     assert pd.read_csv(stage / "temi/history.csv")["epoch"].tolist() == [1, 2, 3]
     assert not (stage / "temi/checkpoints").exists()  # removed once the results are written
     columns = pd.read_csv(stage / "map_columns.csv")

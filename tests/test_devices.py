@@ -10,21 +10,33 @@ import pytest
 import torch
 
 from embedlens import devices
-from embedlens.devices import claim_gpu, physical_gpu_ids, resolve_device
+from embedlens.devices import acquire_device, claim_gpu, physical_gpu_ids, resolve_device
 
 
 def test_auto_takes_the_cpu_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto").type == "cpu"
-    assert resolve_device("cpu").type == "cpu"
-    with pytest.raises(RuntimeError, match="no CUDA device"):
-        resolve_device("cuda")
+    assert resolve_device("auto", "extract.device").type == "cpu"
+    assert resolve_device("cpu", "extract.device").type == "cpu"
+    with pytest.raises(RuntimeError, match="extract.device is cuda but no CUDA device"):
+        resolve_device("cuda", "extract.device")
 
 
 def test_auto_takes_cuda_when_present(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert resolve_device("auto").type == "cuda"
-    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto", "extract.device").type == "cuda"
+    assert resolve_device("cpu", "extract.device").type == "cpu"
+
+
+@pytest.mark.parametrize("key", ["cluster.device", "classify.device", "distill.device"])
+def test_errors_name_the_stage_setting_not_extract(monkeypatch, key):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError) as no_gpu:
+        acquire_device("cuda", key)
+    assert str(no_gpu.value) == f"{key} is cuda but no CUDA device is available; set {key} to auto or cpu"
+    with pytest.raises(ValueError) as bad:
+        resolve_device("gpu", key)
+    assert str(bad.value) == f"{key} is 'gpu'; allowed values: auto, cpu, cuda"
+    assert "extract" not in str(no_gpu.value) + str(bad.value)
 
 
 def test_gpus_are_named_by_uuid_else_by_cuda_visible_devices(monkeypatch):

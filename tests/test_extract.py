@@ -23,6 +23,8 @@ from embedlens.recipe import job_recipe, requested_recipe
 from embedlens.shards import NonFiniteFeatures, merge_shards, open_shard, shard_rows
 from embedlens.store import FeatureStore, StoreMismatch, read_attrs, read_split, store_splits
 
+from conftest import extract_options
+
 DINO = Preprocessing(resize=256, crop=224, interpolation="bicubic")
 
 
@@ -120,7 +122,7 @@ def test_extraction_tells_progress_the_preprocessing_seconds(tiny_backbone, capl
     progress = Progress(total=5, logger=logger, every=0.0)
     with caplog.at_level(logging.INFO, logger="embedlens.test_progress"):
         extract_features(tiny_backbone, ToyImages(), _rows(["0", "1", "2", "3", "4"]), device=torch.device("cpu"),
-                         batch_size=2, num_workers=0, progress=progress)
+                         **extract_options(batch_size=2, num_workers=0), progress=progress)
     assert progress.done == 5 and 0 < progress.preprocess_seconds < time.monotonic() - progress.start
     assert caplog.text.count("preprocessing") == 3 and "5/5 images" in caplog.text
 
@@ -294,12 +296,12 @@ def tiny_backbone():
 def test_an_image_that_fails_to_decode_is_skipped_with_its_reason_and_the_rest_embedded(tiny_backbone):
     dataset = ToyImages()
     rows = _rows(["0", "bad", "1", "2", "bad", "3"])
-    features, failed = extract_features(tiny_backbone, dataset, rows, device=torch.device("cpu"), batch_size=4,
-                                        num_workers=0)
+    features, failed = extract_features(tiny_backbone, dataset, rows, device=torch.device("cpu"),
+                                        **extract_options(batch_size=4, num_workers=0))
     assert failed == {1: "image file is truncated (3 bytes not processed)", 4: failed[1]}
     assert np.all(features[[1, 4]] == 0) and np.all(np.abs(features[[0, 2, 3, 5]]).sum(axis=1) > 0)
     alone, none_failed = extract_features(tiny_backbone, dataset, _rows(["0", "1", "2", "3"]),
-                                          device=torch.device("cpu"), batch_size=4, num_workers=0)
+                                          device=torch.device("cpu"), **extract_options(batch_size=4, num_workers=0))
     assert none_failed == {}
     np.testing.assert_allclose(features[[0, 2, 3, 5]], alone, rtol=1e-5, atol=1e-5)
 
@@ -307,20 +309,21 @@ def test_an_image_that_fails_to_decode_is_skipped_with_its_reason_and_the_rest_e
 def test_pil_mode_reproduces_the_notebooks_per_image_path_exactly(tiny_backbone):
     dataset = ToyImages()
     rows = _rows(["0", "1", "2", "3", "4"])
-    ours, _ = extract_features(tiny_backbone, dataset, rows, device=torch.device("cpu"), batch_size=5,
-                               num_workers=1, preprocess="pil")
+    ours, _ = extract_features(tiny_backbone, dataset, rows, device=torch.device("cpu"),
+                               **extract_options(batch_size=5, num_workers=1, preprocess="pil"))
     transform = _notebook_transform(tiny_backbone.preprocessing)
     batch = torch.stack([transform(Image.fromarray(dataset.read_image("train", s))) for s in rows["source"]])
     notebooks = tiny_backbone.embed(batch).numpy()
     assert np.array_equal(ours, notebooks)
-    device_path, _ = extract_features(tiny_backbone, dataset, rows, device=torch.device("cpu"), batch_size=5,
-                                      num_workers=0)
+    device_path, _ = extract_features(tiny_backbone, dataset, rows, device=torch.device("cpu"),
+                                      **extract_options(batch_size=5, num_workers=0))
     assert not np.array_equal(device_path, notebooks)  # the modes really differ
 
 
 def test_an_unknown_preprocess_mode_is_refused(tiny_backbone):
     with pytest.raises(ValueError, match="extract.preprocess 'gpu'; allowed values: device, pil"):
-        extract_features(tiny_backbone, ToyImages(), _rows(["0"]), device=torch.device("cpu"), preprocess="gpu")
+        extract_features(tiny_backbone, ToyImages(), _rows(["0"]), device=torch.device("cpu"),
+                         **extract_options(preprocess="gpu"))
 
 
 def test_compile_runs_the_torch_compiled_model_with_equal_features(tiny_backbone, monkeypatch):
@@ -333,10 +336,10 @@ def test_compile_runs_the_torch_compiled_model_with_equal_features(tiny_backbone
 
     monkeypatch.setattr(torch, "compile", compile_eagerly)
     rows = _rows(["0", "1", "2", "3"])
-    plain, _ = extract_features(tiny_backbone, ToyImages(), rows, device=torch.device("cpu"), batch_size=4,
-                                num_workers=0)
-    fast, _ = extract_features(tiny_backbone, ToyImages(), rows, device=torch.device("cpu"), batch_size=4,
-                               num_workers=0, compile=True)
+    plain, _ = extract_features(tiny_backbone, ToyImages(), rows, device=torch.device("cpu"),
+                                **extract_options(batch_size=4, num_workers=0))
+    fast, _ = extract_features(tiny_backbone, ToyImages(), rows, device=torch.device("cpu"),
+                               **extract_options(batch_size=4, num_workers=0, compile=True))
     assert compiled == [tiny_backbone.module] and not isinstance(tiny_backbone.module, torch._dynamo.OptimizedModule)
     np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-5)
 

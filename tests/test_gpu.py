@@ -20,6 +20,8 @@ from embedlens.datasets import open_dataset
 from embedlens.devices import acquire_device, claim_gpu, physical_gpu_ids
 from embedlens.extract import extract_features
 
+from conftest import extract_options
+
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(),
                                  reason="needs a CUDA device (torch.cuda.is_available() is False)")]
@@ -53,8 +55,8 @@ def extract(backbone, images, device: str, amp: bool) -> np.ndarray:
     """Features through embedlens's extraction: batches of 16 (the last one partial), 2 workers, and on
     CUDA pinned memory, as the workflow runs it."""
     dataset, rows = images
-    features, failed = extract_features(backbone, dataset, rows, device=torch.device(device), batch_size=16,
-                                        num_workers=2, amp=amp)
+    features, failed = extract_features(backbone, dataset, rows, device=torch.device(device),
+                                        **extract_options(batch_size=16, num_workers=2, amp=amp))
     assert not failed
     return features
 
@@ -99,14 +101,14 @@ def test_bf16_autocast_features_agree_with_fp32(backbone, images, cuda_fp32):
 def _claim_and_report(messages) -> None:
     """A second model job: says it started, claims a GPU (waiting while none is free), reports it."""
     messages.put(("started", time.time()))
-    device, claim = acquire_device("cuda")
+    device, claim = acquire_device("cuda", "extract.device")
     messages.put(("claimed", time.time(), str(device), claim.index, claim.name, torch.cuda.current_device()))
     claim.release()
 
 
 def test_the_claim_gives_a_real_gpu_and_a_second_job_waits_until_it_is_free(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDLENS_GPU_LOCK_DIR", str(tmp_path))
-    device, claim = acquire_device("cuda")
+    device, claim = acquire_device("cuda", "extract.device")
     names = physical_gpu_ids(torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
     # Hold the other visible GPUs too, so that the second job finds none free however many there are.
     others = [claim_gpu(names, tmp_path, timeout=10, poll=0.05) for _ in names[1:]]
@@ -142,7 +144,7 @@ def test_the_claim_gives_a_real_gpu_and_a_second_job_waits_until_it_is_free(tmp_
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_a_second_job_takes_another_gpu(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDLENS_GPU_LOCK_DIR", str(tmp_path))
-    device, claim = acquire_device("cuda")
+    device, claim = acquire_device("cuda", "extract.device")
     try:
         context = multiprocessing.get_context("spawn")
         messages = context.Queue()

@@ -14,6 +14,7 @@ import pytest
 from imagenet_tree import NO_TRAIN_FOLDER, make_tree
 from PIL import Image
 
+from embedlens.config import section_defaults
 from embedlens.datasets.imagenet import WnidListError, id_to_source, locate, original_ids, read_synset_mapping
 from embedlens.imagenet_subset import (
     NpyMemberWriter, build_imagenet_subset, crc32_combine, output_paths, subset_list_file, subset_names,
@@ -24,6 +25,12 @@ from conftest import run_snakemake
 
 WNIDS = ["n03126707", "n01440764", "n02012849", "n01443537"]  # not sorted: labels follow this order
 KEYS = ["X_train", "y_train", "train_id", "X_val", "y_val", "val_id"]
+
+
+def subset_options(**changes) -> dict:
+    """The schema's ``imagenet_subsets`` settings that build_imagenet_subset takes, with ``changes``."""
+    defaults = section_defaults("imagenet_subsets")
+    return {key: defaults[key] for key in ("size", "resize", "splits", "chunk_size")} | changes
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +48,7 @@ def wnid_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(tree, wnid_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "four.npz"
-    result = build_imagenet_subset(tree["root"], wnid_file, out, workers=2, chunk_size=3)
+    result = build_imagenet_subset(tree["root"], wnid_file, out, workers=2, **subset_options(chunk_size=3))
     return out, result
 
 
@@ -137,8 +144,8 @@ def test_metadata_and_skipped(built, tree):
 
 def test_sizes_one_worker_and_val_only(tree, wnid_file, tmp_path):
     out = tmp_path / "small.npz"
-    result = build_imagenet_subset(tree["root"], wnid_file, out, size=32, resize=40, workers=1,
-                                   splits=["val"])
+    result = build_imagenet_subset(tree["root"], wnid_file, out, workers=1,
+                                   **subset_options(size=32, resize=40, splits=["val"]))
     assert result.splits["val"].written > 0 and "train" not in result.splits
     with np.load(out) as data:
         assert data.files == KEYS
@@ -151,7 +158,8 @@ def test_sizes_one_worker_and_val_only(tree, wnid_file, tmp_path):
     # val only: a class without a train folder is fine
     listing = tmp_path / "l.txt"
     listing.write_text(f"{NO_TRAIN_FOLDER}\n")
-    result = build_imagenet_subset(tree["root"], listing, tmp_path / "v.npz", workers=1, splits=["val"])
+    result = build_imagenet_subset(tree["root"], listing, tmp_path / "v.npz", workers=1,
+                                   **subset_options(splits=["val"]))
     assert result.splits["val"].written == 2
 
 
@@ -160,14 +168,14 @@ def test_list_errors_stop_before_any_output(tree, tmp_path):
     listing.write_text(f"n01440764\nn01440764\nn07777777\n{NO_TRAIN_FOLDER}\n")
     out = tmp_path / "out" / "bad.npz"
     with pytest.raises(WnidListError) as error:
-        build_imagenet_subset(tree["root"], listing, out)
+        build_imagenet_subset(tree["root"], listing, out, **subset_options())
     assert "n01440764" in str(error.value) and "n07777777" in str(error.value)
     assert NO_TRAIN_FOLDER in str(error.value)
     assert not out.parent.exists() or not list(out.parent.iterdir())
     with pytest.raises(FileNotFoundError, match="not a shipped list"):
-        build_imagenet_subset(tree["root"], "imagenet_nope", out)
+        build_imagenet_subset(tree["root"], "imagenet_nope", out, **subset_options())
     with pytest.raises(ValueError, match="larger than resize"):
-        build_imagenet_subset(tree["root"], listing, out, size=300)
+        build_imagenet_subset(tree["root"], listing, out, **subset_options(size=300))
 
 
 def test_npy_member_writer_fewer_rows_than_announced(tmp_path):
@@ -198,7 +206,7 @@ def test_failed_build_leaves_nothing(tree, wnid_file, tmp_path, monkeypatch):
     monkeypatch.setattr(module, "write_table", broken)
     out = tmp_path / "out" / "four.npz"
     with pytest.raises(OSError, match="disk full"):
-        build_imagenet_subset(tree["root"], wnid_file, out, workers=1)
+        build_imagenet_subset(tree["root"], wnid_file, out, workers=1, **subset_options())
     assert list(out.parent.iterdir()) == []  # no NPZ, no CSV, no temporary file
 
 

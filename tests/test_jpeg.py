@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import embedlens.extract
-from conftest import garbled_jpeg, pixels, save
+from conftest import extract_options, garbled_jpeg, pixels, save
 from embedlens.backbones import load_backbone
 from embedlens.datasets.folder import FolderDataset
 from embedlens.extract import extract_features
@@ -101,10 +101,11 @@ def test_extraction_decodes_jpegs_on_the_device_falls_back_and_lists_broken_file
         return decode_jpegs(data, device)
 
     monkeypatch.setattr(embedlens.extract, "decode_jpegs", spy)
-    on_device, failed = extract_features(tiny_backbone, dataset, rows, device=torch.device("cpu"), batch_size=4,
-                                         num_workers=1, decode_jpegs_on_device=True)
+    on_device, failed = extract_features(tiny_backbone, dataset, rows, device=torch.device("cpu"),
+                                         **extract_options(batch_size=4, num_workers=1), decode_jpegs_on_device=True)
     in_workers, failed_in_workers = extract_features(tiny_backbone, dataset, rows, device=torch.device("cpu"),
-                                                     batch_size=4, num_workers=0, decode_jpegs_on_device=False)
+                                                     **extract_options(batch_size=4, num_workers=0),
+                                                     decode_jpegs_on_device=False)
     names = rows["source"].map(lambda s: Path(s).name).tolist()
     assert sum(sent) == (4 if kind is FolderDataset else 6)
     broken = {names.index("truncated.jpg"), names.index("garbled.jpg")}
@@ -138,10 +139,11 @@ def test_cuda_extraction_decodes_jpegs_with_nvjpeg_and_lists_broken_files(tree, 
     dataset = FolderDataset({"name": "jpegs", "kind": "folder", "root": str(tree)})
     dataset.scan_workers = 1
     rows = dataset.scan().manifest
-    on_gpu, failed = extract_features(tiny_backbone, dataset, rows, device=torch.device("cuda"), batch_size=4,
-                                      num_workers=2)  # decodes JPEGs on the device by default on CUDA
-    in_workers, _ = extract_features(tiny_backbone, dataset, rows, device=torch.device("cuda"), batch_size=4,
-                                     num_workers=2, decode_jpegs_on_device=False)
+    # decodes JPEGs on the device by default on CUDA
+    on_gpu, failed = extract_features(tiny_backbone, dataset, rows, device=torch.device("cuda"),
+                                      **extract_options(batch_size=4, num_workers=2))
+    in_workers, _ = extract_features(tiny_backbone, dataset, rows, device=torch.device("cuda"),
+                                     **extract_options(batch_size=4, num_workers=2), decode_jpegs_on_device=False)
     names = rows["source"].map(lambda s: Path(s).name).tolist()
     assert set(failed) == {names.index("truncated.jpg"), names.index("garbled.jpg")}
     fine = [i for i in range(len(rows)) if i not in failed]

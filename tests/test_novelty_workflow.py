@@ -36,14 +36,13 @@ def shapes_config(**novelty) -> dict:
     }
 
 
-def test_novelty_fits_scores_and_later_scores_new_images_without_refitting(tmp_path):
+def test_novelty_fits_scores_and_later_scores_new_images_without_refitting(tmp_path, check_artifacts):
     config = shapes_config()
     snakemake(tmp_path, config=config)  # the default target (the report) builds the novelty stage
     novelty = tmp_path / NOVELTY
     summary = StageSummary.read(novelty / "summary.json")
     assert summary.stage == "novelty" and summary.dataset == "shapes" and summary.backbone == "tiny"
-    for artifact in summary.tables + summary.figures:
-        assert (novelty / artifact.path).stat().st_size > 0, artifact.path
+    check_artifacts(novelty, summary)
     fit = json.loads((novelty / "fit.json").read_text())
     assert fit["fit_images"] + fit["held_out_images"] == 6 * 14 and fit["held_out_images"] == 17
     assert summary.headline["k"] == fit["k"] and 2 <= fit["k"] <= 8
@@ -55,7 +54,9 @@ def test_novelty_fits_scores_and_later_scores_new_images_without_refitting(tmp_p
     assert elbow["k"].tolist() == list(range(2, 9))
     quality = pd.read_csv(novelty / "quality.csv")
     assert set(quality["score"]) == {"knn_distance", "novelty_score", "surprise_score"}
-    assert (quality["draws"] == 2).all() and quality["auroc_mean"].between(0, 1).all()
+    assert (quality["draws"] == 2).all()
+    # images of a held-out drawn class lie farther from the rest than seen ones: 0.87 measured, chance 0.5
+    assert quality.set_index("score").loc["knn_distance", "auroc_mean"] > 0.75, quality
     assert summary.headline["auroc"] == pytest.approx(quality.set_index("score").loc["knn_distance", "auroc_mean"],
                                                       abs=1e-4)
     draws = pd.read_csv(novelty / "quality_draws.csv")  # k chosen in each draw on its seen classes alone

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedlens.overlap import OverlapSettings, compute_overlap, overlap_summary
+from embedlens.overlap import compute_overlap, overlap_summary
 from embedlens.store import FeatureStore, SplitFeatures, write_store
 from embedlens.summary import StageSummary
+
+from conftest import overlap_settings
 
 NAMES = ["cat", "lynx", "truck", "car"]
 # cat and lynx point nearly the same way, truck and car too, the two groups apart
@@ -24,7 +26,7 @@ def store(tmp_path) -> FeatureStore:
 
 
 def test_threshold_summary_names_pairs_rule_and_most_similar_pair(store, tmp_path):
-    result = compute_overlap(store, OverlapSettings(threshold=0.99))
+    result = compute_overlap(store, overlap_settings(threshold=0.99))
     path = tmp_path / "overlap" / "summary.json"
     overlap_summary(result, dataset="toy", backbone="bb").write(path)
     summary = StageSummary.read(path)
@@ -42,10 +44,10 @@ def test_threshold_summary_names_pairs_rule_and_most_similar_pair(store, tmp_pat
 
 
 def test_top_n_summary_names_n_and_an_empty_result_still_names_the_closest_pair(store):
-    top = overlap_summary(compute_overlap(store, OverlapSettings(selection="top_n", top_n=1)),
+    top = overlap_summary(compute_overlap(store, overlap_settings(selection="top_n", top_n=1)),
                           dataset="toy", backbone="bb")
     assert top.headline["top_n"] == 1 and "threshold" not in top.headline and len(top.notes) == 1
-    empty = overlap_summary(compute_overlap(store, OverlapSettings(threshold=1.0, inclusive=False)),
+    empty = overlap_summary(compute_overlap(store, overlap_settings(threshold=1.0, inclusive=False)),
                             dataset="toy", backbone="bb")
     assert empty.headline["pairs"] == 0 and empty.headline["threshold"] == "> 1"
     assert " - " in empty.headline["most similar pair"] and "overlap set is empty" in empty.notes[0]

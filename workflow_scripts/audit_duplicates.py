@@ -23,7 +23,7 @@ output = snakemake.output
 name, backbone = snakemake.wildcards.dataset, snakemake.wildcards.backbone
 settings = AuditSettings.from_config({**snakemake.params.audit, "enabled": True})
 torch.set_num_threads(snakemake.threads)
-device, gpu_claim = acquire_device(settings.device)  # the claim holds the GPU until the job ends
+device, gpu_claim = acquire_device(settings.device, "audit.device")  # the claim holds the GPU until the job ends
 store = FeatureStore(snakemake.input.features)
 store.check(dataset=name, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
 manifest = read_manifest(snakemake.input.manifest)

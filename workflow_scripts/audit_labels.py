@@ -29,7 +29,7 @@ store.check(dataset=name, recipe=snakemake.params.recipe, manifest=snakemake.inp
 with exit_on(log, AuditInputError):
     features, rows = labelled_features(store, settings.label_splits)
 torch.set_num_threads(snakemake.threads)
-device, gpu_claim = acquire_device(settings.device)  # the claim holds the GPU until the job ends
+device, gpu_claim = acquire_device(settings.device, "audit.device")  # the claim holds the GPU until the job ends
 check = check_labels(features, rows, store.class_names, settings, device=device, folder=snakemake.params.checkpoints)
 write_table(check.issues, output.issues)
 read = image_reader(open_dataset(snakemake.params.dataset), read_manifest(snakemake.input.manifest))

@@ -26,7 +26,7 @@ if problem:
     raise SystemExit(0)
 
 torch.set_num_threads(snakemake.threads)
-device, gpu_claim = acquire_device(settings.device)  # the claim holds the GPU until the job ends
+device, gpu_claim = acquire_device(settings.device, "classify.device")  # the claim holds the GPU until the job ends
 log.info("%d-fold cross-validation of %d %r images of %d classes on %s", settings.folds, len(rows.targets),
          settings.train_split, len(classes), device)
 started = time.monotonic()

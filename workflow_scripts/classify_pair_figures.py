@@ -32,8 +32,7 @@ with atomic_directory(snakemake.output.folder) as folder:
             artifacts += draw_pair(pair, classes, predictions, features,
                                    lambda index: dataset.read_image(settings.test_split, source_of[index]),
                                    Path(folder), rank, samples_per_class=settings.samples_per_class,
-                                   misclassified=settings.misclassified_samples, neighbours=settings.umap_neighbors,
-                                   min_dist=settings.umap_min_dist, seed=settings.seed)
+                                   misclassified=settings.misclassified_samples, seed=settings.seed)
 # Paths relative to the stage folder, where summary.json lies.
 artifacts = [{"path": f"{Path(snakemake.output.folder).name}/{a.path}", "caption": a.caption} for a in artifacts]
 write_text_atomic(snakemake.output.listing, json.dumps(artifacts, indent=2) + "\n")

@@ -26,7 +26,7 @@ if problem:
     raise SystemExit(0)
 
 torch.set_num_threads(snakemake.threads)
-device, gpu_claim = acquire_device(settings.device)  # the claim holds the GPU until the job ends
+device, gpu_claim = acquire_device(settings.device, "classify.device")  # the claim holds the GPU until the job ends
 log.info("%d classes (%s), %d %r images, on %s", len(classes), describe_classes(classes), len(rows.targets),
          settings.train_split, device)
 for note in notes:

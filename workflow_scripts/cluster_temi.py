@@ -35,7 +35,7 @@ train, test = read_splits(store, settings)
 clusters = number_of_clusters(settings, train.labels)
 
 torch.set_num_threads(snakemake.threads)
-device, gpu_claim = acquire_device(settings.device)  # the claim holds the GPU until the job ends
+device, gpu_claim = acquire_device(settings.device, "cluster.device")  # the claim holds the GPU until the job ends
 run = run_temi(train, test, clusters, temi, settings.kmeans, settings.seed, device,
                checkpoints=snakemake.params.checkpoints, log=log)
 save_predictions(snakemake.output.predictions, "temi", clusters, {

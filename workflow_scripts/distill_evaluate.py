@@ -29,7 +29,7 @@ with exit_on(log, DistillInputError, PseudoLabelsError):
     rows = read_rows(store, settings, snakemake.input.get("pseudo_labels"))
 distilled, attrs = Distilled.load(snakemake.input.distilled)
 torch.set_num_threads(snakemake.threads)
-device, gpu_claim = acquire_device(settings.device)  # the claim holds the GPU until the job ends
+device, gpu_claim = acquire_device(settings.device, "distill.device")  # the claim holds the GPU until the job ends
 started, classes = time.monotonic(), len(store.class_names)
 choices = choose_training(distilled, rows.fit, rows.validation, classes, settings, device,
                           progress=lambda row: log.debug("%(set)s, lr %(learning_rate).4g, %(epochs)d epochs: validation "

@@ -23,7 +23,7 @@ pseudo_labels = snakemake.input.get("pseudo_labels")
 with exit_on(log, DistillInputError, PseudoLabelsError):
     train = read_rows(store, settings, pseudo_labels).fit
 torch.set_num_threads(snakemake.threads)
-device, gpu_claim = acquire_device(settings.device)  # the claim holds the GPU until the job ends
+device, gpu_claim = acquire_device(settings.device, "distill.device")  # the claim holds the GPU until the job ends
 source = label_source(settings, pseudo_labels)
 log.info("%s x %s: %d %r images, %s, %d vector(s) per class, on %s", name, backbone, len(train.labels),
          settings.train_split, source, settings.per_class, device)

@@ -21,7 +21,7 @@ torch.set_num_threads(snakemake.threads)
 
 manifest = read_manifest(snakemake.input.manifest)
 rows = shard_rows(len(manifest), shard)
-device, gpu = acquire_device(recipe["extract"]["device"])
+device, gpu = acquire_device(recipe["extract"]["device"], "extract.device")
 backbone = load_backbone(recipe["backbone"])
 amp = recipe["extract"]["amp"]
 full_recipe = job_recipe(recipe, manifest_digest=file_digest(snakemake.input.manifest),

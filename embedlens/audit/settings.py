@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from embedlens.config import settings_values
 
 from embedlens.probe import ProbeSettings
 
@@ -54,14 +56,8 @@ class AuditSettings:
     @classmethod
     def from_config(cls, section: Mapping) -> AuditSettings:
         """Build from a validated config's ``audit`` section (every key present: validation fills in
-        the schema's defaults; :func:`embedlens.config.section_defaults` gives them outside the
-        workflow). The error names unknown and missing keys."""
-        known = {field.name for field in fields(cls)}
-        unknown, missing = sorted(set(section) - known), sorted(known - set(section))
-        if unknown or missing:
-            raise ValueError(f"audit: unknown key(s) {unknown}, missing key(s) {missing}; validate the config "
-                             f"against embedlens/config.schema.yaml (it fills in the defaults)")
-        values = dict(section)
+        the schema's defaults); :func:`embedlens.config.settings_values` names unknown and missing keys."""
+        values = settings_values("audit", section, cls)
         values["remove"] = tuple(values["remove"])
         if values["label_splits"] is not None:
             values["label_splits"] = tuple(values["label_splits"])

@@ -13,7 +13,7 @@ import umap
 
 from embedlens.classify.data import ClassSet
 from embedlens.export import safe_name
-from embedlens.plots import image_rows, scatter_map
+from embedlens.plots import UMAP_MIN_DIST, UMAP_NEIGHBOURS, image_rows, scatter_map
 from embedlens.summary import Artifact
 
 
@@ -42,14 +42,14 @@ def pictured_pairs(confusion: pd.DataFrame, limit: int) -> list[tuple[int, int]]
     return chosen[:limit]
 
 
-def pair_embedding(features: np.ndarray, *, neighbours: int, min_dist: float, seed: int) -> np.ndarray:
-    """UMAP of ``features`` to 2-D, seeded (umap-learn; deterministic, single-threaded with a seed).
-    ``n_neighbors`` is capped at the number of rows less one; the spectral start needs more rows
+def pair_embedding(features: np.ndarray, *, seed: int) -> np.ndarray:
+    """UMAP of ``features`` to 2-D, seeded (umap-learn; deterministic, single-threaded with a seed), with
+    :data:`~embedlens.plots.UMAP_NEIGHBOURS` and :data:`~embedlens.plots.UMAP_MIN_DIST`. ``n_neighbors`` is capped at the number of rows less one; the spectral start needs more rows
     than a handful, so small sets start at random positions."""
     count = len(features)
     if count < 3:
         return np.zeros((count, 2))
-    reducer = umap.UMAP(n_neighbors=min(neighbours, count - 1), min_dist=min_dist, random_state=seed,
+    reducer = umap.UMAP(n_neighbors=min(UMAP_NEIGHBOURS, count - 1), min_dist=UMAP_MIN_DIST, random_state=seed,
                         init="spectral" if count > 20 else "random", metric="cosine", n_jobs=1)
     return reducer.fit_transform(np.asarray(features, dtype=np.float32))
 
@@ -60,7 +60,7 @@ def _chosen(rows: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarra
 
 def draw_pair(pair: tuple[int, int], classes: ClassSet, predictions: TestPredictions, features: np.ndarray,
               image_of: Callable[[int], np.ndarray], folder: Path, rank: int, *, samples_per_class: int,
-              misclassified: int, neighbours: int, min_dist: float, seed: int) -> list[Artifact]:
+              misclassified: int, seed: int) -> list[Artifact]:
     """The two pictures of ``pair`` (dataset labels), written into ``folder``: ``umap_<rank>_<a>__<b>.png``
     (the test features of both classes, ``features`` aligned with ``predictions``, coloured by true
     class, misclassified images crossed) and ``samples_<rank>_<a>__<b>.png`` (``samples_per_class``
@@ -76,7 +76,7 @@ def draw_pair(pair: tuple[int, int], classes: ClassSet, predictions: TestPredict
     stem = f"{rank:02d}_{safe_name(name_a)}__{safe_name(name_b)}"
     folder.mkdir(parents=True, exist_ok=True)
 
-    points = pair_embedding(features[rows], neighbours=neighbours, min_dist=min_dist, seed=seed)
+    points = pair_embedding(features[rows], seed=seed)
     wrong = predicted[rows] != targets[rows]
     scatter_map(points, [classes.names[t] for t in targets[rows]], folder / f"umap_{stem}.png", marked=wrong,
                 marked_label="misclassified", title=f"{name_a} vs {name_b}: UMAP of the test features")

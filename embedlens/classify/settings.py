@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from embedlens.config import settings_values
 
 CLASS_MODES = ("overlap", "all")
 
@@ -41,8 +43,6 @@ class ClassifySettings:
     pair_figures: int
     samples_per_class: int
     misclassified_samples: int
-    umap_neighbors: int
-    umap_min_dist: float
     disagreements: int
 
     def __post_init__(self):
@@ -56,14 +56,8 @@ class ClassifySettings:
     @classmethod
     def from_config(cls, section: Mapping) -> ClassifySettings:
         """Build from a validated config's ``classify`` section (every key present: validation fills
-        in the schema's defaults; :func:`embedlens.config.section_defaults` gives them outside the
-        workflow). The error names unknown and missing keys."""
-        known = {field.name for field in fields(cls)}
-        unknown, missing = sorted(set(section) - known), sorted(known - set(section))
-        if unknown or missing:
-            raise ValueError(f"classify: unknown key(s) {unknown}, missing key(s) {missing}; validate the config "
-                             f"against embedlens/config.schema.yaml (it fills in the defaults)")
-        values = dict(section)
+        in the schema's defaults); :func:`embedlens.config.settings_values` names unknown and missing keys."""
+        values = settings_values("classify", section, cls)
         values["hidden_fractions"] = tuple(float(f) for f in values["hidden_fractions"])
         return cls(**values)
 

@@ -30,6 +30,9 @@ from embedlens.summary import Artifact, StageSummary
 METRIC_COLUMNS = ["method", "split", "images", "labelled", "acc", "nmi", "ari", "active_clusters", "size_min",
                   "size_max", "size_mean", "size_std", "size_cv"]
 MATCH, MISMATCH = "tab:green", "tab:red"
+# scikit-learn's own t-SNE perplexity, lowered to a third of the images less one for small splits (t-SNE needs
+# about 3 x perplexity neighbours); like the UMAP maps (embedlens.plots.UMAP_NEIGHBOURS) it draws a picture only
+TSNE_PERPLEXITY = 30.0
 
 
 def clustering_problem(store: FeatureStore, settings: ClusterSettings) -> str | None:
@@ -201,7 +204,7 @@ def project(features: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, s
         return project_2d(features, seed)
     from sklearn.manifold import TSNE
 
-    perplexity = float(min(30.0, max(1.0, (len(features) - 1) / 3)))
+    perplexity = float(min(TSNE_PERPLEXITY, max(1.0, (len(features) - 1) / 3)))
     coords = TSNE(metric="cosine", init="pca", perplexity=perplexity, random_state=seed).fit_transform(
         np.asarray(features, dtype=np.float32))
     return coords, f"t-SNE (cosine, perplexity {perplexity:g})"

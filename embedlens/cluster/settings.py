@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from embedlens.config import settings_values
 
 
 class ClusterInputError(ValueError):
@@ -70,19 +71,10 @@ class ClusterSettings:
     @classmethod
     def from_config(cls, section: Mapping) -> ClusterSettings:
         """Build from a validated config's ``cluster`` section (every key present: validation fills in
-        the schema's defaults; :func:`embedlens.config.section_defaults` gives them outside the
-        workflow). The error names unknown and missing keys."""
-        values = dict(section)
-        for name, kind in (("temi", TemiSettings), ("kmeans", KmeansSettings), (None, cls)):
-            part = values if name is None else values.get(name, {})
-            known = {field.name for field in fields(kind)}
-            unknown, missing = sorted(set(part) - known), sorted(known - set(part))
-            if unknown or missing:
-                raise ValueError(f"cluster{'.' + name if name else ''}: unknown key(s) {unknown}, missing key(s) "
-                                 f"{missing}; validate the config against embedlens/config.schema.yaml (it fills in "
-                                 "the defaults)")
-        values["temi"] = TemiSettings(**values["temi"])
-        values["kmeans"] = KmeansSettings(**values["kmeans"])
+        the schema's defaults); :func:`embedlens.config.settings_values` names unknown and missing keys."""
+        values = settings_values("cluster", section, cls)
+        values["temi"] = TemiSettings(**settings_values("cluster.temi", values["temi"], TemiSettings))
+        values["kmeans"] = KmeansSettings(**settings_values("cluster.kmeans", values["kmeans"], KmeansSettings))
         values["methods"] = tuple(values["methods"])
         return cls(**values)
 

@@ -41,7 +41,9 @@ from embedlens.geometry import BLOCK_ROWS, Standardizer, column_statistics
 from embedlens.knn import cosine_topk
 from embedlens.store import SplitFeatures
 
-UNIFORM_ENTROPY = 0.9       # a head whose mean per-image entropy is above this share of log K is near-uniform
+# A head whose mean per-image entropy passes this share of log K is near-uniform: that entropy is an image
+# spread evenly over K**0.9 of the K clusters (63 of 100, 8 of 10), i.e. no cluster. Only diagnose's warning reads it.
+UNIFORM_ENTROPY = 0.9
 LOG_LINES = 20              # run_temi logs about this many epochs of a training
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from embedlens.config import entry_defaults
 from embedlens.manifest import MANIFEST_COLUMNS, empty_skipped
 
 
@@ -71,7 +72,8 @@ class ImageDataset(ABC):
     scan_chunk_size: int | None = None
 
     def __init__(self, spec: dict):
-        self.spec = spec
+        # the schema's defaults for the kind fill what the entry leaves out, as validation would
+        self.spec = {**entry_defaults("datasets", self.kind), **spec}
         self.name: str = spec["name"]
         self.splits: list[str] = list(spec.get("splits") or self.default_splits)
 

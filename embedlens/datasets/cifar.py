@@ -54,8 +54,8 @@ class Cifar100(ImageDataset):
         unknown = sorted(set(self.splits) - {"train", "test"})
         if unknown:
             raise ValueError(f"dataset {self.name!r}: CIFAR-100 has splits train and test, not {unknown}")
-        self.root = archive_folder(spec.get("root", "resources/cifar100")).parent
-        self.download = bool(spec.get("download", True))
+        self.root = archive_folder(self.spec["root"]).parent
+        self.download = bool(self.spec["download"])
         self._arrays: dict[str, np.ndarray] = {}
 
     def _load(self, split: str):

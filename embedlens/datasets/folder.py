@@ -42,8 +42,6 @@ from embedlens.datasets.base import DatasetScan, ImageDataset
 from embedlens.images import batch_decodable_jpeg, check_headers, decode_file
 from embedlens.manifest import MANIFEST_COLUMNS, SKIPPED_COLUMNS
 
-DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
 
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
@@ -69,7 +67,7 @@ class FolderDataset(ImageDataset):
             raise ValueError(f"dataset {self.name!r}: root: a folder kind needs root, the folder that "
                              f"holds the images (one sub-folder per class)")
         self.root = Path(os.path.expanduser(str(spec["root"]))).absolute()
-        extensions = spec.get("extensions") or DEFAULT_EXTENSIONS
+        extensions = self.spec["extensions"]
         bad = [e for e in extensions if not isinstance(e, str) or not e.startswith(".") or len(e) < 2]
         if bad:
             raise ValueError(f"dataset {self.name!r}: extensions: {bad} are not file endings; "

@@ -89,8 +89,8 @@ class HuggingFace(ImageDataset):
             raise ValueError(f"dataset {self.name!r}: kind huggingface needs path (a hub id or a local copy)")
         self.path = str(spec.get("path") or "")
         self.config_name = spec.get("config_name")
-        self.image_column = spec.get("image_column", "image")
-        self.label_column = spec.get("label_column", "label")
+        self.image_column = self.spec["image_column"]
+        self.label_column = self.spec["label_column"]
         self.data_files = spec.get("data_files")
         self.cache_dir = spec.get("cache_dir")
         self._key = json.dumps([self.path, self.config_name, self.data_files, self.cache_dir],

@@ -55,7 +55,6 @@ COLOURS = (
     ("cyan", (40, 195, 205), "turquoise", (46, 203, 196)),
 )
 BASE_DESIGNS = 49
-DEFAULT_IMAGES_PER_CLASS = {"train": 40, "test": 10}
 COLOUR_JITTER = 20.0
 # Each image's own background (see _clutter): a shading of up to +-1.5 * CLUTTER_SHADING / 2 grey levels
 # across the image and CLUTTER_BLOBS bumps of up to +-CLUTTER_BLOB_HEIGHT, each reaching CLUTTER_REACH[0]
@@ -273,13 +272,11 @@ class SyntheticDataset(ImageDataset):
     def __init__(self, spec: dict):
         super().__init__(spec)
         prefix = f"dataset {self.name!r}"
-        self.num_classes = self._integer("num_classes", 10, 2)
-        self.image_size = self._integer("image_size", 64, 16)
-        self.overlapping_pairs = self._integer("overlapping_pairs", 2, 0)
-        self.seed = self._integer("seed", 0, None)
-        per_class = spec.get("images_per_class")
-        if per_class is None:
-            per_class = dict(DEFAULT_IMAGES_PER_CLASS)
+        self.num_classes = self._integer("num_classes", 2)
+        self.image_size = self._integer("image_size", 16)
+        self.overlapping_pairs = self._integer("overlapping_pairs", 0)
+        self.seed = self._integer("seed", None)
+        per_class = self.spec["images_per_class"]
         if not isinstance(per_class, dict) or not per_class:
             raise ValueError(f"{prefix}: images_per_class must be a mapping split -> images per class, "
                              f"e.g. {{train: 40, test: 10}}; got {per_class!r}")
@@ -310,10 +307,8 @@ class SyntheticDataset(ImageDataset):
                              f"per pair)")
         self.designs = class_designs(self.num_classes, self.overlapping_pairs)
 
-    def _integer(self, key: str, default: int, minimum: int | None) -> int:
-        value = self.spec.get(key, default)
-        if value is None:
-            value = default
+    def _integer(self, key: str, minimum: int | None) -> int:
+        value = self.spec[key]
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"dataset {self.name!r}: {key} must be an integer; got {value!r}")
         if minimum is not None and value < minimum:

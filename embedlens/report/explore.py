@@ -26,13 +26,12 @@ from embedlens.atomic import write_text_atomic
 from embedlens.datasets import ImageDataset
 from embedlens.images import short_reason
 from embedlens.parallel import ordered_map
-from embedlens.plots import embedding_map
+from embedlens.plots import UMAP_MIN_DIST, UMAP_NEIGHBOURS, embedding_map
 from embedlens.report.media import SHEET_COLUMNS, thumbnail, thumbnail_sheets
 from embedlens.report.render import number, render, script_json
 from embedlens.store import FeatureStore
 
 KEYS = ["split", "index_in_split"]
-UMAP_NEIGHBOURS = 15
 THUMBNAIL_CHUNK = 500  # images per decoding task
 
 
@@ -54,8 +53,8 @@ def sample_points(total: int, limit: int, seed: int) -> np.ndarray:
 
 
 def project_2d(features: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
-    """2-D coordinates of ``features`` and the method's name: UMAP on cosine distance (15 neighbours,
-    seeded, so the same run gives the same map); for fewer than 5 points, where UMAP has no
+    """2-D coordinates of ``features`` and the method's name: UMAP on cosine distance
+    (:data:`~embedlens.plots.UMAP_NEIGHBOURS`, seeded, so the same run gives the same map); for fewer than 5 points, where UMAP has no
     neighbourhoods to work with, the first two principal components."""
     features = np.asarray(features, dtype=np.float32)
     if len(features) < 5:
@@ -66,9 +65,9 @@ def project_2d(features: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
         return coords, "PCA (too few points for UMAP)"
     import umap  # numba compiles on import; only the explore rule pays for it
 
-    reducer = umap.UMAP(n_neighbors=min(UMAP_NEIGHBOURS, len(features) - 1), metric="cosine", random_state=seed,
-                        n_jobs=1)
-    return reducer.fit_transform(features), "UMAP (cosine, 15 neighbours)"
+    reducer = umap.UMAP(n_neighbors=min(UMAP_NEIGHBOURS, len(features) - 1), min_dist=UMAP_MIN_DIST,
+                        metric="cosine", random_state=seed, n_jobs=1)
+    return reducer.fit_transform(features), f"UMAP (cosine, {UMAP_NEIGHBOURS} neighbours)"
 
 
 def read_map_columns(path: str | Path) -> pd.DataFrame:
