@@ -247,7 +247,7 @@ def test_head_outputs_stream_what_the_full_probabilities_give():
 
 
 def test_kmeans_at_scale_fits_a_sample_and_assigns_every_row_in_blocks(monkeypatch):
-    import embedlens.cluster.kmeans as kmeans_module
+    import embedlens.kmeans as kmeans_module
 
     features, labels = blobs(per_class=60)  # 300 rows
     sampled = dataclasses.replace(settings().kmeans, fit_rows=100)
