@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from embedlens.config import settings_values
 from embedlens.pseudo_labels import PSEUDO
 
 CLASSIFIERS = ("linear", "mlp")
@@ -75,12 +76,7 @@ class DistillSettings:
         """Build from a validated config's ``distill`` section (every key present: validation fills in
         the schema's defaults; :func:`embedlens.config.section_defaults` gives them outside the
         workflow; ``enabled`` may be there or not). The error names unknown and missing keys."""
-        values = {key: value for key, value in section.items() if key != "enabled"}
-        known = {field.name for field in fields(cls)}
-        unknown, missing = sorted(set(values) - known), sorted(known - set(values))
-        if unknown or missing:
-            raise ValueError(f"distill: unknown key(s) {unknown}, missing key(s) {missing}; validate the config "
-                             f"against embedlens/config.schema.yaml (it fills in the defaults)")
+        values = settings_values("distill", {key: value for key, value in section.items() if key != "enabled"}, cls)
         for key in CANDIDATE_KEYS:
             values[key] = tuple(values[key]) if isinstance(values[key], (list, tuple)) else (values[key],)
         return cls(**values)

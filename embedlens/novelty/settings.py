@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from embedlens.config import settings_values
 
 # Keys of the section that decide which jobs exist, not what a job computes; the rules leave them out.
 WORKFLOW_KEYS = ("enabled", "score_datasets")
@@ -56,14 +58,8 @@ class NoveltySettings:
         missing keys, as every stage's settings do."""
         values = {key: value for key, value in section.items() if key not in WORKFLOW_KEYS}
         values.setdefault("splits", None)
-        quality = values.get("quality", {})
-        for name, part, kind in (("novelty", values, cls), ("novelty.quality", quality, QualitySettings)):
-            known = {field.name for field in fields(kind)}
-            unknown, missing = sorted(set(part) - known), sorted(known - set(part))
-            if unknown or missing:
-                raise ValueError(f"{name}: unknown key(s) {unknown}, missing key(s) {missing}; validate the config "
-                                 "against embedlens/config.schema.yaml (it fills in the defaults)")
-        values["quality"] = QualitySettings(**quality)
+        values = settings_values("novelty", values, cls)
+        values["quality"] = QualitySettings(**settings_values("novelty.quality", values["quality"], QualitySettings))
         if values["splits"] is not None:
             values["splits"] = tuple(values["splits"])
         return cls(**values)
