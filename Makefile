@@ -63,8 +63,11 @@ browser:
 	  || echo "could not install chromium and chromium-driver: the browser test will be skipped"; \
 	else echo "chromium and chromium-driver are missing (install them as root): the browser test will be skipped"; fi
 
+# Two pytest workers, each test file on one: the workflow tests spend much of their time waiting on
+# Snakemake, SLURM and apt, so two at a time finish sooner even on two cores.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.installed-demo
 	$(BIN)/snakemake $(CONFIG_FLAGS) --lint
