@@ -17,6 +17,7 @@
 #     {RESULTS}/{dataset}/{backbone}/novelty/map_columns.csv   each image's cluster and held-out kNN distance, for the explore map
 #
 # fit.json, quality.json and score/{new}/score.json carry the figures from each rule to novelty_summary.
+# novelty_quality checkpoints each finished draw in novelty/checkpoints/quality/ and resumes from them when killed.
 
 NOVELTY = config["novelty"]
 NOVELTY_SCORED = list(NOVELTY["score_datasets"])
@@ -91,6 +92,7 @@ rule novelty_quality:
         novelty=NOVELTY_SETTINGS,
         dataset=dataset_spec,
         recipe=feature_recipe,
+        checkpoints=f"{NOVELTY_DIR}/checkpoints/quality",
     resources:
         mem_mb=features_mem_mb,
         runtime=lambda wildcards, input, attempt: features_runtime(wildcards, input, attempt) * max(

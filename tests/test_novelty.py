@@ -464,3 +464,41 @@ def test_the_images_are_read_chunk_by_chunk_into_one_float32_array(tmp_path, mon
     assert features.dtype == np.float32
     np.testing.assert_array_equal(features, np.concatenate([splits["test"].features, splits["train"].features]))
     assert rows["source"].tolist() == [f"test{2 * i}" for i in range(6)] + [f"train{i}" for i in range(11)]
+
+
+def test_killed_quality_draws_resume_where_they_stopped_and_give_the_uninterrupted_result(tmp_path, monkeypatch):
+    import embedlens.novelty.quality as quality
+
+    features, labels = blobs(classes=8, per_class=20, spread=0.1)
+    settings = novelty_settings(quality={"unseen_fraction": 0.25, "draws": 3}, knn_k=5, k=4)
+    uninterrupted = unseen_class_quality(features, labels, settings)
+    fits, fit_model_itself = [], quality.fit_model
+
+    def killed_after_the_first_draw(*args, **kwargs):
+        if len(fits) == 1:
+            raise KeyboardInterrupt("killed")
+        fits.append(args[0])
+        return fit_model_itself(*args, **kwargs)
+
+    monkeypatch.setattr(quality, "fit_model", killed_after_the_first_draw)
+    with pytest.raises(KeyboardInterrupt):
+        unseen_class_quality(features, labels, settings, folder=tmp_path / "draws")
+    assert sorted(path.name for path in (tmp_path / "draws").iterdir()) == ["draw-0.json"]
+
+    def counted(*args, **kwargs):
+        fits.append(args[0])
+        return fit_model_itself(*args, **kwargs)
+
+    monkeypatch.setattr(quality, "fit_model", counted)
+    fits.clear()
+    messages = []
+    resumed = unseen_class_quality(features, labels, settings, folder=tmp_path / "draws", report=messages.append)
+    assert messages == ["resumed: 1 of 3 draws done"]
+    assert len(fits) == 2  # the finished draw was not fitted again
+    pd.testing.assert_frame_equal(resumed, uninterrupted)
+    # other settings do not reuse the markers: every draw is fitted again
+    fits.clear()
+    messages.clear()
+    unseen_class_quality(features, labels, novelty_settings(quality={"unseen_fraction": 0.25, "draws": 3}, knn_k=4, k=4),
+                         folder=tmp_path / "draws", report=messages.append)
+    assert len(fits) == 3 and messages == []
