@@ -69,7 +69,7 @@ rule novelty_fit:
         dataset=dataset_spec,
         recipe=feature_recipe,
     resources:
-        mem_mb=features_mem_mb,
+        mem_mb=job_mem_mb("novelty"),
         runtime=features_runtime,
     log:
         f"{RESULTS}/logs/novelty_fit/{{dataset}}/{{backbone}}.log",
@@ -94,7 +94,7 @@ rule novelty_quality:
         recipe=feature_recipe,
         checkpoints=f"{NOVELTY_DIR}/checkpoints/quality",
     resources:
-        mem_mb=features_mem_mb,
+        mem_mb=job_mem_mb("novelty"),
         runtime=lambda wildcards, input, attempt: features_runtime(wildcards, input, attempt) * max(
             1, NOVELTY["quality"]["draws"]),
     log:
@@ -123,7 +123,7 @@ rule novelty_score:
         dataset=lambda wildcards: entry(config, "datasets", wildcards.new),
         recipe=new_dataset_recipe,
     resources:
-        mem_mb=features_mem_mb,
+        mem_mb=job_mem_mb("novelty"),
         runtime=features_runtime,
     log:
         f"{RESULTS}/logs/novelty_score/{{dataset}}/{{backbone}}/{{new}}.log",
