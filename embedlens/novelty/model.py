@@ -84,6 +84,7 @@ class NoveltyModel:
         """The scores and flags of each row of ``features`` (raw embeddings, the backbone's), or of the
         rows at positions ``rows`` of it, in order, columns :data:`SCORE_COLUMNS`. The rows are taken
         :data:`BLOCK_ROWS` at a time, so no copy of them all is made."""
+        features = np.asarray(features)
         positions = np.arange(len(features)) if rows is None else np.asarray(rows, dtype=np.int64)
         if not len(positions):
             return pd.DataFrame({name: pd.Series(dtype=bool if name in ("novel", "surprising", "knn_novel")
