@@ -15,8 +15,11 @@ with the peak resident memory of that process (``os.wait4``) and what the rule d
     python benchmarks/stage_scale.py --rows 20000 --stages cluster_temi audit_labels --folder /tmp/scale
 
 Stages: classify (the classifier's training and its test predictions), cluster_kmeans, cluster_temi,
-cluster_results (pseudo labels and metrics), audit_duplicates, audit_labels. Novelty and distillation
-are not measured here yet.
+cluster_results (pseudo labels and metrics), audit_duplicates, audit_labels, novelty (novelty_fit's code:
+the fit with k = 20 and one k-means start, the map columns and the PCA map; then one quality draw, as
+novelty_quality runs it) and distill (distill_fit's code with one expert of 3 epochs and 2 matching
+iterations, distill_evaluate's with one candidate, one seed and one epoch, distill_neighbours' search).
+Each of novelty and distill runs its rules' code in one process, so its peak bounds each of those rules.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import numpy as np
 
 from embedlens.resources import declared_mem_mb
 
-STAGES = ("classify", "cluster_kmeans", "cluster_temi", "cluster_results", "audit_duplicates", "audit_labels")
+STAGES = ("classify", "cluster_kmeans", "cluster_temi", "cluster_results", "audit_duplicates", "audit_labels",
+          "novelty", "distill")
 TEST_FRACTION = 0.05
 
 
@@ -109,6 +113,10 @@ def run_stage(stage: str, store_path: Path, folder: Path, device: str) -> None:
             results_document("kmeans", clusters, {"train": Assignment(train.index, cluster, train.labels),
                                                   "test": Assignment(test.index, test.labels, test.labels)}, {},
                              settings)
+    elif stage == "novelty":
+        run_novelty(store, store_path, roles)
+    elif stage == "distill":
+        run_distill(store, store_path, roles, device)
     elif stage == "classify":
         from embedlens.classify.data import ClassSet, load_rows
         from embedlens.classify.settings import ClassifySettings
@@ -138,6 +146,57 @@ def run_stage(stage: str, store_path: Path, folder: Path, device: str) -> None:
 
             features, rows = labelled_features(store, settings.label_splits)
             check_labels(features, rows, store.class_names, settings, device=device, folder=folder / "labels")
+
+
+def run_novelty(store, store_path: Path, roles) -> None:
+    """novelty_fit's and novelty_quality's code (no checkpoint folder: a rerun must not resume)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from embedlens.novelty.fit import fit_novelty, pca_map
+    from embedlens.novelty.quality import unseen_class_quality
+    from embedlens.novelty.results import map_columns, read_images
+    from embedlens.novelty.settings import NoveltySettings
+    from embedlens.roles import stage_defaults
+
+    section = stage_defaults("novelty", roles)
+    settings = NoveltySettings.from_config({**section, "k": 20, "n_init": 1,
+                                            "quality": {**section["quality"], "draws": 1}})
+    no_files = SimpleNamespace(source_file=lambda split, source: None)
+    features, rows = read_images(store, pd.read_csv(store_path.with_suffix(".csv")), no_files, settings.splits)
+    fit = fit_novelty(features, settings)
+    map_columns(rows, fit, features)
+    pca_map(fit.model, points=settings.scatter_points, seed=settings.seed)
+    del fit
+    unseen_class_quality(features, rows["label"].to_numpy(), settings, store.class_names)
+
+
+def run_distill(store, store_path: Path, roles, device) -> None:
+    """distill_fit's, distill_evaluate's and distill_neighbours' code, training cut short."""
+    import pandas as pd
+
+    from embedlens.distill.data import read_rows
+    from embedlens.distill.evaluation import choose_training, chosen_training, evaluate
+    from embedlens.distill.matching import distill
+    from embedlens.distill.pictures import nearest_real
+    from embedlens.distill.settings import DistillSettings
+    from embedlens.roles import stage_defaults
+
+    settings = DistillSettings.from_config({**stage_defaults("distill", roles), "experts": 1, "expert_epochs": 3,
+                                            "max_start_epoch": 1, "iterations": 2, "eval_seeds": 1,
+                                            "eval_epochs": [1], "eval_lr": [0.1], "full_epochs": [1],
+                                            "full_lr": [0.1]})
+    classes = len(store.class_names)
+    rows = read_rows(store, settings)
+    distilled = distill(rows.fit.features, rows.fit.labels, classes, settings, device)
+    choices = choose_training(distilled, rows.fit, rows.validation, classes, settings, device)
+    evaluate(distilled, rows.fit, rows.test, classes, settings, device, chosen_training(choices))
+    del rows
+    manifest = pd.read_csv(store_path.with_suffix(".csv"))
+    nearest_real(distilled, store.features(settings.train_split),
+                 store.join_manifest(settings.train_split, manifest), store.class_names, settings.neighbours,
+                 device=device)
 
 
 def measure(stage: str, store_path: Path, folder: Path, device: str) -> tuple[float, float]:

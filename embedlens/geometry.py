@@ -64,9 +64,8 @@ class Standardizer:
 
     @classmethod
     def fit(cls, features: np.ndarray) -> Standardizer:
-        features = np.asarray(features, dtype=np.float64)
-        std = features.std(axis=0)
-        return cls(features.mean(axis=0).astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
+        """The statistics of ``features``, from float64 sums block by block (:func:`column_statistics`)."""
+        return cls(*column_statistics(features))
 
     def forward(self, features: np.ndarray) -> np.ndarray:
         return ((np.asarray(features, dtype=np.float32) - self.mean) / self.std).astype(np.float32)

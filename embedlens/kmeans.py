@@ -26,6 +26,14 @@ def kmeans_space(features: np.ndarray, normalize: bool) -> np.ndarray:
     return (l2_normalize(features) if normalize else np.asarray(features)).astype(np.float32, copy=False)
 
 
+def sample_rows(count: int, limit: int, seed: int) -> np.ndarray:
+    """Positions ``0..count-1``, or a seeded random sample of ``limit`` of them (ascending) when there
+    are more: the rows a fit at scale is made on."""
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
+
+
 def fit_kmeans(features: np.ndarray, clusters: int, settings: KmeansOptions, seed: int) -> KMeans:
     """k-means with ``clusters`` clusters (``settings.n_init`` restarts, ``seed``) on the raw embeddings
     ``features`` (normalised here when ``settings.normalize``). Stages check the image count first and

@@ -10,7 +10,9 @@ from __future__ import annotations
 # job -> (constant MB, MB per MB of feature store). Measured peaks (stage_scale.py, CPU) at 20,000 /
 # 100,000 train rows x 1,024 dims (stores of 88 / 434 MB) rise by the factor in brackets per MB of store:
 # classify 1,076 / 1,729 MB (1.9), cluster_kmeans 953 / 1,279 (0.9), cluster_temi 2,836 / 3,130 (0.9),
-# cluster_results 887 / 1,271 (1.1), audit_duplicates 834 / 924 (0.3), audit_labels 1,320 / 2,524 (3.5).
+# cluster_results 887 / 1,271 (1.1), audit_duplicates 834 / 924 (0.3), audit_labels 1,320 / 2,524 (3.5),
+# novelty 1,139 / 2,473 (3.9; its k-means fit copies every fit row below novelty.fit_rows = 200,000, a
+# bounded sample above, so the factor overstates it at ImageNet size), distill 1,627 / 2,403 (2.2).
 # Declared: the constant rounded up, the factor about 1.3 times the measured one.
 JOB_MEMORY = {
     "classify": (1500, 2.5),
@@ -19,6 +21,8 @@ JOB_MEMORY = {
     "cluster_results": (1500, 1.5),
     "audit_duplicates": (1500, 0.5),
     "audit_labels": (1500, 4.5),
+    "novelty": (1500, 5.0),
+    "distill": (2000, 2.8),
 }
 
 def declared_mem_mb(job: str, store_mb: float) -> int:

@@ -187,12 +187,6 @@ def features_mb(input):
     return sum(os.path.getsize(path) for path in paths if os.path.exists(path)) / 1e6
 
 
-def features_mem_mb(wildcards, input, attempt):
-    """Memory of a job that holds a feature store in memory: about four copies of the features (raw,
-    normalised, a reference for the k-NN search, the rows it scores) plus the libraries."""
-    return int((2000 + 4 * features_mb(input)) * attempt)
-
-
 def job_mem_mb(job):
     """A resources function: the memory ``job`` declares for its feature store
     (embedlens.resources.declared_mem_mb, measured by benchmarks/stage_scale.py), more with each retry."""

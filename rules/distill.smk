@@ -44,7 +44,7 @@ rule distill_fit:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=features_mem_mb,
+        mem_mb=job_mem_mb("distill"),
         runtime=distill_runtime,
     log:
         f"{RESULTS}/logs/distill_fit/{{dataset}}/{{backbone}}.log",
@@ -71,7 +71,7 @@ rule distill_evaluate:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=features_mem_mb,
+        mem_mb=job_mem_mb("distill"),
         runtime=distill_runtime,
     log:
         f"{RESULTS}/logs/distill_evaluate/{{dataset}}/{{backbone}}.log",
@@ -96,7 +96,7 @@ rule distill_neighbours:
         dataset=dataset_spec,
         recipe=feature_recipe,
     resources:
-        mem_mb=features_mem_mb,
+        mem_mb=job_mem_mb("distill"),
         runtime=features_runtime,
     log:
         f"{RESULTS}/logs/distill_neighbours/{{dataset}}/{{backbone}}.log",

@@ -17,6 +17,7 @@
 #     {RESULTS}/{dataset}/{backbone}/novelty/map_columns.csv   each image's cluster and held-out kNN distance, for the explore map
 #
 # fit.json, quality.json and score/{new}/score.json carry the figures from each rule to novelty_summary.
+# novelty_quality checkpoints each finished draw in novelty/checkpoints/quality/ and resumes from them when killed.
 
 NOVELTY = config["novelty"]
 NOVELTY_SCORED = list(NOVELTY["score_datasets"])
@@ -68,7 +69,7 @@ rule novelty_fit:
         dataset=dataset_spec,
         recipe=feature_recipe,
     resources:
-        mem_mb=features_mem_mb,
+        mem_mb=job_mem_mb("novelty"),
         runtime=features_runtime,
     log:
         f"{RESULTS}/logs/novelty_fit/{{dataset}}/{{backbone}}.log",
@@ -91,8 +92,9 @@ rule novelty_quality:
         novelty=NOVELTY_SETTINGS,
         dataset=dataset_spec,
         recipe=feature_recipe,
+        checkpoints=f"{NOVELTY_DIR}/checkpoints/quality",
     resources:
-        mem_mb=features_mem_mb,
+        mem_mb=job_mem_mb("novelty"),
         runtime=lambda wildcards, input, attempt: features_runtime(wildcards, input, attempt) * max(
             1, NOVELTY["quality"]["draws"]),
     log:
@@ -121,7 +123,7 @@ rule novelty_score:
         dataset=lambda wildcards: entry(config, "datasets", wildcards.new),
         recipe=new_dataset_recipe,
     resources:
-        mem_mb=features_mem_mb,
+        mem_mb=job_mem_mb("novelty"),
         runtime=features_runtime,
     log:
         f"{RESULTS}/logs/novelty_score/{{dataset}}/{{backbone}}/{{new}}.log",

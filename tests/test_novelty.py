@@ -10,14 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import embedlens.novelty.model as novelty_model
+import embedlens.store as store_module
 from embedlens.config import section_defaults
-from embedlens.novelty.fit import elbow_k, fit_novelty, k_range, split_fit_holdout
+from embedlens.novelty.fit import elbow_k, fit_novelty, k_range, pca_map, split_fit_holdout
 from embedlens.novelty.model import SCORE_COLUMNS, NoveltyModel, fit_model, own_knn_distances
 from embedlens.novelty.quality import (detection_quality, fpr_at_tpr, measure_quality, quality_document,
                                        summarize_quality, unseen_class_quality, unseen_count)
-from embedlens.novelty.results import check_model_matches, figure_images, fit_document, map_columns, most_novel_images
+from embedlens.novelty.results import (check_model_matches, figure_images, fit_document, map_columns, most_novel_images,
+                                       read_images)
 from embedlens.novelty.settings import NoveltyInputError, NoveltySettings
 from embedlens.novelty.summary import novelty_summary
+from embedlens.store import FeatureStore, SplitFeatures, write_store
 
 
 def novelty_settings(quality: dict | None = None, **changes) -> NoveltySettings:
@@ -378,3 +382,123 @@ def test_map_columns_give_every_image_its_cluster_and_held_out_images_their_knn_
     distances = table["novelty kNN distance"]
     assert distances.isna().sum() == len(fit.fit_rows)
     np.testing.assert_allclose(distances.iloc[fit.held_out_rows], fit.scores["knn_distance"])
+
+
+# -- at scale: streamed (blocks, samples) against an explicit in-memory float64 computation -------------
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(novelty_model, "BLOCK_ROWS", 7)
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float64)
+    return features / np.linalg.norm(features, axis=1, keepdims=True)
+
+
+def explicit_nearest(prepared: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid and distance from the whole float64 distance matrix."""
+    distances = np.linalg.norm(prepared[:, None] - np.asarray(centroids, np.float64)[None], axis=2)
+    return distances.argmin(axis=1), distances.min(axis=1)
+
+
+def test_the_centres_come_from_a_seeded_sample_and_the_statistics_and_scores_from_every_row_in_blocks(small_blocks):
+    from sklearn.cluster import KMeans
+
+    features, _ = blobs(classes=4, per_class=30, dim=8)
+    settings = novelty_settings(fit_rows=50, knn_k=3)
+    model = fit_model(features, 4, settings)
+    sample = np.sort(np.random.default_rng(settings.seed).choice(120, 50, replace=False))
+    unit = unit_rows(features)
+    centres = KMeans(4, n_init=settings.n_init, random_state=settings.seed).fit(unit[sample].astype(np.float32))
+    np.testing.assert_allclose(model.centroids, centres.cluster_centers_, rtol=1e-5, atol=1e-6)
+    cluster, distance = explicit_nearest(unit, model.centroids)  # every fit row, not only the sample
+    for c in range(4):
+        assert model.cluster_mean[c] == pytest.approx(distance[cluster == c].mean(), rel=1e-5)
+        assert model.cluster_std[c] == pytest.approx(distance[cluster == c].std(), rel=1e-4)
+    assert model.surprise_threshold == pytest.approx(np.quantile(distance / model.centroid_spacing, 0.95), rel=1e-5)
+    queries = np.concatenate([features, blobs(classes=2, per_class=10, dim=8, seed=3)[0]])
+    rows = np.array([125, 3, 139, 60, 0, 131, 77, 128, 119, 124, 130, 2, 5, 133, 50, 110])  # 3 blocks of 7
+    scores = model.score(queries, rows)
+    q_cluster, q_distance = explicit_nearest(unit_rows(queries[rows]), model.centroids)
+    assert scores["cluster"].tolist() == q_cluster.tolist()
+    np.testing.assert_allclose(scores["centroid_distance"], q_distance, rtol=1e-5)
+    np.testing.assert_allclose(scores["novelty_score"], (q_distance - model.cluster_mean[q_cluster])
+                               / model.cluster_std[q_cluster], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scores["knn_distance"], brute_force_knn_distance(queries[rows], features, 3), atol=1e-5)
+    pd.testing.assert_frame_equal(scores, model.score(queries[rows]))
+
+
+def test_map_columns_and_the_pca_map_match_the_in_memory_float64_computation(small_blocks):
+    features, _ = blobs(classes=3, per_class=20, dim=6)
+    fit = fit_novelty(features, novelty_settings(k=3))
+    rows = pd.DataFrame({"split": ["train"] * 60, "index_in_split": np.arange(60)})
+    cluster, _ = explicit_nearest(unit_rows(features), fit.model.centroids)
+    assert map_columns(rows, fit, features)["novelty cluster"].tolist() == [f"cluster {c}" for c in cluster]
+    # PCA of a seeded sample of the fit rows (only the sample is prepared), by SVD in float64
+    xy, clusters, centroid_xy, explained = pca_map(fit.model, points=20, seed=4)
+    sample = unit_rows(features[fit.fit_rows][np.sort(np.random.default_rng(4).choice(len(fit.fit_rows), 20,
+                                                                                       replace=False))])
+    mean = sample.mean(axis=0)
+    _, singular, axes = np.linalg.svd(sample - mean, full_matrices=False)
+    expected = (sample - mean) @ axes[:2].T
+    signs = np.sign((xy * expected).sum(axis=0))  # each axis is defined up to its sign
+    np.testing.assert_allclose(xy * signs, expected, atol=1e-5)
+    np.testing.assert_allclose(centroid_xy * signs, (fit.model.centroids - mean) @ axes[:2].T, atol=1e-5)
+    np.testing.assert_allclose(explained, (singular ** 2 / (singular ** 2).sum())[:2], rtol=1e-4)
+    assert clusters.tolist() == explicit_nearest(sample, fit.model.centroids)[0].tolist()
+
+
+def test_the_images_are_read_chunk_by_chunk_into_one_float32_array(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "chunk_rows_for", lambda dim: 4)
+    rng = np.random.default_rng(0)
+    splits = {"train": SplitFeatures(rng.normal(size=(11, 3)).astype(np.float32), np.arange(11) % 3, np.arange(11)),
+              "test": SplitFeatures(rng.normal(size=(6, 3)).astype(np.float32), np.arange(6) % 3, np.arange(6) * 2)}
+    write_store(tmp_path / "store.h5", splits, {"dataset": "toy"})
+    manifest = pd.concat([pd.DataFrame({"split": name, "index_in_split": data.index, "label": data.labels,
+                                        "class_name": "c", "source": [f"{name}{i}" for i in data.index]})
+                          for name, data in splits.items()])
+    dataset = SimpleNamespace(source_file=lambda split, source: None)
+    features, rows = read_images(FeatureStore(tmp_path / "store.h5"), manifest, dataset, ["test", "train"])
+    assert features.dtype == np.float32
+    np.testing.assert_array_equal(features, np.concatenate([splits["test"].features, splits["train"].features]))
+    assert rows["source"].tolist() == [f"test{2 * i}" for i in range(6)] + [f"train{i}" for i in range(11)]
+
+
+def test_killed_quality_draws_resume_where_they_stopped_and_give_the_uninterrupted_result(tmp_path, monkeypatch):
+    import embedlens.novelty.quality as quality
+
+    features, labels = blobs(classes=8, per_class=20, spread=0.1)
+    settings = novelty_settings(quality={"unseen_fraction": 0.25, "draws": 3}, knn_k=5, k=4)
+    uninterrupted = unseen_class_quality(features, labels, settings)
+    fits, fit_model_itself = [], quality.fit_model
+
+    def killed_after_the_first_draw(*args, **kwargs):
+        if len(fits) == 1:
+            raise KeyboardInterrupt("killed")
+        fits.append(args[0])
+        return fit_model_itself(*args, **kwargs)
+
+    monkeypatch.setattr(quality, "fit_model", killed_after_the_first_draw)
+    with pytest.raises(KeyboardInterrupt):
+        unseen_class_quality(features, labels, settings, folder=tmp_path / "draws")
+    assert sorted(path.name for path in (tmp_path / "draws").iterdir()) == ["draw-0.json"]
+
+    def counted(*args, **kwargs):
+        fits.append(args[0])
+        return fit_model_itself(*args, **kwargs)
+
+    monkeypatch.setattr(quality, "fit_model", counted)
+    fits.clear()
+    messages = []
+    resumed = unseen_class_quality(features, labels, settings, folder=tmp_path / "draws", report=messages.append)
+    assert messages == ["resumed: 1 of 3 draws done"]
+    assert len(fits) == 2  # the finished draw was not fitted again
+    pd.testing.assert_frame_equal(resumed, uninterrupted)
+    # other settings do not reuse the markers: every draw is fitted again
+    fits.clear()
+    messages.clear()
+    unseen_class_quality(features, labels, novelty_settings(quality={"unseen_fraction": 0.25, "draws": 3}, knn_k=4, k=4),
+                         folder=tmp_path / "draws", report=messages.append)
+    assert len(fits) == 3 and messages == []

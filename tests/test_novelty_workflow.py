@@ -68,6 +68,7 @@ def test_novelty_fits_scores_and_later_scores_new_images_without_refitting(tmp_p
     assert "novelty kNN distance" in (tmp_path / "results/shapes/tiny/explore.html").read_text()
     model = NoveltyModel.load(novelty / "model.h5")
     assert model.k == fit["k"] and len(model.reference) == fit["fit_images"]
+    assert not (novelty / "checkpoints").exists()  # the quality draws' markers go once the tables are written
 
     # Tomorrow's images: a folder with a broken file, scored against the saved model.
     root = tmp_path / "tomorrow"

@@ -10,7 +10,7 @@ import pytest
 
 import embedlens.geometry as geometry
 from embedlens.cluster.pseudo import representatives
-from embedlens.geometry import class_centroids, column_statistics, l2_normalize, row_norms
+from embedlens.geometry import Standardizer, class_centroids, column_statistics, l2_normalize, row_norms
 from embedlens.store import FeatureStore, SplitFeatures, read_rows, write_store
 
 
@@ -59,6 +59,9 @@ def test_column_statistics_in_blocks(small_blocks):
     expected_std = features.astype(np.float64).std(axis=0)
     np.testing.assert_allclose(mean, features.astype(np.float64).mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(std, np.where(expected_std > 0, expected_std, 1.0), rtol=1e-5)
+    standardizer = Standardizer.fit(features)  # the distillation's: the same block-wise statistics
+    np.testing.assert_array_equal(standardizer.mean, mean)
+    np.testing.assert_array_equal(standardizer.std, std)
 
 
 def test_representatives_in_blocks_are_the_members_nearest_their_centre(small_blocks):

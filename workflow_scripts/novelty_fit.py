@@ -42,8 +42,7 @@ write_table(map_columns(rows, fit, features), output.map_columns)
 curve(fit.curve["k"], fit.curve["inertia"], output.elbow, xlabel="k (clusters)", ylabel="inertia per image",
       marked_x=model.k, marked_label=f"chosen k = {model.k}" + ("" if fit.searched else " (novelty.k)"),
       title=f"{name} x {backbone}: k-means inertia")
-xy, clusters, centroid_xy, explained = pca_map(features[fit.fit_rows], model, points=settings.scatter_points,
-                                               seed=settings.seed)
+xy, clusters, centroid_xy, explained = pca_map(model, points=settings.scatter_points, seed=settings.seed)
 scatter_map(xy, clusters, output.pca, centers=centroid_xy, group_name="cluster",
             xlabel=f"PC 1 ({explained[0]:.0%} of variance)",
             ylabel=f"PC 2 ({explained[1]:.0%} of variance)" if len(explained) > 1 else "PC 2",

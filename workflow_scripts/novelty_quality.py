@@ -1,12 +1,14 @@
 """Rule novelty_quality: AUROC and FPR at 95% TPR of each score on held-out classes (mean and std over
 draws, k chosen in each draw on its seen classes), when the images have classes; otherwise empty tables
-and the reason in quality.json."""
+and the reason in quality.json. Each finished draw checkpoints in novelty/checkpoints/quality/, so a killed
+job started again resumes at the first draw not done."""
 
 import json
 
 import pandas as pd
 
 from embedlens.atomic import write_text_atomic
+from embedlens.checkpoint import remove_checkpoints
 from embedlens.datasets import open_dataset
 from embedlens.logs import exit_on, job_logger
 from embedlens.manifest import read_manifest, write_table
@@ -27,7 +29,8 @@ labels = rows["label"].to_numpy()
 reason = measure_quality(labels, settings)
 if reason is None:
     with exit_on(log, NoveltyInputError):
-        per_draw = unseen_class_quality(features, labels, settings, store.class_names)
+        per_draw = unseen_class_quality(features, labels, settings, store.class_names,
+                                        folder=snakemake.params.checkpoints, report=log.info)
     table = summarize_quality(per_draw)
     document = quality_document(per_draw, table, labels, settings)
     log.info("detection quality over %d draws, k per draw %s:\n%s", settings.quality.draws, document["k_per_draw"],
@@ -40,3 +43,4 @@ else:
 write_table(per_draw, snakemake.output.draws)
 write_table(table, snakemake.output.table)
 write_text_atomic(snakemake.output.document, json.dumps(document, indent=2) + "\n")
+remove_checkpoints(snakemake.params.checkpoints)

@@ -15,15 +15,13 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from embedlens.cluster.settings import ClusterInputError, KmeansSettings
-from embedlens.kmeans import assign, fit_kmeans
+from embedlens.kmeans import assign, fit_kmeans, sample_rows
 
 
 def fit_rows(rows: int, settings: KmeansSettings, seed: int) -> np.ndarray:
     """The train rows the centres are fitted on: all of them, or a seeded sample of
     ``settings.fit_rows`` (ascending) when there are more."""
-    if rows <= settings.fit_rows:
-        return np.arange(rows)
-    return np.sort(np.random.default_rng(seed).choice(rows, settings.fit_rows, replace=False))
+    return sample_rows(rows, settings.fit_rows, seed)
 
 
 @dataclass

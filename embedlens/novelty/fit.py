@@ -14,7 +14,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import pairwise_distances_argmin_min
 from sklearn.model_selection import train_test_split
 
-from embedlens.kmeans import fit_kmeans, kmeans_space
+from embedlens.kmeans import fit_kmeans, kmeans_space, sample_rows
 from embedlens.novelty.model import NoveltyModel, fit_model
 from embedlens.novelty.settings import NoveltyInputError, NoveltySettings
 
@@ -34,8 +34,7 @@ def inertia_curve(features: np.ndarray, ks: Sequence[int], settings: NoveltySett
     sees) for every k of ``ks``, on at most ``settings.search_sample`` rows of the raw embeddings
     ``features`` (a seeded random sample). Columns ``k, inertia``."""
     if len(features) > settings.search_sample:
-        chosen = np.random.default_rng(settings.seed).choice(len(features), settings.search_sample, replace=False)
-        features = features[np.sort(chosen)]
+        features = features[sample_rows(len(features), settings.search_sample, settings.seed)]
     inertias = [fit_kmeans(features, k, settings, settings.seed).inertia_ / len(features) for k in ks]
     return pd.DataFrame({"k": list(ks), "inertia": inertias})
 
@@ -100,7 +99,8 @@ class NoveltyFit:
 
 def fit_novelty(features: np.ndarray, settings: NoveltySettings, info: Mapping | None = None) -> NoveltyFit:
     """The whole stage on ``features`` (N, D raw embeddings): split, choose k on the fit part (or take
-    ``settings.k``), fit, score the held-out part."""
+    ``settings.k``), fit, score the held-out part. Memory: the fit part's rows (the kNN score's
+    reference) beside ``features``; everything else goes block by block or on samples."""
     features = np.asarray(features)
     fit_rows, held_out_rows = split_fit_holdout(len(features), settings.fit_fraction, settings.seed)
     fit_features = features[fit_rows]
@@ -112,24 +112,21 @@ def fit_novelty(features: np.ndarray, settings: NoveltySettings, info: Mapping |
     if model.knn_k < settings.knn_k:
         notes.append(f"The kNN score uses neighbour {model.knn_k}, not novelty.knn_k={settings.knn_k}: "
                      f"the fit part has only {len(fit_rows)} images.")
-    scores = model.score(features[held_out_rows])
+    scores = model.score(features, held_out_rows)
     return NoveltyFit(model, fit_rows, held_out_rows, curve, settings.k is None, scores, notes)
 
 
-def pca_map(fit_features: np.ndarray, model: NoveltyModel, *, points: int, seed: int
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A 2-D PCA of the fit embeddings (as k-means saw them) for drawing: ``(xy, clusters, centroid_xy,
-    explained)`` for at most ``points`` fit rows (seeded sample), the centroids projected the same way,
-    and the share of variance the two axes explain."""
-    prepared = kmeans_space(fit_features, model.normalize)
-    rows = np.arange(len(prepared))
-    if len(rows) > points:
-        rows = np.sort(np.random.default_rng(seed).choice(len(rows), points, replace=False))
-    components = min(2, len(rows), prepared.shape[1])
-    pca = PCA(n_components=components, random_state=seed).fit(prepared[rows])
-    xy = np.zeros((len(rows), 2))
-    xy[:, :components] = pca.transform(prepared[rows])
+def pca_map(model: NoveltyModel, *, points: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A 2-D PCA of the fit embeddings (the model's reference, as k-means saw them) for drawing: ``(xy,
+    clusters, centroid_xy, explained)`` for at most ``points`` fit rows (a seeded sample: only they are
+    prepared, fitted and projected), the centroids projected the same way, and the share of variance the
+    two axes explain."""
+    prepared = kmeans_space(model.reference[sample_rows(len(model.reference), points, seed)], model.normalize)
+    components = min(2, len(prepared), prepared.shape[1])
+    pca = PCA(n_components=components, random_state=seed).fit(prepared)
+    xy = np.zeros((len(prepared), 2))
+    xy[:, :components] = pca.transform(prepared)
     centroid_xy = np.zeros((model.k, 2))
     centroid_xy[:, :components] = pca.transform(model.centroids.astype(prepared.dtype))
-    clusters, _ = pairwise_distances_argmin_min(prepared[rows], model.centroids)
+    clusters, _ = pairwise_distances_argmin_min(prepared, model.centroids)
     return xy, clusters, centroid_xy, pca.explained_variance_ratio_

@@ -16,7 +16,8 @@ from sklearn.metrics import pairwise_distances_argmin_min
 from sklearn.metrics.pairwise import euclidean_distances
 
 from embedlens.atomic import atomic_path
-from embedlens.kmeans import fit_kmeans, kmeans_space
+from embedlens.geometry import BLOCK_ROWS
+from embedlens.kmeans import fit_kmeans, kmeans_space, sample_rows
 from embedlens.knn import cosine_topk
 from embedlens.novelty.settings import NoveltyInputError, NoveltySettings
 
@@ -27,6 +28,18 @@ spacing), so the two rank images identically and share their AUROC."""
 SCORE_COLUMNS = ["cluster", "centroid_distance", "novelty_score", "novel", "surprise_score", "surprising",
                  "knn_distance", "knn_novel"]
 MODEL_FORMAT = 1
+
+
+def nearest_centroid(features: np.ndarray, centroids: np.ndarray, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of each row of ``features`` (raw embeddings; L2-normalised first when
+    ``normalize``) and the distance to it, block by block (:data:`BLOCK_ROWS` rows), so no prepared copy
+    of the whole array is made."""
+    cluster, distance = np.empty(len(features), np.int64), np.empty(len(features))
+    for start in range(0, len(features), BLOCK_ROWS):
+        block = kmeans_space(features[start:start + BLOCK_ROWS], normalize)
+        stop = start + len(block)
+        cluster[start:stop], distance[start:stop] = pairwise_distances_argmin_min(block, centroids)
+    return cluster, distance
 
 
 @dataclass
@@ -57,9 +70,8 @@ class NoveltyModel:
         return len(self.centroids)
 
     def assign(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest centroid of each row of ``features`` (raw embeddings) and the distance to it."""
-        cluster, distance = pairwise_distances_argmin_min(kmeans_space(features, self.normalize), self.centroids)
-        return cluster.astype(np.int64), distance.astype(np.float64)
+        """Nearest centroid of each row of ``features`` (raw embeddings) and the distance to it, in blocks."""
+        return nearest_centroid(features, self.centroids, self.normalize)
 
     def knn_distances(self, features: np.ndarray) -> np.ndarray:
         """Cosine distance of each row to its ``knn_k``-th most similar reference embedding."""
@@ -68,16 +80,23 @@ class NoveltyModel:
         neighbours = cosine_topk(features, self.reference, k=self.knn_k)
         return 1.0 - neighbours.similarities[:, -1].astype(np.float64)
 
-    def score(self, features: np.ndarray) -> pd.DataFrame:
-        """The scores and flags of each row of ``features`` (raw embeddings, the backbone's), in
-        order, columns :data:`SCORE_COLUMNS`."""
+    def score(self, features: np.ndarray, rows: np.ndarray | None = None) -> pd.DataFrame:
+        """The scores and flags of each row of ``features`` (raw embeddings, the backbone's), or of the
+        rows at positions ``rows`` of it, in order, columns :data:`SCORE_COLUMNS`. The rows are taken
+        :data:`BLOCK_ROWS` at a time, so no copy of them all is made."""
         features = np.asarray(features)
-        if not len(features):
+        positions = np.arange(len(features)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if not len(positions):
             return pd.DataFrame({name: pd.Series(dtype=bool if name in ("novel", "surprising", "knn_novel")
                                                  else "int64" if name == "cluster" else "float64")
                                  for name in SCORE_COLUMNS})
-        cluster, distance = self.assign(features)
-        knn = self.knn_distances(features)
+        cluster, distance, knn = np.empty(len(positions), np.int64), np.empty(len(positions)), np.empty(len(positions))
+        for start in range(0, len(positions), BLOCK_ROWS):
+            part = positions[start:start + BLOCK_ROWS]
+            block = features[start:start + len(part)] if rows is None else features[part]
+            stop = start + len(part)
+            cluster[start:stop], distance[start:stop] = self.assign(block)
+            knn[start:stop] = self.knn_distances(block)
         novelty = (distance - self.cluster_mean[cluster]) / self.cluster_std[cluster]
         surprise = distance / self.centroid_spacing
         return pd.DataFrame({
@@ -124,7 +143,8 @@ def fit_model(features: np.ndarray, k: int, settings: NoveltySettings, *, calibr
     the scores need. With ``calibrate`` the kNN threshold is the ``flag_quantile`` of the fit rows' own
     kNN distances (on at most ``calibration_sample`` of them, seeded), else NaN (enough for AUROC).
     Without a ``surprise_threshold`` setting, the surprise threshold is the ``flag_quantile`` of the
-    fit rows' own surprise ratios.
+    fit rows' own surprise ratios. At scale the centres come from a seeded sample of
+    ``settings.fit_rows`` rows; every fit row is then assigned in blocks for the statistics.
 
     ``knn_k`` is lowered to the number of fit rows less one when there are fewer; k must be at least 2
     (the surprise score divides by the spacing of the centroids)."""
@@ -134,10 +154,12 @@ def fit_model(features: np.ndarray, k: int, settings: NoveltySettings, *, calibr
     if k > len(features):
         raise NoveltyInputError(f"k={k} clusters need at least {k} images to fit; there are {len(features)}. "
                                 "Lower novelty.k (or novelty.k_max), or add images")
-    prepared = kmeans_space(features, settings.normalize)
-    model_fit = fit_kmeans(features, k, settings, settings.seed)
-    centroids = model_fit.cluster_centers_
-    cluster, distance = pairwise_distances_argmin_min(prepared, centroids)
+    sample = sample_rows(len(features), settings.fit_rows, settings.seed)
+    if len(sample) < k:
+        raise NoveltyInputError(f"novelty.fit_rows = {settings.fit_rows} is fewer than the k={k} clusters; raise it")
+    centroids = fit_kmeans(features if len(sample) == len(features) else features[sample], k, settings,
+                           settings.seed).cluster_centers_
+    cluster, distance = nearest_centroid(features, centroids, settings.normalize)
     counts = np.bincount(cluster, minlength=k)
     sums = np.bincount(cluster, weights=distance, minlength=k)
     mean = sums / np.maximum(counts, 1)
@@ -164,10 +186,7 @@ def fit_model(features: np.ndarray, k: int, settings: NoveltySettings, *, calibr
 def own_knn_distances(model: NoveltyModel, seed: int, sample: int) -> np.ndarray:
     """The kNN score of (at most ``sample``, seeded) fit rows against the other fit rows: what the score
     looks like for images the model knows."""
-    count = len(model.reference)
-    rows = np.arange(count)
-    if count > sample:
-        rows = np.sort(np.random.default_rng(seed).choice(count, sample, replace=False))
+    rows = sample_rows(len(model.reference), sample, seed)
     neighbours = cosine_topk(model.reference[rows], model.reference, k=model.knn_k + 1)
     # Drop each row's own entry (or, when a duplicate outranked it, the last one) to leave k others.
     is_self = neighbours.indices == rows[:, None]

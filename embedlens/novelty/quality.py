@@ -4,12 +4,16 @@ true-positive rate of telling the unseen classes' images from held-out images of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from embedlens.atomic import write_text_atomic
+from embedlens.checkpoint import fingerprint
 from embedlens.novelty.fit import choose_k, split_fit_holdout
 from embedlens.novelty.model import SCORES, fit_model
 from embedlens.novelty.settings import NoveltyInputError, NoveltySettings
@@ -44,7 +48,8 @@ def unseen_count(classes: int, fraction: float) -> int:
 
 
 def unseen_class_quality(features: np.ndarray, labels: np.ndarray, settings: NoveltySettings,
-                         class_names: Sequence[str] | None = None) -> pd.DataFrame:
+                         class_names: Sequence[str] | None = None, *, folder: str | Path | None = None,
+                         report: Callable[[str], None] = lambda message: None) -> pd.DataFrame:
     """Measured detection quality: ``settings.quality.draws`` times, draw the unseen classes (seeded),
     split the other classes' images into a fit and a held-out part, choose k on that fit part alone
     (the elbow, or ``settings.k``: the unseen classes must not shape the model that is to find them),
@@ -52,30 +57,64 @@ def unseen_class_quality(features: np.ndarray, labels: np.ndarray, settings: Nov
     (positives).
 
     ``features`` (N, D) raw embeddings, ``labels`` (N,) (rows labelled -1 are left out). One row per
-    draw and score: :data:`DRAW_COLUMNS` (``k``: the draw's chosen k).
+    draw and score: :data:`DRAW_COLUMNS` (``k``: the draw's chosen k). ``folder``: where each finished
+    draw leaves its rows (``draw-N.json``, with the fingerprint of the data and settings), so that a
+    killed run started again skips the draws already done and gives the same table; ``report`` gets
+    one line saying how many were. Markers of other data or settings are ignored.
     """
     features, labels = np.asarray(features), np.asarray(labels)
-    labelled = labels >= 0
-    features, labels = features[labelled], labels[labelled]
-    classes = np.unique(labels)
+    labelled = np.flatnonzero(labels >= 0)
+    classes = np.unique(labels[labelled])
     count = unseen_count(len(classes), settings.quality.unseen_fraction)
+    draws = settings.quality.draws
+    key = fingerprint([settings.as_dict(), list(class_names or [])], features, labels) if folder else ""
+    done = finished_draws(Path(folder), key, draws) if folder else {}
+    if done:
+        report(f"resumed: {len(done)} of {draws} draws done")
     rng = np.random.default_rng(settings.seed)
     rows = []
-    for draw in range(settings.quality.draws):
-        unseen = np.sort(rng.choice(classes, count, replace=False))
-        is_unseen = np.isin(labels, unseen)
-        seen_positions = np.flatnonzero(~is_unseen)
-        fit_part, held_out = split_fit_holdout(len(seen_positions), settings.fit_fraction, settings.seed + draw)
-        fit_features = features[seen_positions[fit_part]]
-        k, _, _ = choose_k(fit_features, settings)
-        model = fit_model(fit_features, k, settings, calibrate=False)
-        scored = np.concatenate([seen_positions[held_out], np.flatnonzero(is_unseen)])
-        quality = detection_quality(is_unseen[scored], model.score(features[scored]))
-        names = ", ".join(str(class_names[c]) if class_names else str(c) for c in unseen.tolist())
-        for score, values in quality.items():
-            rows.append({"draw": draw, "score": score, **values, "k": k, "seen_images": len(held_out),
-                         "unseen_images": int(is_unseen.sum()), "unseen_classes": names})
+    for draw in range(draws):
+        unseen = np.sort(rng.choice(classes, count, replace=False))  # drawn for a finished draw too: same sequence
+        if draw not in done:
+            done[draw] = quality_draw(features, labels, labelled, unseen, draw, settings, class_names)
+            if folder:
+                write_text_atomic(_marker(Path(folder), draw), json.dumps({"key": key, "rows": done[draw]}) + "\n")
+        rows.extend(done[draw])
     return pd.DataFrame(rows, columns=DRAW_COLUMNS)
+
+
+def quality_draw(features: np.ndarray, labels: np.ndarray, labelled: np.ndarray, unseen: np.ndarray, draw: int,
+                 settings: NoveltySettings, class_names: Sequence[str] | None) -> list[dict]:
+    """One draw of :func:`unseen_class_quality` with the classes ``unseen`` held out, on the rows
+    ``labelled``: its rows of :data:`DRAW_COLUMNS`. Only the fit part is copied (the kNN reference);
+    the scored rows are taken from ``features`` block by block."""
+    is_unseen = np.isin(labels, unseen)
+    seen_positions, unseen_positions = labelled[~is_unseen[labelled]], labelled[is_unseen[labelled]]
+    fit_part, held_out = split_fit_holdout(len(seen_positions), settings.fit_fraction, settings.seed + draw)
+    fit_features = features[seen_positions[fit_part]]
+    k, _, _ = choose_k(fit_features, settings)
+    model = fit_model(fit_features, k, settings, calibrate=False)
+    scored = np.concatenate([seen_positions[held_out], unseen_positions])
+    quality = detection_quality(is_unseen[scored], model.score(features, scored))
+    names = ", ".join(str(class_names[c]) if class_names else str(c) for c in unseen.tolist())
+    return [{"draw": draw, "score": score, **values, "k": int(k), "seen_images": int(len(held_out)),
+             "unseen_images": int(len(unseen_positions)), "unseen_classes": names} for score, values in quality.items()]
+
+
+def _marker(folder: Path, draw: int) -> Path:
+    return folder / f"draw-{draw}.json"
+
+
+def finished_draws(folder: Path, key: str, draws: int) -> dict[int, list[dict]]:
+    """The rows of the draws a run with fingerprint ``key`` finished in ``folder`` (made if absent)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = {}
+    for draw in range(draws):
+        if _marker(folder, draw).is_file():
+            saved = json.loads(_marker(folder, draw).read_text())
+            if saved.get("key") == key:
+                done[draw] = saved["rows"]
+    return done
 
 
 def summarize_quality(per_draw: pd.DataFrame) -> pd.DataFrame:

@@ -25,18 +25,21 @@ def read_images(store: FeatureStore, manifest: pd.DataFrame, dataset: ImageDatas
                 splits: Sequence[str] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """The features of every image of ``splits`` (default: every split of the store, in store order)
     and one row per image: :data:`ROW_COLUMNS`, ``path`` being the image file for file-backed
-    kinds and empty for array-backed ones (CIFAR). A split the store lacks is an error naming those it has."""
+    kinds and empty for array-backed ones (CIFAR). A split the store lacks is an error naming those it has.
+    The features fill one float32 array chunk by chunk (no second copy of them is made)."""
     splits = list(splits or store.splits)
     absent = [split for split in splits if split not in store.splits]
     if absent:
         raise NoveltyInputError(f"novelty.splits: {absent} not in {store.path}; it has {store.splits}")
-    features, tables = [], []
-    for split in splits:
-        features.append(store.features(split))
-        tables.append(store.join_manifest(split, manifest))
+    offsets = dict(zip(splits, np.cumsum([0] + [store.split_size(split) for split in splits]).tolist()))
+    features = np.empty((sum(store.split_size(split) for split in splits), store.dim), np.float32)
+    for chunk in store.iter_chunks(splits):
+        start = offsets[chunk.split] + chunk.start
+        features[start:start + len(chunk.labels)] = chunk.features
+    tables = [store.join_manifest(split, manifest) for split in splits]
     rows = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=ROW_COLUMNS)
     rows["path"] = [str(dataset.source_file(split, source) or "") for split, source in zip(rows["split"], rows["source"])]
-    return (np.concatenate(features) if features else np.zeros((0, store.dim), np.float32)), rows[ROW_COLUMNS]
+    return features, rows[ROW_COLUMNS]
 
 
 def scores_table(rows: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:

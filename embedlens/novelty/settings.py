@@ -39,6 +39,7 @@ class NoveltySettings:
     k_min: int
     k_max: int
     search_sample: int
+    fit_rows: int
     knee_sensitivity: float
     n_init: int
     novelty_threshold: float
