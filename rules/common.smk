@@ -11,7 +11,7 @@ from embedlens.resources import declared_mem_mb
 from embedlens.roles import SettingError, check_settings, image_keys, skip_reason, stage_settings
 
 RESULTS = config["results"]
-ANALYSIS_THREADS = config["analysis_threads"]  # threads: of the analysis rules (classify, cluster, audit)
+ANALYSIS_THREADS = config["analysis_threads"]  # threads: of the analysis rules (classify, cluster, audit, novelty, distill)
 DATASETS = [dataset["name"] for dataset in config["datasets"]]
 BACKBONES = [backbone["name"] for backbone in config["backbones"]]
 CONDA_ENV = "../envs/embedlens.yaml"

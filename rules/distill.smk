@@ -41,7 +41,7 @@ rule distill_fit:
         settings=DISTILL_SETTINGS,
         recipe=feature_recipe,
         checkpoints=f"{DISTILL_DIR}/checkpoints/fit",
-    threads: 2
+    threads: ANALYSIS_THREADS
     resources:
         gpu=1,
         mem_mb=job_mem_mb("distill"),
@@ -68,7 +68,7 @@ rule distill_evaluate:
     params:
         settings=DISTILL_SETTINGS,
         recipe=feature_recipe,
-    threads: 2
+    threads: ANALYSIS_THREADS
     resources:
         gpu=1,
         mem_mb=job_mem_mb("distill"),
@@ -95,7 +95,9 @@ rule distill_neighbours:
         settings=DISTILL_SETTINGS,
         dataset=dataset_spec,
         recipe=feature_recipe,
+    threads: ANALYSIS_THREADS
     resources:
+        gpu=1,
         mem_mb=job_mem_mb("distill"),
         runtime=features_runtime,
     log:

@@ -68,7 +68,9 @@ rule novelty_fit:
         novelty=NOVELTY_SETTINGS,
         dataset=dataset_spec,
         recipe=feature_recipe,
+    threads: ANALYSIS_THREADS
     resources:
+        gpu=1,
         mem_mb=job_mem_mb("novelty"),
         runtime=features_runtime,
     log:
@@ -93,7 +95,9 @@ rule novelty_quality:
         dataset=dataset_spec,
         recipe=feature_recipe,
         checkpoints=f"{NOVELTY_DIR}/checkpoints/quality",
+    threads: ANALYSIS_THREADS
     resources:
+        gpu=1,
         mem_mb=job_mem_mb("novelty"),
         runtime=lambda wildcards, input, attempt: features_runtime(wildcards, input, attempt) * max(
             1, NOVELTY["quality"]["draws"]),
@@ -122,7 +126,9 @@ rule novelty_score:
         novelty=NOVELTY_SETTINGS,
         dataset=lambda wildcards: entry(config, "datasets", wildcards.new),
         recipe=new_dataset_recipe,
+    threads: ANALYSIS_THREADS
     resources:
+        gpu=1,
         mem_mb=job_mem_mb("novelty"),
         runtime=features_runtime,
     log:

@@ -25,7 +25,8 @@ def test_the_profile_sends_the_gpu_rules_to_the_gpu_partition_and_leaves_resourc
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     gpu_rules = slurm_verify.gpu_rules()
     assert gpu_rules == {"extract_shard", "cluster_temi", "classify_train", "classify_crossval", "distill_fit",
-                         "distill_evaluate", "audit_duplicates", "audit_labels"}
+                         "distill_evaluate", "distill_neighbours", "audit_duplicates", "audit_labels", "novelty_fit",
+                         "novelty_quality", "novelty_score"}
     assert profile["set-resources"] == {rule: {"slurm_partition": "gpu", "gpu": 1} for rule in gpu_rules}
     # every other rule goes to the CPU partition; mem_mb, runtime and threads are the rules' own
     assert profile["default-resources"] == {"slurm_partition": "cpu"}

@@ -3,8 +3,11 @@ picture grid of some of them (neighbours.png), and neighbours.json for the summa
 
 import json
 
+import torch
+
 from embedlens.atomic import write_text_atomic
 from embedlens.datasets import open_dataset
+from embedlens.devices import acquire_device
 from embedlens.distill.matching import Distilled
 from embedlens.distill.pictures import grid_vectors, nearest_real, neighbour_rows
 from embedlens.distill.settings import DistillSettings
@@ -17,12 +20,14 @@ from embedlens.store import FeatureStore
 log = job_logger("distill_neighbours", snakemake.log[0])
 name, backbone = snakemake.wildcards.dataset, snakemake.wildcards.backbone
 settings = DistillSettings.from_config(snakemake.params.settings)
+torch.set_num_threads(snakemake.threads)
+device, gpu_claim = acquire_device(settings.device, "distill.device")  # the claim holds the GPU until the job ends
 store = FeatureStore(snakemake.input.features)
 store.check(dataset=name, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
 distilled, _ = Distilled.load(snakemake.input.distilled)
 rows = store.join_manifest(settings.train_split, read_manifest(snakemake.input.manifest))
 table = nearest_real(distilled, store.features(settings.train_split), rows, store.class_names, settings.neighbours,
-                     device=settings.device)
+                     device=device)
 write_table(table, snakemake.output.table)
 vectors = grid_vectors(distilled.labels, settings.grid_rows)
 dataset = open_dataset(snakemake.params.dataset)

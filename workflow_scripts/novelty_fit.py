@@ -5,9 +5,12 @@ import json
 
 import numpy as np
 import pandas as pd
+import torch
+from threadpoolctl import threadpool_limits
 
 from embedlens.atomic import write_text_atomic
 from embedlens.datasets import open_dataset
+from embedlens.devices import acquire_device
 from embedlens.logs import exit_on, job_logger
 from embedlens.manifest import read_manifest, write_table
 from embedlens.novelty.fit import fit_novelty, pca_map
@@ -21,6 +24,9 @@ log = job_logger("novelty_fit", snakemake.log[0])
 output = snakemake.output
 name, backbone = snakemake.wildcards.dataset, snakemake.wildcards.backbone
 settings = NoveltySettings.from_config(snakemake.params.novelty)
+torch.set_num_threads(snakemake.threads)
+threadpool_limits(snakemake.threads)  # scikit-learn's k-means takes every core otherwise
+device, gpu_claim = acquire_device(settings.device, "novelty.device")  # the claim holds the GPU until the job ends
 store = FeatureStore(snakemake.input.features)
 store.check(dataset=name, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
 dataset = open_dataset(snakemake.params.dataset)

@@ -6,10 +6,13 @@ job started again resumes at the first draw not done."""
 import json
 
 import pandas as pd
+import torch
+from threadpoolctl import threadpool_limits
 
 from embedlens.atomic import write_text_atomic
 from embedlens.checkpoint import remove_checkpoints
 from embedlens.datasets import open_dataset
+from embedlens.devices import acquire_device
 from embedlens.logs import exit_on, job_logger
 from embedlens.manifest import read_manifest, write_table
 from embedlens.novelty.quality import (DRAW_COLUMNS, measure_quality, quality_document, summarize_quality,
@@ -20,6 +23,9 @@ from embedlens.store import FeatureStore
 
 log = job_logger("novelty_quality", snakemake.log[0])
 settings = NoveltySettings.from_config(snakemake.params.novelty)
+torch.set_num_threads(snakemake.threads)
+threadpool_limits(snakemake.threads)  # scikit-learn's k-means takes every core otherwise
+device, gpu_claim = acquire_device(settings.device, "novelty.device")  # the claim holds the GPU until the job ends
 store = FeatureStore(snakemake.input.features)
 store.check(dataset=snakemake.wildcards.dataset, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
 with exit_on(log, NoveltyInputError):

@@ -4,9 +4,12 @@ refitting: its scores table, its most novel images and score.json for the summar
 import json
 
 import pandas as pd
+import torch
+from threadpoolctl import threadpool_limits
 
 from embedlens.atomic import write_text_atomic
 from embedlens.datasets import open_dataset
+from embedlens.devices import acquire_device
 from embedlens.logs import exit_on, job_logger
 from embedlens.manifest import read_manifest, write_table
 from embedlens.novelty.model import NoveltyModel
@@ -19,6 +22,9 @@ from embedlens.store import FeatureStore
 log = job_logger("novelty_score", snakemake.log[0])
 new, fitted = snakemake.wildcards.new, snakemake.wildcards.dataset
 settings = NoveltySettings.from_config(snakemake.params.novelty)
+torch.set_num_threads(snakemake.threads)
+threadpool_limits(snakemake.threads)  # scikit-learn's k-means takes every core otherwise
+device, gpu_claim = acquire_device(settings.device, "novelty.device")  # the claim holds the GPU until the job ends
 store = FeatureStore(snakemake.input.features)
 store.check(dataset=new, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
 model = NoveltyModel.load(snakemake.input.model)
@@ -26,7 +32,7 @@ dataset = open_dataset(snakemake.params.dataset)
 with exit_on(log, NoveltyInputError):
     check_model_matches(model, store)
     features, rows = read_images(store, read_manifest(snakemake.input.manifest), dataset)
-table = scores_table(rows, model.score(features))
+table = scores_table(rows, model.score(features, device=device))
 write_table(table, snakemake.output.scores)
 reader = figure_images(dataset, f"score/{new}/novel.png", log.warning)
 images, captions = most_novel_images(reader, table, settings.top_images)

@@ -112,7 +112,7 @@ def fit_novelty(features: np.ndarray, settings: NoveltySettings, info: Mapping |
     if model.knn_k < settings.knn_k:
         notes.append(f"The kNN score uses neighbour {model.knn_k}, not novelty.knn_k={settings.knn_k}: "
                      f"the fit part has only {len(fit_rows)} images.")
-    scores = model.score(features, held_out_rows)
+    scores = model.score(features, held_out_rows, settings.device)
     return NoveltyFit(model, fit_rows, held_out_rows, curve, settings.k is None, scores, notes)
 
 

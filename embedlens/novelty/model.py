@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.metrics import pairwise_distances_argmin_min
 from sklearn.metrics.pairwise import euclidean_distances
 
@@ -73,17 +74,19 @@ class NoveltyModel:
         """Nearest centroid of each row of ``features`` (raw embeddings) and the distance to it, in blocks."""
         return nearest_centroid(features, self.centroids, self.normalize)
 
-    def knn_distances(self, features: np.ndarray) -> np.ndarray:
-        """Cosine distance of each row to its ``knn_k``-th most similar reference embedding."""
+    def knn_distances(self, features: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
+        """Cosine distance of each row to its ``knn_k``-th most similar reference embedding, searched on
+        ``device``."""
         if not len(features):
             return np.zeros(0)
-        neighbours = cosine_topk(features, self.reference, k=self.knn_k)
+        neighbours = cosine_topk(features, self.reference, k=self.knn_k, device=device)
         return 1.0 - neighbours.similarities[:, -1].astype(np.float64)
 
-    def score(self, features: np.ndarray, rows: np.ndarray | None = None) -> pd.DataFrame:
+    def score(self, features: np.ndarray, rows: np.ndarray | None = None, device: str | torch.device = "cpu"
+              ) -> pd.DataFrame:
         """The scores and flags of each row of ``features`` (raw embeddings, the backbone's), or of the
         rows at positions ``rows`` of it, in order, columns :data:`SCORE_COLUMNS`. The rows are taken
-        :data:`BLOCK_ROWS` at a time, so no copy of them all is made."""
+        :data:`BLOCK_ROWS` at a time, so no copy of them all is made; the kNN search runs on ``device``."""
         features = np.asarray(features)
         positions = np.arange(len(features)) if rows is None else np.asarray(rows, dtype=np.int64)
         if not len(positions):
@@ -96,7 +99,7 @@ class NoveltyModel:
             block = features[start:start + len(part)] if rows is None else features[part]
             stop = start + len(part)
             cluster[start:stop], distance[start:stop] = self.assign(block)
-            knn[start:stop] = self.knn_distances(block)
+            knn[start:stop] = self.knn_distances(block, device)
         novelty = (distance - self.cluster_mean[cluster]) / self.cluster_std[cluster]
         surprise = distance / self.centroid_spacing
         return pd.DataFrame({
@@ -178,16 +181,16 @@ def fit_model(features: np.ndarray, k: int, settings: NoveltySettings, *, calibr
                          surprise_threshold=surprise_threshold, knn_threshold=float("nan"),
                          info=dict(info or {}))
     if calibrate:
-        own = own_knn_distances(model, settings.seed, settings.calibration_sample)
+        own = own_knn_distances(model, settings.seed, settings.calibration_sample, settings.device)
         model.knn_threshold = float(np.quantile(own, settings.flag_quantile))
     return model
 
 
-def own_knn_distances(model: NoveltyModel, seed: int, sample: int) -> np.ndarray:
-    """The kNN score of (at most ``sample``, seeded) fit rows against the other fit rows: what the score
-    looks like for images the model knows."""
+def own_knn_distances(model: NoveltyModel, seed: int, sample: int, device: str | torch.device = "cpu") -> np.ndarray:
+    """The kNN score of (at most ``sample``, seeded) fit rows against the other fit rows, searched on
+    ``device``: what the score looks like for images the model knows."""
     rows = sample_rows(len(model.reference), sample, seed)
-    neighbours = cosine_topk(model.reference[rows], model.reference, k=model.knn_k + 1)
+    neighbours = cosine_topk(model.reference[rows], model.reference, k=model.knn_k + 1, device=device)
     # Drop each row's own entry (or, when a duplicate outranked it, the last one) to leave k others.
     is_self = neighbours.indices == rows[:, None]
     is_self[~is_self.any(axis=1), -1] = True

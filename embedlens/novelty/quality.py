@@ -95,7 +95,7 @@ def quality_draw(features: np.ndarray, labels: np.ndarray, labelled: np.ndarray,
     k, _, _ = choose_k(fit_features, settings)
     model = fit_model(fit_features, k, settings, calibrate=False)
     scored = np.concatenate([seen_positions[held_out], unseen_positions])
-    quality = detection_quality(is_unseen[scored], model.score(features, scored))
+    quality = detection_quality(is_unseen[scored], model.score(features, scored, settings.device))
     names = ", ".join(str(class_names[c]) if class_names else str(c) for c in unseen.tolist())
     return [{"draw": draw, "score": score, **values, "k": int(k), "seen_images": int(len(held_out)),
              "unseen_images": int(len(unseen_positions)), "unseen_classes": names} for score, values in quality.items()]

@@ -49,6 +49,7 @@ class NoveltySettings:
     calibration_sample: int
     top_images: int
     scatter_points: int
+    device: str
     quality: QualitySettings
 
     @classmethod
