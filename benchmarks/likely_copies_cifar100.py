@@ -55,7 +55,7 @@ from embedlens.datasets import open_dataset
 from embedlens.knn import cosine_topk
 from embedlens.manifest import read_manifest
 from embedlens.preprocess import pil_transform, preprocess_batch
-from embedlens.roles import SplitRoles, with_roles
+from embedlens.roles import SplitRoles, stage_defaults
 from embedlens.store import FeatureStore
 
 GAP_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = AuditSettings.from_config(with_roles("audit", section_defaults("audit"), SplitRoles("train", "test"), 0.2))
+    settings = AuditSettings.from_config(stage_defaults("audit", SplitRoles("train", "test")))
     store = FeatureStore(args.store)
     manifest = read_manifest(args.manifest or Path(args.store).resolve().parents[1] / "manifest.csv")
     read = image_reader(open_dataset({"name": "cifar100", "kind": "cifar100", "root": args.root, "download": False}),
