@@ -486,6 +486,10 @@ def test_copies_planted_into_cifar100_test_images_are_found_with_their_verdicts(
     print(f"genuine test images that are candidates: {genuine['query_index'].nunique()} of 50, verdicts "
           f"{genuine['verdict'].value_counts().to_dict()}, pixel similarity at most {genuine['pixel_similarity'].max():.3f}")
     assert (genuine["verdict"] == "similar").all(), genuine
+    # the likely-copies list ranks every planted copy before every genuine test image
+    likely = found.likely
+    print(likely.head(55).to_string())
+    assert len(likely) == 100 and set(likely["query_index"].head(len(planted))) == set(planted)
     config = settings()
     clean = clean_table(store.join_manifest("test", manifest), "test", found.pairs, empty_issues(), config)
     assert clean.loc[clean["index_in_split"] < PLANTED_FROM, "kept"].all()
