@@ -40,6 +40,7 @@ from embedlens.audit.results import (COPIES, best_verdicts, audit_summary, dupli
 from embedlens.audit.settings import AuditSettings
 from embedlens.roles import SplitRoles, stage_defaults
 from embedlens.datasets import open_dataset
+from embedlens.images import FigureImages
 from embedlens.manifest import read_manifest, write_table
 from embedlens.plots import histogram, image_grid
 from embedlens.store import FeatureStore
@@ -71,7 +72,7 @@ def main() -> None:
     print(f"\n=== near-duplicates: {total:.1f} s in all; searches " +
           ", ".join(f"{name} {seconds:.1f} s" for name, seconds in searches.items())
           + f"; pixel checks and the rest {total - sum(searches.values()):.1f} s for {len(found.pairs)} candidate pairs")
-    duplicates = duplicates_document(found, settings)
+    duplicates = duplicates_document(found, settings, {})
     print(json.dumps(duplicates["searches"], indent=2))
     cross = found.pairs[found.pairs["search"] == "cross"]
     for threshold in (0.8, 0.85, 0.9, 0.95):
@@ -82,9 +83,9 @@ def main() -> None:
 
     started = time.perf_counter()
     features, rows = labelled_features(store, settings.label_splits)
-    check = check_labels(features, rows, store.class_names, settings, jobs=args.threads)
+    check = check_labels(features, rows, store.class_names, settings)
     seconds = time.perf_counter() - started
-    labels = labels_document(check)
+    labels = labels_document(check, {})
     print(f"\n=== label issues: {seconds:.1f} s; {json.dumps(labels)}")
 
     query_rows = split_rows(store, manifest, settings.query_split)
@@ -95,19 +96,21 @@ def main() -> None:
         print(" -", note)
 
     write_table(found.pairs, out / "duplicates.csv")
+    write_table(found.likely, out / "likely_copies.csv")
     write_table(check.issues, out / "label_issues.csv")
     write_table(clean, out / "clean_test_index.csv")
-    images, captions = pair_pictures(found.pairs, read, settings.pairs_shown)
+    figure = FigureImages(read, "the benchmark's pictures", print)
+    images, captions = pair_pictures(found.pairs, figure, settings.pairs_shown)
     image_grid(images, captions, out / "pairs.png", columns=8, title="closest test-train pairs")
     leaked = found.pairs[(found.pairs["search"] == "cross") & found.pairs["labels_differ"]
                          & found.pairs["verdict"].isin(COPIES)]
-    images, captions = pair_pictures(leaked, read, settings.pairs_shown)
+    images, captions = pair_pictures(leaked, figure, settings.pairs_shown)
     image_grid(images, captions, out / "copies_labels_differ.png", columns=8, title="copies whose labels differ")
     for verdict in ("near", "similar"):
         chosen = cross[cross["verdict"] == verdict]
-        images, captions = pair_pictures(chosen.sample(min(16, len(chosen)), random_state=0), read, 16)
+        images, captions = pair_pictures(chosen.sample(min(16, len(chosen)), random_state=0), figure, 16)
         image_grid(images, captions, out / f"sample_{verdict}.png", columns=8, title=f"16 random {verdict} pairs")
-    images, captions = issue_pictures(check.issues, read, settings.issues_shown)
+    images, captions = issue_pictures(check.issues, figure, settings.issues_shown)
     image_grid(images, captions, out / "label_issues.png", columns=8, title="most likely label errors")
     histogram(found.searches["cross"].nearest, out / "nearest_similarity.png", log=True, marked_x=settings.threshold,
               marked_label=f"threshold {settings.threshold:g}", xlabel="cosine to the nearest train image")

@@ -7,6 +7,7 @@
 # there is one (audit.device); the label check's folds checkpoint in audit/checkpoints/labels/ and resume.
 #
 #     {RESULTS}/{dataset}/{backbone}/audit/duplicates.csv          candidate pairs with verdicts, closest first
+#     {RESULTS}/{dataset}/{backbone}/audit/likely_copies.csv       query images ranked by how likely each is a copy, most likely first
 #     {RESULTS}/{dataset}/{backbone}/audit/pairs.png               the closest cross-split pairs side by side
 #     {RESULTS}/{dataset}/{backbone}/audit/nearest_similarity.png  each query image's highest similarity, threshold marked
 #     {RESULTS}/{dataset}/{backbone}/audit/label_issues.csv, .png  likely label errors, most likely first
@@ -36,6 +37,7 @@ rule audit_duplicates:
         pairs=report(f"{AUDIT_DIR}/duplicates.csv", category="Dataset audit",
                      caption="../report/audit_duplicates.rst",
                      labels={"dataset": "{dataset}", "backbone": "{backbone}", "output": "near-duplicates"}),
+        likely=f"{AUDIT_DIR}/likely_copies.csv",
         grid=f"{AUDIT_DIR}/pairs.png",
         histogram=f"{AUDIT_DIR}/nearest_similarity.png",
         document=f"{AUDIT_DIR}/duplicates.json",

@@ -16,6 +16,7 @@ from embedlens.audit import clean_index
 from embedlens.audit.clean import CLEAN_COLUMNS, clean_table
 from embedlens.audit.duplicates import (PAIR_COLUMNS, AuditInputError, find_duplicates, search, select_candidates,
                                         split_rows)
+from embedlens.audit.likely import CHECKED_PER_LISTED, LIKELY_COLUMNS, rank_likely
 from embedlens.audit.labels import ISSUE_COLUMNS, check_labels, empty_issues
 from embedlens.audit.pixels import UNVERIFIED, PixelChecker, pixel_similarity, pixel_view, verdict
 from embedlens.audit.results import audit_summary, duplicates_document, issue_pictures, labels_document, map_columns
@@ -215,6 +216,39 @@ def test_planted_copies_are_found_with_their_verdicts_and_distinct_pictures_are_
     assert len(distinct) and (distinct["verdict"] == "similar").all()
     with pytest.raises(AuditInputError, match="has no split 'val'; it has train, test"):
         find_duplicates(store, manifest, settings(query_split="val"), lambda key: images[key])
+
+
+def test_likely_copies_rank_by_similarity_margin_and_pixels_checking_only_the_top_by_embedding():
+    # nearest and second-nearest similarity of six query rows, and each row's pixel similarity
+    similarities = np.array([[0.95, 0.94], [0.90, 0.60], [0.85, 0.84], [0.80, 0.50], [0.70, 0.69], [0.99, 0.98]])
+    pixel = np.array([0.2, 0.9, 0.95, 0.3, 1.0, 0.1])
+    gap_weight, pixel_weight, listed = 1.0, 0.5, 2
+    by_embedding = [0.95 + 0.01, 0.90 + 0.30, 0.85 + 0.01, 0.80 + 0.30, 0.70 + 0.01, 0.99 + 0.01]
+    checked = sorted(range(6), key=lambda row: -by_embedding[row])[:CHECKED_PER_LISTED * listed]
+    assert checked == [1, 3, 5, 0]  # row 4, with the best pixels, is never checked: it is last on its embedding
+    expected = sorted(checked, key=lambda row: -(by_embedding[row] + pixel_weight * pixel[row]))[:listed]
+    seen = []
+    rows, pixels, scores = rank_likely(similarities, lambda rows: (seen.extend(rows), pixel[rows])[1], listed,
+                                       gap_weight, pixel_weight)
+    assert sorted(seen) == sorted(checked)
+    assert rows.tolist() == expected == [1, 3]
+    assert np.allclose(scores, [by_embedding[row] + pixel_weight * pixel[row] for row in expected])
+    assert np.allclose(pixels, pixel[expected])
+    # without the margin and the pixels the list is the plain nearest-neighbour ranking
+    assert rank_likely(similarities, lambda rows: pixel[rows], 3, 0.0, 0.0)[0].tolist() == [5, 0, 1]
+
+
+def test_the_likely_copies_list_puts_every_planted_copy_before_distinct_pictures(tmp_path):
+    store, manifest, images = planted_dataset(tmp_path)
+    found = find_duplicates(store, manifest, settings(threshold=0.7), lambda key: images[key])
+    likely = found.likely
+    assert list(likely.columns) == LIKELY_COLUMNS and len(likely) == 12  # every test image: fewer than the list holds
+    assert set(likely["query_index"].head(5)) == {6, 7, 8, 9, 10}
+    assert likely.set_index("query_index").loc[[6, 7, 8, 9, 10], "reference_index"].tolist() == [0, 1, 2, 3, 4]
+    assert likely["score"].is_monotonic_decreasing and likely["rank"].tolist() == list(range(1, 13))
+    assert likely.set_index("query_index").loc[6, "verdict"] == "exact"
+    short = find_duplicates(store, manifest, settings(threshold=0.7, likely_copies=3), lambda key: images[key]).likely
+    assert len(short) == 3 and set(short["query_index"]) <= {6, 7, 8, 9, 10}
 
 
 def test_an_audit_of_one_split_finds_its_repeats_within_it_and_searches_no_leakage(tmp_path):
@@ -452,6 +486,10 @@ def test_copies_planted_into_cifar100_test_images_are_found_with_their_verdicts(
     print(f"genuine test images that are candidates: {genuine['query_index'].nunique()} of 50, verdicts "
           f"{genuine['verdict'].value_counts().to_dict()}, pixel similarity at most {genuine['pixel_similarity'].max():.3f}")
     assert (genuine["verdict"] == "similar").all(), genuine
+    # the likely-copies list ranks every planted copy before every genuine test image
+    likely = found.likely
+    print(likely.head(55).to_string())
+    assert len(likely) == 100 and set(likely["query_index"].head(len(planted))) == set(planted)
     config = settings()
     clean = clean_table(store.join_manifest("test", manifest), "test", found.pairs, empty_issues(), config)
     assert clean.loc[clean["index_in_split"] < PLANTED_FROM, "kept"].all()

@@ -61,6 +61,9 @@ def test_the_audit_finds_planted_copies_and_the_classifier_reports_the_clean_spl
     assert found == {("cross", test["test/ant/leak.png"], train["train/ant/0.png"], False),
                      ("cross", test["test/cat/leak.png"], train["train/bee/1.png"], True),
                      ("within", test["test/cat/0.png"], test["test/cat/again.png"], False)}
+    likely = pd.read_csv(audit / "likely_copies.csv")  # every test image ranked: the list holds up to 1,000
+    assert len(likely) == 12 and likely["rank"].tolist() == list(range(1, 13))
+    assert set(likely.head(2)["query_index"]) == {test["test/ant/leak.png"], test["test/cat/leak.png"]}
     clean = pd.read_csv(audit / "clean_test_index.csv", keep_default_na=False)
     assert len(clean) == 12
     reasons = clean.set_index("index_in_split")["reason"]
@@ -76,7 +79,7 @@ def test_the_audit_finds_planted_copies_and_the_classifier_reports_the_clean_spl
     check_artifacts(audit, summary)
     head = summary.headline
     assert head["exact"] == 2 and head["duplicates"] >= 2 and head["within_duplicates"] >= 1
-    assert head["copies_labels_differ"] >= 1 and head["removed"] == 12 - len(kept)
+    assert head["copies_labels_differ"] >= 1 and head["removed"] == 12 - len(kept) and head["likely_copies"] == 12
     assert head["label_issues"] == len(pd.read_csv(audit / "label_issues.csv"))
     colours = pd.read_csv(audit / "map_columns.csv")
     assert len(colours) == len(manifest) and set(colours.columns) == {"split", "index_in_split", "audit copy",

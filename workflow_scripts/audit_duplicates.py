@@ -1,6 +1,6 @@
 """Rule audit_duplicates: the query split's nearest neighbours in the reference split and within itself,
-the candidate pairs with their pixel verdicts, the grid of the closest pairs, the histogram of nearest
-similarities, and duplicates.json for the summary."""
+the candidate pairs with their pixel verdicts, the likely-copies list, the grid of the closest pairs,
+the histogram of nearest similarities, and duplicates.json for the summary."""
 
 import json
 
@@ -33,6 +33,7 @@ with exit_on(log, AuditInputError):
 for key, reason in found.unreadable.items():
     log.warning("%s #%d could not be read for the pixel check: %s", *key, reason)
 write_table(found.pairs, output.pairs)
+write_table(found.likely, output.likely)
 query, reference = settings.query_split, settings.reference_split
 reader = FigureImages(read, "pairs.png", log.warning)
 images, captions = pair_pictures(found.pairs, reader, settings.pairs_shown)

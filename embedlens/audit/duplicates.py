@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from embedlens.audit.likely import LIKELY_COLUMNS, likely_copies
 from embedlens.audit.pixels import PixelChecker
 from embedlens.audit.settings import AuditSettings
 from embedlens.datasets import ImageDataset
@@ -39,22 +40,27 @@ class AuditInputError(ValueError):
 class SearchResult:
     """One search: its candidate pairs (positions ``query_row``, ``reference_row`` and ``similarity``,
     closest first), every query row's highest similarity (NaN without a search), how many query rows
-    had all their neighbours pass the threshold (more copies may lie beyond them), and its time."""
+    had all their neighbours pass the threshold (more copies may lie beyond them), its time, and every
+    query row's neighbours (None without a search)."""
 
     candidates: pd.DataFrame
     nearest: np.ndarray
     saturated: int
     seconds: float
+    neighbours: Neighbours | None = None
 
 
 @dataclass
 class DuplicateSearch:
     """Both searches: ``pairs`` (:data:`PAIR_COLUMNS`, closest first within each search, cross-split
-    first), the :class:`SearchResult` of each search that ran, and the images of candidates that could
-    not be read for their pixel check (``(split, index_in_split)`` -> reason)."""
+    first), the :class:`SearchResult` of each search that ran, the likely-copies list
+    (:data:`embedlens.audit.likely.LIKELY_COLUMNS`, of the cross-split search, or of the within search
+    when the query split is the only one), and the images that could not be read for their pixel
+    check (``(split, index_in_split)`` -> reason)."""
 
     pairs: pd.DataFrame
     searches: dict[str, SearchResult] = field(default_factory=dict)
+    likely: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LIKELY_COLUMNS))
     unreadable: dict = field(default_factory=dict)
 
 
@@ -106,7 +112,7 @@ def search(queries: np.ndarray, reference, settings: AuditSettings, device: str 
     neighbours = cosine_topk(queries, reference, k=k, device=device)
     seconds = time.perf_counter() - started
     candidates, saturated = select_candidates(neighbours, settings, within=within)
-    return SearchResult(candidates, neighbours.similarities[:, 0].astype(np.float64), saturated, seconds)
+    return SearchResult(candidates, neighbours.similarities[:, 0].astype(np.float64), saturated, seconds, neighbours)
 
 
 def split_rows(store: FeatureStore, manifest: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -147,7 +153,8 @@ def find_duplicates(store: FeatureStore, manifest: pd.DataFrame, settings: Audit
                     read_image: Callable[[Hashable], np.ndarray], device: str | torch.device = "cpu"
                     ) -> DuplicateSearch:
     """Both searches on ``store`` (only the one within the query split when the reference is the same
-    split), on ``device``, and the pixel verdict of every candidate. ``read_image((split,
+    split), on ``device``, the pixel verdict of every candidate, and the likely-copies list
+    (:func:`embedlens.audit.likely.likely_copies`). ``read_image((split,
     index_in_split))`` returns that image as RGB uint8; it is called once per image of a candidate."""
     query_rows = split_rows(store, manifest, settings.query_split)
     reference_rows = split_rows(store, manifest, settings.reference_split)
@@ -164,7 +171,14 @@ def find_duplicates(store: FeatureStore, manifest: pd.DataFrame, settings: Audit
                                   settings.query_split, query_rows))
     pairs = pd.concat(tables, ignore_index=True)
     checker = PixelChecker(read_image, settings.near_threshold)
-    return DuplicateSearch(add_verdicts(pairs, checker), searches, checker.unreadable)
+    pairs = add_verdicts(pairs, checker)
+    ranked, reference = ("within", query_rows) if settings.one_split else ("cross", reference_rows)
+    likely = pd.DataFrame(columns=LIKELY_COLUMNS)
+    if searches[ranked].neighbours is not None:
+        likely = likely_copies(searches[ranked].neighbours, (settings.query_split, query_rows),
+                               (settings.reference_split, reference), checker, settings.likely_copies,
+                               settings.likely_copies_gap_weight, settings.likely_copies_pixel_weight)
+    return DuplicateSearch(pairs, searches, likely, checker.unreadable)
 
 
 def image_reader(dataset: ImageDataset, manifest: pd.DataFrame) -> Callable[[tuple[str, int]], np.ndarray]:

@@ -30,11 +30,17 @@ def duplicates_document(found: DuplicateSearch, settings: AuditSettings, blank_i
     """What ``duplicates.json`` records for the summary: per search the candidate pairs, the pairs per
     verdict, the seconds it took and the saturated query images; for the cross-split search also the
     query images per verdict (each counted once, by its most serious verdict), the copies (exact or
-    near) whose labels differ, and quantiles of each query image's highest similarity; and the images
-    of pairs.png that could not be read (``blank_images``, with the reasons)."""
+    near) whose labels differ, and quantiles of each query image's highest similarity; the likely-copies
+    list's length, its strict copies and its lowest similarity; and the images of pairs.png that could
+    not be read (``blank_images``, with the reasons)."""
     pairs = found.pairs
+    likely = found.likely
     document = {"settings": settings.as_dict(), "unreadable": len(found.unreadable),
-                "blank_images": dict(blank_images), "searches": {}}
+                "blank_images": dict(blank_images), "searches": {},
+                "likely_copies": {"listed": int(len(likely)),
+                                  "strict_copies": int(likely["verdict"].isin(COPIES).sum()),
+                                  "lowest_similarity": (round(float(likely["similarity"].min()), 4)
+                                                        if len(likely) else None)}}
     for name, result in found.searches.items():
         chosen = pairs[pairs["search"] == name]
         entry = {"pairs": int(len(chosen)), "seconds": round(result.seconds, 3), "saturated": result.saturated,
@@ -130,6 +136,7 @@ def audit_summary(duplicates: Mapping, labels: Mapping, clean: pd.DataFrame, *, 
         **{verdict: per_image[verdict] for verdict in VERDICTS},
         "duplicates": per_image["exact"] + per_image["near"],
         "copies_labels_differ": cross["copies_labels_differ"],
+        "likely_copies": duplicates["likely_copies"]["listed"],
         "within_duplicates": (within["pairs_per_verdict"]["exact"] + within["pairs_per_verdict"]["near"]
                               if within else None),
         "label_issues": labels["issues"], f"label_issues_{query}": labels["issues_per_split"].get(query, 0),
@@ -152,6 +159,14 @@ def audit_summary(duplicates: Mapping, labels: Mapping, clean: pd.DataFrame, *, 
            if settings["label_issue_fraction"] else "; likely label errors stay: label_issues.csv ranks them "
            "for review") + "; reasons in clean_test_index.csv).",
     ]
+    likely = duplicates["likely_copies"]
+    if likely["listed"]:
+        notes.insert(1, f"likely_copies.csv ranks the {likely['listed']} {query} images most likely to be copies of "
+                        f"{'another' if query == reference else 'a'} {reference} image (embedding similarity, its "
+                        "margin over the second nearest and pixel similarity combined), for review: it also holds "
+                        "the re-shot, re-cropped and recoloured copies the strict verdicts miss. "
+                        f"{likely['strict_copies']} of them are exact or near copies; the lowest similarity listed "
+                        f"is {likely['lowest_similarity']:.3f}.")
     if within:
         notes.insert(1, f"Within {query}: {within['pairs']} candidate pairs, {headline['within_duplicates']} of them "
                         "exact or near copies (the later image of each is removed from the clean split).")
@@ -178,6 +193,10 @@ def audit_summary(duplicates: Mapping, labels: Mapping, clean: pd.DataFrame, *, 
                  "index_in_split, both labels and classes, cosine similarity, whether the labels differ, the pixel "
                  "verdict (exact: identical pixels; near: the same photograph re-encoded, cropped, shifted, "
                  "mirrored or recoloured; similar: a different photograph) and the pixel similarity."),
+        Artifact("likely_copies.csv", f"The {query} images most likely to be copies of a {reference} image, most "
+                 "likely first: rank, both images (split, index_in_split, label, class), the cosine similarity to "
+                 "the nearest and to the second-nearest image, the pair's pixel similarity, the score combining "
+                 "them, and the strict pixel verdict."),
         Artifact("label_issues.csv", "Likely label errors (cleanlab's find_label_issues on out-of-sample "
                  "probabilities of a cross-validated linear probe), most likely first: split, index_in_split, given "
                  "label and class, suggested label and class, label_quality (the probe's probability of the given "

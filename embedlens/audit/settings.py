@@ -27,6 +27,9 @@ class AuditSettings:
     top_n: int
     near_threshold: float
     remove: tuple[str, ...]
+    likely_copies: int
+    likely_copies_gap_weight: float
+    likely_copies_pixel_weight: float
     label_issue_fraction: float
     label_splits: tuple[str, ...] | None
     folds: int

@@ -1,0 +1,204 @@
+"""The audit's likely-copies list on genuine CIFAR-100: calibrated on planted copies, measured on others.
+
+Copies that people find between CIFAR-100's test and train splits are mostly not pixel-identical: the
+same photograph re-shot, re-cropped, recoloured or re-encoded. This benchmark plants such copies. It
+draws ``--planted`` train images (seeded) and edits each with a random re-crop (40-90% of the area,
+aspect 3:4 to 4:3, back to 32 x 32), colour changes (brightness, contrast and saturation each by a
+factor in 0.6-1.4, hue by up to 0.05 of the circle), a mirror half of the time and a JPEG re-encoding
+at quality 30-90. It embeds the copies with the store's own backbone and preprocessing, as extraction
+did, and adds them to the test split.
+
+The planted copies are split in two halves. On the first (validation) half, with the genuine test
+images beside them, the benchmark chooses the audit's ``likely_copies_gap_weight`` and
+``likely_copies_pixel_weight`` from a grid: the pair whose top ``--listed`` test images hold the most
+planted copies (ties: the most in the top 300, then the smaller weights). On the second (held-out)
+half it reports, once, the share of the planted copies that land in the top 300 and the top
+``--listed`` of:
+
+- the strict verdicts (exact or near at the audit's defaults; a set, not a ranking);
+- a plain nearest-neighbour ranking (cosine to the nearest train image);
+- the likely-copies list with the chosen weights.
+
+Each half is ranked among the 10,000 genuine test images without the other half, so the planted
+copies compete for the list with the genuine test images' own copies of train images (Barz & Denzler
+found one for about 10% of CIFAR-100's test images), as they would in a real audit.
+
+    python benchmarks/likely_copies_cifar100.py --store STORE --root ROOT [--planted 600] [--listed 1000]
+
+``STORE``: a whole-dataset CIFAR-100 store (the workflow's ``results/cifar100/BACKBONE/features.h5``);
+``ROOT``: the folder that holds ``cifar-100-python/``; ``--manifest`` defaults to the one the workflow
+wrote beside the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from embedlens.audit.duplicates import image_reader
+from embedlens.audit.likely import CHECKED_PER_LISTED, combined_scores, embedding_scores
+from embedlens.audit.pixels import PixelChecker
+from embedlens.audit.results import COPIES
+from embedlens.audit.settings import AuditSettings
+from embedlens.backbones import load_backbone
+from embedlens.config import section_defaults
+from embedlens.datasets import open_dataset
+from embedlens.knn import cosine_topk
+from embedlens.manifest import read_manifest
+from embedlens.preprocess import pil_transform, preprocess_batch
+from embedlens.roles import SplitRoles, stage_defaults
+from embedlens.store import FeatureStore
+
+GAP_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
+PIXEL_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)
+SHORT_LIST = 300
+
+
+def planted_edit(seed: int) -> v2.Compose:
+    """The random edit of one planted copy (see the module docstring), drawn from ``seed``."""
+    torch.manual_seed(seed)  # torchvision's random transforms draw from the global generator
+    quality = int(torch.randint(30, 91, (1,)))
+    mirror = bool(torch.rand(1) < 0.5)
+
+    def reencode(image: Image.Image) -> Image.Image:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        return Image.open(buffer).convert("RGB")
+
+    return v2.Compose([v2.RandomResizedCrop(32, scale=(0.4, 0.9), ratio=(0.75, 4 / 3), antialias=True),
+                       v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05),
+                       v2.RandomHorizontalFlip(1.0 if mirror else 0.0), reencode])
+
+
+def plant(image: np.ndarray, seed: int) -> np.ndarray:
+    """An edited copy of the RGB uint8 ``image`` (32 x 32 x 3)."""
+    edit = planted_edit(seed)
+    return np.asarray(edit(Image.fromarray(image)))
+
+
+def embed(images: list[np.ndarray], store: FeatureStore, batch_size: int = 64) -> np.ndarray:
+    """Features of ``images`` from the store's backbone, preprocessed as the store's recipe says."""
+    recipe = store.recipe
+    backbone = load_backbone(recipe["backbone"])
+    per_image = recipe["extract"]["preprocess"] == "pil"
+    transform = pil_transform(backbone.preprocessing)
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        pixels = (torch.stack([transform(image) for image in chunk]) if per_image else
+                  preprocess_batch(torch.from_numpy(np.stack(chunk)), backbone.preprocessing, "cpu"))
+        out.append(backbone.embed(pixels).numpy())
+    return np.concatenate(out)
+
+
+def recall(ranked: np.ndarray, planted: np.ndarray, top: int) -> float:
+    """Share of the ``planted`` query rows among the first ``top`` of ``ranked``."""
+    return float(np.isin(planted, ranked[:top]).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", required=True, help="a whole-dataset CIFAR-100 feature store")
+    parser.add_argument("--root", default="resources/cifar100", help="the folder holding cifar-100-python/")
+    parser.add_argument("--manifest", help="the dataset's manifest.csv (default: beside the store's folder)")
+    parser.add_argument("--planted", type=int, default=600, help="planted copies, half to choose, half to measure")
+    parser.add_argument("--listed", type=int, default=section_defaults("audit")["likely_copies"],
+                        help="the list's length (the schema's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = AuditSettings.from_config(stage_defaults("audit", SplitRoles("train", "test")))
+    store = FeatureStore(args.store)
+    manifest = read_manifest(args.manifest or Path(args.store).resolve().parents[1] / "manifest.csv")
+    read = image_reader(open_dataset({"name": "cifar100", "kind": "cifar100", "root": args.root, "download": False}),
+                        manifest)
+    train_index, test_index = store.index("train"), store.index("test")
+    started = time.perf_counter()
+    sources = np.random.default_rng(args.seed).choice(len(train_index), args.planted, replace=False)
+    copies = [plant(read(("train", int(train_index[row]))), args.seed * 1_000_003 + int(row)) for row in sources]
+    planted_features = embed(copies, store)
+    print(f"store {args.store}: train {len(train_index)}, test {len(test_index)}, {store.dim}-d; "
+          f"{args.planted} planted copies embedded in {time.perf_counter() - started:.0f} s")
+
+    # Query rows: the genuine test images, then the planted copies.
+    queries = np.concatenate([store.features("test"), planted_features])
+    started = time.perf_counter()
+    with store.open_features("train") as reference:
+        neighbours = cosine_topk(queries, reference, k=2, device="cpu")
+    print(f"nearest train images of {len(queries)} query images in {time.perf_counter() - started:.0f} s")
+    genuine = len(test_index)
+    planted_rows = genuine + np.arange(args.planted)
+    found_source = neighbours.indices[planted_rows, 0] == sources
+    print(f"planted copies whose nearest train image is their source: {found_source.mean():.1%}")
+
+    def query_image(row: int) -> np.ndarray:
+        return copies[row - genuine] if row >= genuine else read(("test", int(test_index[row])))
+
+    checker = PixelChecker(lambda key: query_image(key[1]) if key[0] == "query" else read(key),
+                           settings.near_threshold)
+    pixel_cache: dict[int, tuple[str, float]] = {}
+
+    def pixel_of(row: int) -> tuple[str, float]:
+        if row not in pixel_cache:
+            pixel_cache[row] = checker.check(("query", row), ("train", int(train_index[neighbours.indices[row, 0]])))
+        return pixel_cache[row]
+
+    halves = {"validation": planted_rows[: args.planted // 2], "held-out": planted_rows[args.planted // 2:]}
+
+    def ranking(half: str, gap_weight: float, pixel_weight: float) -> np.ndarray:
+        """The ranked rows of the genuine test images plus one half of the planted copies, as the audit
+        ranks them (only the top CHECKED_PER_LISTED x listed by embedding get the pixel check)."""
+        rows = np.concatenate([np.arange(genuine), halves[half]])
+        similarities = neighbours.similarities[rows]
+        by_embedding = rows[np.argsort(-embedding_scores(similarities, gap_weight), kind="stable")]
+        checked = by_embedding[:CHECKED_PER_LISTED * args.listed]
+        pixel = np.array([pixel_of(int(row))[1] for row in checked])
+        scores = combined_scores(neighbours.similarities[checked], pixel, gap_weight, pixel_weight)
+        return checked[np.lexsort((checked, -scores))]
+
+    started = time.perf_counter()
+    grid = []
+    for gap_weight, pixel_weight in itertools.product(GAP_WEIGHTS, PIXEL_WEIGHTS):
+        ranked = ranking("validation", gap_weight, pixel_weight)
+        grid.append({"gap_weight": gap_weight, "pixel_weight": pixel_weight,
+                     f"recall@{SHORT_LIST}": recall(ranked, halves["validation"], SHORT_LIST),
+                     f"recall@{args.listed}": recall(ranked, halves["validation"], args.listed)})
+    grid = pd.DataFrame(grid)
+    chosen = grid.sort_values([f"recall@{args.listed}", f"recall@{SHORT_LIST}", "gap_weight", "pixel_weight"],
+                              ascending=[False, False, True, True], kind="stable").iloc[0]
+    print(f"\nvalidation half ({len(halves['validation'])} planted copies among {genuine} test images), "
+          f"{len(pixel_cache)} pixel checks, {time.perf_counter() - started:.0f} s:")
+    print(grid.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+    print(f"chosen on validation: gap_weight {chosen['gap_weight']:g}, pixel_weight {chosen['pixel_weight']:g}")
+
+    held_out = halves["held-out"]
+    ranked = ranking("held-out", chosen["gap_weight"], chosen["pixel_weight"])
+    plain = ranking("held-out", 0.0, 0.0)
+    strict = np.array([row for row in held_out if pixel_of(int(row))[0] in COPIES
+                       and neighbours.similarities[row, 0] >= settings.threshold])
+    top = ranked[:args.listed]
+    genuine_listed = top[top < genuine]
+    print(f"\nheld-out half ({len(held_out)} planted copies among {genuine} test images), reported once:")
+    print(pd.DataFrame([
+        {"ranking": "strict verdicts (exact or near, cosine >= threshold)", "flagged": len(strict),
+         "recall": len(strict) / len(held_out)},
+        *[{"ranking": name, "flagged": top_n, "recall": recall(order, held_out, top_n)}
+          for name, order in (("nearest-neighbour cosine", plain), ("likely-copies list, chosen weights", ranked))
+          for top_n in (SHORT_LIST, args.listed)],
+    ]).to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+    verdicts = pd.Series([pixel_of(int(row))[0] for row in genuine_listed]).value_counts().to_dict()
+    print(f"genuine test images in the list's top {args.listed}: {len(genuine_listed)}, strict verdicts {verdicts}")
+
+
+if __name__ == "__main__":
+    main()
