@@ -218,22 +218,31 @@ def test_planted_copies_are_found_with_their_verdicts_and_distinct_pictures_are_
         find_duplicates(store, manifest, settings(query_split="val"), lambda key: images[key])
 
 
-def test_likely_copies_rank_by_similarity_margin_and_pixels_checking_only_the_top_by_embedding():
-    # nearest and second-nearest similarity of six query rows, and each row's pixel similarity
+def test_likely_copies_rank_by_margin_and_best_neighbour_checking_pixels_only_of_the_top_by_embedding():
+    # each query row's two nearest similarities, and the pixel similarity of the row with each neighbour
     similarities = np.array([[0.95, 0.94], [0.90, 0.60], [0.85, 0.84], [0.80, 0.50], [0.70, 0.69], [0.99, 0.98]])
-    pixel = np.array([0.2, 0.9, 0.95, 0.3, 1.0, 0.1])
+    pixel = np.array([[0.2, 0.1], [0.9, 0.3], [0.1, 0.95], [0.3, 0.2], [1.0, 1.0], [0.1, 0.2]])
     gap_weight, pixel_weight, listed = 1.0, 0.5, 2
-    by_embedding = [0.95 + 0.01, 0.90 + 0.30, 0.85 + 0.01, 0.80 + 0.30, 0.70 + 0.01, 0.99 + 0.01]
+    margin = similarities[:, 0] - similarities[:, 1]
+    by_embedding = similarities[:, 0] + gap_weight * margin
     checked = sorted(range(6), key=lambda row: -by_embedding[row])[:CHECKED_PER_LISTED * listed]
     assert checked == [1, 3, 5, 0]  # row 4, with the best pixels, is never checked: it is last on its embedding
-    expected = sorted(checked, key=lambda row: -(by_embedding[row] + pixel_weight * pixel[row]))[:listed]
+    best = {row: max(range(2), key=lambda j: (similarities[row, j] + pixel_weight * pixel[row, j], -j))
+            for row in checked}
+    score = {row: similarities[row, best[row]] + pixel_weight * pixel[row, best[row]] + gap_weight * margin[row]
+             for row in checked}
+    expected = sorted(checked, key=lambda row: -score[row])[:listed]
     seen = []
-    rows, pixels, scores = rank_likely(similarities, lambda rows: (seen.extend(rows), pixel[rows])[1], listed,
-                                       gap_weight, pixel_weight)
+    rows, neighbour, pixels, scores = rank_likely(similarities, lambda rows: (seen.extend(rows), pixel[rows])[1],
+                                                  listed, gap_weight, pixel_weight)
     assert sorted(seen) == sorted(checked)
     assert rows.tolist() == expected == [1, 3]
-    assert np.allclose(scores, [by_embedding[row] + pixel_weight * pixel[row] for row in expected])
-    assert np.allclose(pixels, pixel[expected])
+    assert neighbour.tolist() == [best[row] for row in expected]
+    assert np.allclose(scores, [score[row] for row in expected])
+    assert np.allclose(pixels, [pixel[row, best[row]] for row in expected])
+    # the second neighbour wins when its pixels outweigh the first's lead in similarity
+    rows, neighbour, _, _ = rank_likely(similarities[[2]], lambda rows: pixel[[2]][rows], 1, gap_weight, pixel_weight)
+    assert neighbour.tolist() == [1]
     # without the margin and the pixels the list is the plain nearest-neighbour ranking
     assert rank_likely(similarities, lambda rows: pixel[rows], 3, 0.0, 0.0)[0].tolist() == [5, 0, 1]
 
@@ -488,7 +497,6 @@ def test_copies_planted_into_cifar100_test_images_are_found_with_their_verdicts(
     assert (genuine["verdict"] == "similar").all(), genuine
     # the likely-copies list ranks every planted copy before every genuine test image
     likely = found.likely
-    print(likely.head(55).to_string())
     assert len(likely) == 100 and set(likely["query_index"].head(len(planted))) == set(planted)
     config = settings()
     clean = clean_table(store.join_manifest("test", manifest), "test", found.pairs, empty_issues(), config)

@@ -3,17 +3,20 @@ the reference split, most likely first, beside the strict pixel verdicts.
 
 The strict verdicts (:mod:`embedlens.audit.pixels`) are precise but reject what people still call a
 copy: the same photograph re-shot, re-cropped or recoloured more than the pixel check can undo. The
-list ranks every query image by three pieces of evidence about its nearest reference image:
+list ranks every query image by evidence about its nearest reference images (the search's
+``neighbours``):
 
-- ``similarity``: the cosine similarity of their embeddings;
-- the **margin** ``similarity - second_similarity`` over the query's second-nearest reference image: a
-  copy has one reference image far closer than any other, while an ordinary image of a dense class has
-  many at about the same distance;
-- ``pixel_similarity`` of the pair (:func:`embedlens.audit.pixels.pixel_similarity`), computed for the
-  :data:`CHECKED_PER_LISTED` x ``likely_copies`` images with the highest embedding score only, since it
-  reads both images.
+- the **margin** ``nearest - second`` of its two highest cosine similarities: a copy has one
+  reference image far closer than any other, while an ordinary image of a dense class has many at
+  about the same distance;
+- for each neighbour, its cosine ``similarity`` plus ``pixel_weight`` times the pair's
+  ``pixel_similarity`` (:func:`embedlens.audit.pixels.pixel_similarity`): the best neighbour by this
+  is the one listed, so a copy whose edit moved its embedding behind a look-alike is still matched
+  to its source. Pixels are compared for the :data:`CHECKED_PER_LISTED` x ``likely_copies`` images
+  with the highest embedding score only, since it reads the images.
 
-``score = similarity + gap_weight * margin + pixel_weight * pixel_similarity``. The two weights are the
+``score = best (similarity + pixel_weight * pixel_similarity) + gap_weight * margin``; with
+``pixel_weight`` 0 it is the nearest similarity plus the weighted margin. The two weights are the
 audit's ``likely_copies_gap_weight`` and ``likely_copies_pixel_weight``, chosen on planted copies of
 genuine CIFAR-100 images (``benchmarks/likely_copies_cifar100.py``; the README gives the figures).
 """
@@ -31,43 +34,50 @@ from embedlens.knn import Neighbours
 # whole split twice.
 CHECKED_PER_LISTED = 2
 LIKELY_COLUMNS = ["rank", "query_split", "query_index", "query_label", "query_class", "reference_split",
-                  "reference_index", "reference_label", "reference_class", "similarity", "second_similarity",
+                  "reference_index", "reference_label", "reference_class", "neighbour", "similarity", "margin",
                   "pixel_similarity", "score", "verdict"]
 
 
+def margins(similarities: np.ndarray) -> np.ndarray:
+    """Nearest minus second-nearest similarity per query row, from (n, k) neighbour similarities, most
+    similar first (float64; 0 with k = 1)."""
+    if similarities.shape[1] < 2:
+        return np.zeros(len(similarities))
+    return similarities[:, 0].astype(np.float64) - similarities[:, 1]
+
+
 def embedding_scores(similarities: np.ndarray, gap_weight: float) -> np.ndarray:
-    """``similarity + gap_weight * (similarity - second_similarity)`` per query row, from the rows'
-    neighbour similarities (n, k), most similar first (float64; with k = 1 the margin is 0)."""
-    nearest = similarities[:, 0].astype(np.float64)
-    second = similarities[:, 1].astype(np.float64) if similarities.shape[1] > 1 else nearest
-    return nearest + gap_weight * (nearest - second)
+    """``nearest + gap_weight * margin`` per query row: the score before any pixel is compared."""
+    return similarities[:, 0].astype(np.float64) + gap_weight * margins(similarities)
 
 
-def combined_scores(similarities: np.ndarray, pixel: np.ndarray, gap_weight: float, pixel_weight: float
-                    ) -> np.ndarray:
-    """:func:`embedding_scores` plus ``pixel_weight`` times ``pixel`` (each row's pixel similarity to its
-    nearest neighbour; NaN, an unreadable image, counts as 0)."""
-    return embedding_scores(similarities, gap_weight) + pixel_weight * np.nan_to_num(pixel, nan=0.0)
+def best_pairs(similarities: np.ndarray, pixel: np.ndarray, pixel_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the neighbour with the highest ``similarity + pixel_weight * pixel`` (``pixel``: (n, k),
+    NaN, an unreadable image, counting as 0; ties: the nearer neighbour) and that value."""
+    values = similarities.astype(np.float64) + pixel_weight * np.nan_to_num(pixel, nan=0.0)
+    best = np.argmax(values, axis=1)
+    return best, values[np.arange(len(values)), best]
 
 
 def rank_likely(similarities: np.ndarray, pixel_of_rows, listed: int, gap_weight: float, pixel_weight: float
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The ``listed`` most likely copies among the query rows.
 
     ``similarities``: (n, k) neighbour similarities, most similar first. ``pixel_of_rows(rows)`` returns
-    the pixel similarity of each given row's pair with its nearest neighbour (float, NaN when
+    the pixel similarity of each given row with each of its k neighbours, (len(rows), k) (NaN when
     unreadable); it is called once, for the :data:`CHECKED_PER_LISTED` x ``listed`` rows with the highest
-    embedding score. Returns the listed rows, most likely first (ties: lower row first), their pixel
-    similarities and their scores."""
+    embedding score. Returns the listed rows, most likely first (ties: lower row first), the column of
+    the neighbour each is matched to, that pair's pixel similarity and the scores."""
     listed = min(listed, len(similarities))
-    if listed <= 0:
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+    if listed <= 0 or not similarities.shape[1]:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
     by_embedding = np.argsort(-embedding_scores(similarities, gap_weight), kind="stable")
     checked = by_embedding[:min(len(similarities), CHECKED_PER_LISTED * listed)]
-    pixel = np.asarray(pixel_of_rows(checked), dtype=np.float64)
-    scores = combined_scores(similarities[checked], pixel, gap_weight, pixel_weight)
+    pixel = np.asarray(pixel_of_rows(checked), dtype=np.float64).reshape(len(checked), similarities.shape[1])
+    neighbour, pair_value = best_pairs(similarities[checked], pixel, pixel_weight)
+    scores = pair_value + gap_weight * margins(similarities[checked])
     order = np.lexsort((checked, -scores))[:listed]
-    return checked[order], pixel[order], scores[order]
+    return checked[order], neighbour[order], pixel[order, neighbour[order]], scores[order]
 
 
 def likely_copies(neighbours: Neighbours, query: tuple[str, pd.DataFrame], reference: tuple[str, pd.DataFrame],
@@ -78,34 +88,33 @@ def likely_copies(neighbours: Neighbours, query: tuple[str, pd.DataFrame], refer
     name and its rows (``index_in_split, label, class_name``, in store order); ``checker`` gives the
     pixel evidence and verdict of a pair, keyed ``(split, index_in_split)``."""
     (query_split, query_rows), (reference_split, reference_rows) = query, reference
-    nearest = neighbours.indices[:, 0] if neighbours.indices.size else np.zeros(0, np.int64)
     query_index = query_rows["index_in_split"].to_numpy()
     reference_index = reference_rows["index_in_split"].to_numpy()
-    verdicts: dict[int, str] = {}
+    verdicts: dict[tuple[int, int], str] = {}
 
-    def pixel_of_rows(rows: np.ndarray) -> list[float]:
-        values = []
-        for row in rows:
-            verdict, similarity = checker.check((query_split, int(query_index[row])),
-                                                (reference_split, int(reference_index[nearest[row]])))
-            verdicts[int(row)] = verdict
-            values.append(similarity)
+    def pixel_of_rows(rows: np.ndarray) -> np.ndarray:
+        values = np.full((len(rows), neighbours.indices.shape[1]), np.nan)
+        for i, row in enumerate(rows):
+            for j, partner in enumerate(neighbours.indices[row]):
+                verdict, values[i, j] = checker.check((query_split, int(query_index[row])),
+                                                      (reference_split, int(reference_index[partner])))
+                verdicts[(int(row), j)] = verdict
         return values
 
-    rows, pixel, scores = rank_likely(neighbours.similarities, pixel_of_rows, listed, gap_weight, pixel_weight)
-    partner = nearest[rows]
-    similarities = neighbours.similarities[rows].astype(np.float64)
+    rows, neighbour, pixel, scores = rank_likely(neighbours.similarities, pixel_of_rows, listed, gap_weight,
+                                                 pixel_weight)
+    partner = neighbours.indices[rows, neighbour]
     return pd.DataFrame({
         "rank": np.arange(1, len(rows) + 1), "query_split": query_split, "query_index": query_index[rows],
         "query_label": query_rows["label"].to_numpy()[rows], "query_class": query_rows["class_name"].to_numpy()[rows],
         "reference_split": reference_split, "reference_index": reference_index[partner],
         "reference_label": reference_rows["label"].to_numpy()[partner],
-        "reference_class": reference_rows["class_name"].to_numpy()[partner],
-        "similarity": similarities[:, 0] if len(rows) else np.zeros(0),
-        "second_similarity": similarities[:, min(1, similarities.shape[1] - 1)] if len(rows) else np.zeros(0),
-        "pixel_similarity": pixel, "score": scores,
-        "verdict": [verdicts.get(int(row), UNVERIFIED) for row in rows]}, columns=LIKELY_COLUMNS)
+        "reference_class": reference_rows["class_name"].to_numpy()[partner], "neighbour": neighbour + 1,
+        "similarity": neighbours.similarities[rows, neighbour].astype(np.float64),
+        "margin": margins(neighbours.similarities[rows]), "pixel_similarity": pixel, "score": scores,
+        "verdict": [verdicts.get((int(row), int(j)), UNVERIFIED) for row, j in zip(rows, neighbour)]},
+        columns=LIKELY_COLUMNS)
 
 
-__all__ = ["CHECKED_PER_LISTED", "LIKELY_COLUMNS", "combined_scores", "embedding_scores", "likely_copies",
+__all__ = ["CHECKED_PER_LISTED", "LIKELY_COLUMNS", "best_pairs", "embedding_scores", "likely_copies", "margins",
            "rank_likely"]

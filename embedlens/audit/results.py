@@ -163,10 +163,10 @@ def audit_summary(duplicates: Mapping, labels: Mapping, clean: pd.DataFrame, *, 
     if likely["listed"]:
         notes.insert(1, f"likely_copies.csv ranks the {likely['listed']} {query} images most likely to be copies of "
                         f"{'another' if query == reference else 'a'} {reference} image (embedding similarity, its "
-                        "margin over the second nearest and pixel similarity combined), for review: it also holds "
-                        "the re-shot, re-cropped and recoloured copies the strict verdicts miss. "
-                        f"{likely['strict_copies']} of them are exact or near copies; the lowest similarity listed "
-                        f"is {likely['lowest_similarity']:.3f}.")
+                        "margin over the second nearest and the pixel similarity to each neighbour combined), for "
+                        "review: it also holds the re-shot, re-cropped and recoloured copies the strict verdicts "
+                        f"miss. {likely['strict_copies']} of them are exact or near copies; the lowest similarity "
+                        f"listed is {likely['lowest_similarity']:.3f}.")
     if within:
         notes.insert(1, f"Within {query}: {within['pairs']} candidate pairs, {headline['within_duplicates']} of them "
                         "exact or near copies (the later image of each is removed from the clean split).")
@@ -194,9 +194,10 @@ def audit_summary(duplicates: Mapping, labels: Mapping, clean: pd.DataFrame, *, 
                  "verdict (exact: identical pixels; near: the same photograph re-encoded, cropped, shifted, "
                  "mirrored or recoloured; similar: a different photograph) and the pixel similarity."),
         Artifact("likely_copies.csv", f"The {query} images most likely to be copies of a {reference} image, most "
-                 "likely first: rank, both images (split, index_in_split, label, class), the cosine similarity to "
-                 "the nearest and to the second-nearest image, the pair's pixel similarity, the score combining "
-                 "them, and the strict pixel verdict."),
+                 "likely first: rank, both images (split, index_in_split, label, class), which neighbour the query "
+                 "is matched to (1: the nearest), the pair's cosine similarity, the query's margin (nearest minus "
+                 "second-nearest similarity), the pair's pixel similarity, the score combining them, and the "
+                 "pair's strict pixel verdict."),
         Artifact("label_issues.csv", "Likely label errors (cleanlab's find_label_issues on out-of-sample "
                  "probabilities of a cross-validated linear probe), most likely first: split, index_in_split, given "
                  "label and class, suggested label and class, label_quality (the probe's probability of the given "
