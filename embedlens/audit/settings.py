@@ -35,6 +35,9 @@ class AuditSettings:
     probe_min_steps: int
     probe_batch_size: int
     probe_learning_rate: float
+    probe_hidden: int
+    probe_dropout: float
+    probe_ensemble: int
     device: str
     seed: int
     pairs_shown: int
@@ -66,7 +69,8 @@ class AuditSettings:
     def probe(self) -> ProbeSettings:
         """The label check's softmax probe (:func:`embedlens.probe.softmax_probe`)."""
         return ProbeSettings(self.regularization, self.probe_epochs, self.probe_min_steps, self.probe_batch_size,
-                             self.probe_learning_rate, self.seed)
+                             self.probe_learning_rate, self.seed, self.probe_hidden, self.probe_dropout,
+                             self.probe_ensemble)
 
     def probe_key(self) -> dict:
         """What decides the label check's probabilities: a killed check resumes only when this matches."""
