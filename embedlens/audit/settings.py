@@ -82,3 +82,10 @@ class AuditSettings:
         values["remove"] = list(self.remove)
         values["label_splits"] = None if self.label_splits is None else list(self.label_splits)
         return values
+
+
+def probe_description(settings: Mapping) -> str:
+    """The label check's model in words, from the ``audit`` settings (a section or :meth:`AuditSettings.as_dict`):
+    "linear probe", "MLP probe (1024 hidden units)", or that with ", 3 seeds averaged"."""
+    model = "linear probe" if settings["probe_hidden"] == 0 else f"MLP probe ({settings['probe_hidden']} hidden units)"
+    return model + (f", {settings['probe_ensemble']} seeds averaged" if settings["probe_ensemble"] > 1 else "")
