@@ -125,9 +125,9 @@ def checkerboard(rows: int = 800, noise_dims: int = 6, flipped: int = 40, seed: 
 
 def test_a_hidden_layer_learns_the_class_boundary_a_linear_probe_cannot_and_ranks_the_flips_first():
     features, labels, given, flipped = checkerboard()
-    linear = out_of_fold(given, 2, 5, 0, softmax_probe(features, given, 2, probe(), CPU)).probabilities
-    mlp = out_of_fold(given, 2, 5, 0, softmax_probe(features, given, 2, probe(hidden=64, learning_rate=0.01,
-                                                                             min_steps=600), CPU)).probabilities
+    linear = out_of_fold(given, 2, 4, 0, softmax_probe(features, given, 2, probe(min_steps=100), CPU)).probabilities
+    mlp = out_of_fold(given, 2, 4, 0, softmax_probe(features, given, 2, probe(hidden=32, learning_rate=0.02,
+                                                                             min_steps=250), CPU)).probabilities
     linear_accuracy, mlp_accuracy = [(p.argmax(axis=1) == labels).mean() for p in (linear, mlp)]
     print(f"accuracy linear {linear_accuracy:.3f}, mlp {mlp_accuracy:.3f}")
     assert linear_accuracy < 0.65  # XOR: no linear boundary beats chance by much
@@ -139,7 +139,7 @@ def test_a_hidden_layer_learns_the_class_boundary_a_linear_probe_cannot_and_rank
         return is_flipped[np.argsort(self_confidence, kind="stable")[:len(flipped)]].mean()
 
     print(f"flips among the lowest 40: mlp {flips_among_lowest(mlp):.2f}, linear {flips_among_lowest(linear):.2f}")
-    assert flips_among_lowest(mlp) >= 0.6 and flips_among_lowest(linear) < 0.3  # 40 flips of 800: chance 0.05
+    assert flips_among_lowest(mlp) >= 0.5 and flips_among_lowest(linear) < 0.25  # 40 flips of 800: chance 0.05
 
 
 def test_an_ensemble_averages_members_of_their_own_seeds():
