@@ -49,13 +49,8 @@ TOPS = (1000, 300)
 # The linear probe as the audit ran it before it had a hidden layer: its learning rate 0.05 makes its
 # probabilities match scikit-learn's LogisticRegression (tests/test_probe.py).
 LINEAR = {"probe_hidden": 0, "probe_dropout": 0.0, "probe_ensemble": 1, "probe_learning_rate": 0.05}
-CANDIDATES = [
-    LINEAR,
-    {"probe_hidden": 1024, "probe_dropout": 0.5, "probe_ensemble": 1, "probe_learning_rate": 0.001},
-    {"probe_hidden": 1024, "probe_dropout": 0.5, "probe_ensemble": 1, "probe_learning_rate": 0.003},
-    {"probe_hidden": 1024, "probe_dropout": 0.5, "probe_ensemble": 1, "probe_learning_rate": 0.001, "probe_epochs": 20},
-    {"probe_hidden": 1024, "probe_dropout": 0.5, "probe_ensemble": 3, "probe_learning_rate": 0.001},
-]
+MLP = {"probe_hidden": 1024, "probe_dropout": 0.5, "probe_ensemble": 1, "probe_learning_rate": 0.001}
+CANDIDATES = [LINEAR, MLP, {**MLP, "probe_ensemble": 3}]
 
 
 def flip(labels: np.ndarray, superclass: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
