@@ -8,12 +8,16 @@ with the caller's model (``fit_fold``); each fold's held-out rows are predicted 
 beside it, so a killed run resumes at the first fold not done; markers of other data or settings
 (their ``key`` differs) are ignored and the folds are fitted again.
 
-:func:`softmax_probe` is the audit's model: multinomial logistic regression (one linear layer and a
-softmax) on L2-normalised, standardised rows (normalised batch by batch, so no normalised copy of the
-features is made; each fold's own training rows give the mean and deviation), trained with
-minibatch Adam and a cosine learning rate on the GPU when there is one. Its L2 penalty is
-scikit-learn's ``LogisticRegression(C)`` one, ``||W||^2 / (2 C n)`` on the mean loss over n rows, so
-``C`` means what it meant for the scikit-learn probe this replaces.
+:func:`softmax_probe` is the audit's model: a softmax classifier on L2-normalised, standardised rows
+(normalised batch by batch, so no normalised copy of the features is made; each fold's own training
+rows give the mean and deviation), trained with minibatch Adam and a cosine learning rate on the GPU
+when there is one. Without a hidden layer it is multinomial logistic regression (a linear probe);
+with one (``hidden`` units, ReLU, dropout; :func:`embedlens.networks.build_mlp`) it draws the curved
+class boundaries a linear probe cannot, and ``ensemble`` members (other seeds: other initial weights
+and batch orders) average their probabilities, which tempers each one's confident mistakes. Every
+member trains on every row of the other folds. Its L2 penalty is scikit-learn's
+``LogisticRegression(C)`` one, ``||W||^2 / (2 C n)`` on the mean loss over n rows (summed over the
+layers' weights), so ``C`` means what it meant for the scikit-learn probe this replaces.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
 from embedlens.atomic import write_text_atomic
+from embedlens.networks import build_mlp
 
 PREDICT_ROWS = 8192  # held-out rows predicted per batch
 PROBABILITIES_FILE = "probabilities.npy"
@@ -110,8 +115,9 @@ def out_of_fold(targets: np.ndarray, num_classes: int, folds: int, seed: int, fi
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    """The softmax probe's training: L2 penalty as scikit-learn's C, epochs (more when they make fewer
-    than ``min_steps`` steps), batch size, peak learning rate (Adam, cosine to 0), seed."""
+    """The softmax probe's model and training: L2 penalty as scikit-learn's C, epochs (more when they
+    make fewer than ``min_steps`` steps), batch size, peak learning rate (Adam, cosine to 0), seed;
+    hidden units (0: a linear probe), their dropout, and how many members (seeds) are averaged."""
 
     regularization: float
     epochs: int
@@ -119,6 +125,9 @@ class ProbeSettings:
     batch_size: int
     learning_rate: float
     seed: int
+    hidden: int
+    dropout: float
+    ensemble: int
 
 
 def softmax_probe(features: np.ndarray, targets: np.ndarray, num_classes: int, settings: ProbeSettings,
@@ -129,6 +138,8 @@ def softmax_probe(features: np.ndarray, targets: np.ndarray, num_classes: int, s
     positions = np.arange(len(targets)) if positions is None else np.asarray(positions, np.int64)
     labels = torch.as_tensor(np.asarray(targets, np.int64), device=device)
     on_device = torch.as_tensor(features, device=device) if device.type == "cuda" else None
+    dim = features.shape[1]
+    hidden = [settings.hidden] if settings.hidden > 0 else []
 
     def rows_of(rows: np.ndarray) -> torch.Tensor:
         """Rows ``rows`` of the folds on the device, L2-normalised."""
@@ -138,40 +149,54 @@ def softmax_probe(features: np.ndarray, targets: np.ndarray, num_classes: int, s
             block = torch.as_tensor(np.asarray(features[positions[rows]], np.float32)).to(device)
         return F.normalize(block, dim=1)
 
-    def fit_fold(fold: int, train_rows: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-        total, squares = torch.zeros(features.shape[1], dtype=torch.float64, device=device), None
+    def standardiser(train_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and deviation (1 where constant) of the normalised training rows, per dimension."""
+        total, squares = torch.zeros(dim, dtype=torch.float64, device=device), None
         for start in range(0, len(train_rows), PREDICT_ROWS):
             block = rows_of(train_rows[start:start + PREDICT_ROWS]).double()
             total += block.sum(dim=0)
             squares = block.pow(2).sum(dim=0) + (0 if squares is None else squares)
         mean = total / len(train_rows)
         std = (squares / len(train_rows) - mean.pow(2)).clamp_min(0).sqrt()
-        mean, std = mean.float(), torch.where(std > 0, std, torch.ones_like(std)).float()
-        torch.manual_seed(settings.seed + fold)
-        model = nn.Linear(features.shape[1], num_classes).to(device)
+        return mean.float(), torch.where(std > 0, std, torch.ones_like(std)).float()
+
+    def train_member(train_rows: np.ndarray, mean: torch.Tensor, std: torch.Tensor, seed: int
+                     ) -> tuple[nn.Module, int, float]:
+        """One member trained on ``train_rows``: the model, its epochs and its last minibatch loss."""
+        torch.manual_seed(seed)
+        model = build_mlp(dim, hidden, num_classes, settings.dropout).to(device)
+        weights = [layer.weight for layer in model if isinstance(layer, nn.Linear)]
         optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
         per_epoch = -(-len(train_rows) // settings.batch_size)
         epochs = max(settings.epochs, -(-settings.min_steps // per_epoch))
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * per_epoch)
         penalty = 1.0 / (2.0 * settings.regularization * len(train_rows))
-        shuffle = torch.Generator().manual_seed(settings.seed + fold)
+        shuffle = torch.Generator().manual_seed(seed)
         loss = torch.zeros(())
         for _ in range(epochs):
             order = train_rows[torch.randperm(len(train_rows), generator=shuffle).numpy()]
             for start in range(0, len(order), settings.batch_size):
                 batch = order[start:start + settings.batch_size]
                 logits = model((rows_of(batch) - mean) / std)
-                loss = F.cross_entropy(logits, labels[batch]) + penalty * model.weight.pow(2).sum()
+                loss = F.cross_entropy(logits, labels[batch]) + penalty * sum(w.pow(2).sum() for w in weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-        model.eval()
+        return model.eval(), epochs, float(loss.detach())
+
+    def fit_fold(fold: int, train_rows: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+        mean, std = standardiser(train_rows)
+        # member 0 of fold k has seed seed + k, as the single probe always had; further members step by 1000
+        members = [train_member(train_rows, mean, std, settings.seed + fold + 1000 * member)
+                   for member in range(settings.ensemble)]
 
         def predict(rows: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                return torch.softmax(model((rows_of(rows) - mean) / std), dim=1).cpu().numpy()
+                block = (rows_of(rows) - mean) / std
+                return (sum(torch.softmax(model(block), dim=1) for model, _, _ in members) / len(members)).cpu().numpy()
 
-        return predict, {"fold": fold, "train_rows": int(len(train_rows)), "epochs": epochs, "last_loss": float(loss.detach())}
+        return predict, {"fold": fold, "train_rows": int(len(train_rows)), "epochs": members[0][1],
+                         "last_loss": float(np.mean([loss for _, _, loss in members]))}
 
     return fit_fold

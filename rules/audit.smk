@@ -1,7 +1,7 @@
 # The dataset audit: near-duplicates of the query split's images (audit.query_split, default test) in the
 # reference split (train: leakage) and within the query split, by cosine similarity of the stored features
 # (embedlens.knn), each candidate with a pixel verdict exact / near / similar (audit_duplicates); likely
-# label errors from cleanlab on the out-of-sample probabilities of a cross-validated linear probe
+# label errors from cleanlab on the out-of-sample probabilities of a cross-validated probe
 # (audit_labels); the clean query split, the explore map's colourings and the summary (audit_clean).
 # Settings: the audit: section of the config. audit_duplicates and audit_labels claim a GPU and use it when
 # there is one (audit.device); the label check's folds checkpoint in audit/checkpoints/labels/ and resume.

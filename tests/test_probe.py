@@ -31,7 +31,8 @@ def planted(classes: int = 10, per_class: int = 100, dim: int = 32, flipped: int
 
 def probe(**changes) -> ProbeSettings:
     return ProbeSettings(**{"regularization": 1.0, "epochs": 10, "min_steps": 300, "batch_size": 1024,
-                            "learning_rate": 0.05, "seed": 0, **changes})
+                            "learning_rate": 0.05, "seed": 0, "hidden": 0, "dropout": 0.0,
+                            "ensemble": 1, **changes})
 
 
 def recording_fit(seen: list):
@@ -108,3 +109,47 @@ def test_the_probe_sees_through_flipped_labels_and_uses_rows_by_position():
     assert (suggested[flipped] == labels[flipped]).mean() >= 0.9  # the true class, not the given one
     self_confidence = found.probabilities[np.arange(len(given)), given]
     assert set(np.argsort(self_confidence)[:12]) == set(flipped.tolist())
+
+
+def checkerboard(rows: int = 800, noise_dims: int = 6, flipped: int = 40, seed: int = 0):
+    """Two classes no line separates: the class is whether the first two coordinates share a sign (XOR),
+    beside ``noise_dims`` uninformative ones; ``flipped`` rows get the other class as label."""
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(-1, 1, size=(rows, 2 + noise_dims)).astype(np.float32)
+    labels = ((points[:, 0] > 0) == (points[:, 1] > 0)).astype(np.int64)
+    given = labels.copy()
+    rows_flipped = rng.choice(rows, flipped, replace=False)
+    given[rows_flipped] = 1 - labels[rows_flipped]
+    return points, labels, given, rows_flipped
+
+
+def test_a_hidden_layer_learns_the_class_boundary_a_linear_probe_cannot_and_ranks_the_flips_first():
+    features, labels, given, flipped = checkerboard()
+    linear = out_of_fold(given, 2, 4, 0, softmax_probe(features, given, 2, probe(min_steps=100), CPU)).probabilities
+    mlp = out_of_fold(given, 2, 4, 0, softmax_probe(features, given, 2, probe(hidden=32, learning_rate=0.02,
+                                                                             min_steps=250), CPU)).probabilities
+    linear_accuracy, mlp_accuracy = [(p.argmax(axis=1) == labels).mean() for p in (linear, mlp)]
+    print(f"accuracy linear {linear_accuracy:.3f}, mlp {mlp_accuracy:.3f}")
+    assert linear_accuracy < 0.65  # XOR: no linear boundary beats chance by much
+    assert mlp_accuracy > 0.85 and mlp.dtype == np.float32
+    is_flipped = np.isin(np.arange(len(given)), flipped)
+
+    def flips_among_lowest(probabilities):  # rows whose given label gets the least probability
+        self_confidence = probabilities[np.arange(len(given)), given]
+        return is_flipped[np.argsort(self_confidence, kind="stable")[:len(flipped)]].mean()
+
+    print(f"flips among the lowest 40: mlp {flips_among_lowest(mlp):.2f}, linear {flips_among_lowest(linear):.2f}")
+    assert flips_among_lowest(mlp) >= 0.5 and flips_among_lowest(linear) < 0.25  # 40 flips of 800: chance 0.05
+
+
+def test_an_ensemble_averages_members_of_their_own_seeds():
+    features, _, given, _ = checkerboard(rows=200, noise_dims=2, flipped=10, seed=1)
+    member = {"hidden": 16, "learning_rate": 0.01, "dropout": 0.2, "min_steps": 30}
+    first = out_of_fold(given, 2, 4, 0, softmax_probe(features, given, 2, probe(**member), CPU)).probabilities
+    # member m of fold k is seeded seed + k + 1000 m: seed 1000 gives the second member of every fold
+    second = out_of_fold(given, 2, 4, 0, softmax_probe(features, given, 2, probe(**member, seed=1000),
+                                                       CPU)).probabilities
+    both = out_of_fold(given, 2, 4, 0, softmax_probe(features, given, 2, probe(**member, ensemble=2),
+                                                     CPU)).probabilities
+    assert np.abs(first - second).max() > 0.01  # other seeds, other members
+    np.testing.assert_allclose(both, (first + second) / 2, atol=1e-5)

@@ -1,8 +1,9 @@
 """Likely label errors: out-of-sample predicted probabilities for every labelled image from a
-cross-validated linear probe on the features, ranked by cleanlab.
+cross-validated probe on the features, ranked by cleanlab.
 
-The probe is a softmax (multinomial logistic) regression on L2-normalised, standardised features
-(:func:`embedlens.probe.softmax_probe`: torch, minibatched, on the GPU when there is one), fitted K
+The probe is a softmax classifier on L2-normalised, standardised features: multinomial logistic
+regression, or with ``audit.probe_hidden`` units an MLP, optionally ``audit.probe_ensemble`` of them
+averaged (:func:`embedlens.probe.softmax_probe`: torch, minibatched, on the GPU when there is one), fitted K
 times (stratified K-fold, seeded, one fold after the other); each image's probabilities come from the
 fit that did not see it and are written to disk in float32 as they come (:func:`embedlens.probe.out_of_fold`),
 so a killed audit resumes at the first fold not done. cleanlab's confident learning (:func:`cleanlab.filter.find_label_issues`,

@@ -10,7 +10,7 @@ import pandas as pd
 from embedlens.audit.duplicates import DuplicateSearch
 from embedlens.audit.labels import LabelCheck
 from embedlens.audit.pixels import UNVERIFIED, VERDICTS
-from embedlens.audit.settings import AuditSettings
+from embedlens.audit.settings import AuditSettings, probe_description
 from embedlens.images import FigureImages
 from embedlens.summary import Artifact, StageSummary, blank_images_note
 
@@ -177,8 +177,8 @@ def audit_summary(duplicates: Mapping, labels: Mapping, clean: pd.DataFrame, *, 
     if labels["probe_accuracy"] is not None:
         notes.append(f"Label errors: cleanlab flagged {labels['issues']} of {labels['checked']} labelled images "
                      f"({', '.join(f'{n} in {s}' for s, n in labels['issues_per_split'].items()) or 'none'}); the "
-                     f"{settings['folds']}-fold linear probe predicts {100 * labels['probe_accuracy']:.1f}% of the "
-                     "given labels out of sample.")
+                     f"{settings['folds']}-fold {probe_description(settings)} predicts "
+                     f"{100 * labels['probe_accuracy']:.1f}% of the given labels out of sample.")
     notes += labels["notes"]
     notes += [note for note in (blank_images_note("pairs.png", duplicates["blank_images"]),
                                 blank_images_note("label_issues.png", labels["blank_images"])) if note]
@@ -199,7 +199,7 @@ def audit_summary(duplicates: Mapping, labels: Mapping, clean: pd.DataFrame, *, 
                  "second-nearest similarity), the pair's pixel similarity, the score combining them, and the "
                  "pair's strict pixel verdict."),
         Artifact("label_issues.csv", "Likely label errors (cleanlab's find_label_issues on out-of-sample "
-                 "probabilities of a cross-validated linear probe), most likely first: split, index_in_split, given "
+                 "probabilities of a cross-validated probe on the features), most likely first: split, index_in_split, given "
                  "label and class, suggested label and class, label_quality (the probe's probability of the given "
                  "label) and the suggested class's probability."),
         Artifact("clean_test_index.csv", f"Every {query} image, kept in the clean split or removed with the reasons "

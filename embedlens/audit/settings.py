@@ -38,6 +38,9 @@ class AuditSettings:
     probe_min_steps: int
     probe_batch_size: int
     probe_learning_rate: float
+    probe_hidden: int
+    probe_dropout: float
+    probe_ensemble: int
     device: str
     seed: int
     pairs_shown: int
@@ -69,7 +72,8 @@ class AuditSettings:
     def probe(self) -> ProbeSettings:
         """The label check's softmax probe (:func:`embedlens.probe.softmax_probe`)."""
         return ProbeSettings(self.regularization, self.probe_epochs, self.probe_min_steps, self.probe_batch_size,
-                             self.probe_learning_rate, self.seed)
+                             self.probe_learning_rate, self.seed, self.probe_hidden, self.probe_dropout,
+                             self.probe_ensemble)
 
     def probe_key(self) -> dict:
         """What decides the label check's probabilities: a killed check resumes only when this matches."""
@@ -81,3 +85,10 @@ class AuditSettings:
         values["remove"] = list(self.remove)
         values["label_splits"] = None if self.label_splits is None else list(self.label_splits)
         return values
+
+
+def probe_description(settings: Mapping) -> str:
+    """The label check's model in words, from the ``audit`` settings (a section or :meth:`AuditSettings.as_dict`):
+    "linear probe", "MLP probe (1024 hidden units)", or that with ", 3 seeds averaged"."""
+    model = "linear probe" if settings["probe_hidden"] == 0 else f"MLP probe ({settings['probe_hidden']} hidden units)"
+    return model + (f", {settings['probe_ensemble']} seeds averaged" if settings["probe_ensemble"] > 1 else "")
