@@ -49,7 +49,7 @@ from torchvision.transforms import v2
 from embedlens.audit.duplicates import image_reader
 from embedlens.audit.likely import rank_likely
 from embedlens.audit.pixels import PixelChecker
-from embedlens.audit.results import COPIES
+from embedlens.audit.results import COPIES, RANKED_VERDICTS
 from embedlens.audit.settings import AuditSettings
 from embedlens.backbones import load_backbone
 from embedlens.config import section_defaults
@@ -202,7 +202,7 @@ def main() -> None:
           for top_n in (SHORT_LIST, args.listed)],
     ]).to_string(index=False, float_format=lambda value: f"{value:.3f}"))
     verdicts = pd.Series([min((pixel_of(int(row), j)[0] for j in range(settings.neighbours)),
-                              key=["exact", "near", "similar", "unverified"].index)
+                              key=RANKED_VERDICTS.index)
                           for row in genuine_listed]).value_counts().to_dict()
     print(f"genuine test images in the list's top {args.listed}: {len(genuine_listed)}, strict verdicts {verdicts}")
 
