@@ -164,8 +164,8 @@ def audit_summary(duplicates: Mapping, labels: Mapping, clean: pd.DataFrame, *, 
         notes.insert(1, f"likely_copies.csv ranks the {likely['listed']} {query} images most likely to be copies of "
                         f"{'another' if query == reference else 'a'} {reference} image (embedding similarity, its "
                         "margin over the second nearest and the pixel similarity to each neighbour combined), for "
-                        "review: it also holds the re-shot, re-cropped and recoloured copies the strict verdicts "
-                        f"miss. {likely['strict_copies']} of them are exact or near copies; the lowest similarity "
+                        "review: the re-shot, re-cropped and recoloured copies the strict verdicts miss rank high in "
+                        f"it. {likely['strict_copies']} of them are exact or near copies; the lowest similarity "
                         f"listed is {likely['lowest_similarity']:.3f}.")
     if within:
         notes.insert(1, f"Within {query}: {within['pairs']} candidate pairs, {headline['within_duplicates']} of them "
