@@ -17,8 +17,9 @@ list ranks every query image by evidence about its nearest reference images (the
 
 ``score = best (similarity + pixel_weight * pixel_similarity) + gap_weight * margin``; with
 ``pixel_weight`` 0 it is the nearest similarity plus the weighted margin. The two weights are the
-audit's ``likely_copies_gap_weight`` and ``likely_copies_pixel_weight``, chosen on planted copies of
-genuine CIFAR-100 images (``benchmarks/likely_copies_cifar100.py``; the README gives the figures).
+audit's ``likely_copies_gap_weight`` and ``likely_copies_pixel_weight``, chosen on half of the copies
+people judged between CIFAR-100's test and train splits (ciFAIR's list) and measured on the other half
+(``benchmarks/likely_copies_cifar100.py --judged``; the README gives the figures).
 """
 
 from __future__ import annotations
