@@ -85,14 +85,19 @@ class StageSummary:
     @classmethod
     def read(cls, path: str | Path) -> StageSummary:
         """Read a ``summary.json``; the error names the file and the missing keys."""
-        with open(path) as handle:
-            data = json.load(handle)
+        data = read_json(path)
         missing = [key for key in ("stage", "title", "dataset") if key not in data]
         if missing:
             raise ValueError(f"{path}: not a stage summary; missing key(s) {', '.join(missing)}")
         return cls(**{**data,
                       "tables": _artifacts(data.get("tables", ())),
                       "figures": _artifacts(data.get("figures", ()))})
+
+
+def read_json(path: str | Path):
+    """The JSON document at ``path``: a rule's ``.json`` output (a fit, its results, a summary)."""
+    with open(path) as handle:
+        return json.load(handle)
 
 
 def blank_images_note(figure: str, unreadable: Mapping[str, str] | Sequence[str]) -> str | None:

@@ -13,12 +13,7 @@ from embedlens.audit.settings import AuditSettings
 from embedlens.logs import job_logger
 from embedlens.manifest import read_manifest, write_table
 from embedlens.store import FeatureStore
-from embedlens.summary import StageSummary
-
-
-def read_json(path):
-    with open(path) as handle:
-        return json.load(handle)
+from embedlens.summary import StageSummary, read_json
 
 
 log = job_logger("audit_clean", snakemake.log[0])

@@ -4,23 +4,23 @@ import json
 
 from embedlens.audit import clean_index
 from embedlens.classify.analysis import analyse, clean_split_figures, empty_analysis, write_analysis
-from embedlens.classify.results import load_crossval, load_predictions, read_training
+from embedlens.classify.results import load_crossval, load_predictions
 from embedlens.classify.settings import ClassifySettings
 from embedlens.logs import job_logger
 from embedlens.overlap import read_pairs_csv, read_similarity_csv
 from embedlens.plots import confusion_heatmap, note_figure
+from embedlens.summary import read_json
 
 log = job_logger("classify_report", snakemake.log[0])
 settings = ClassifySettings.from_config(snakemake.params.settings)
 dataset, backbone = snakemake.wildcards.dataset, snakemake.wildcards.backbone
-training = read_training(snakemake.input.training)
+training = read_json(snakemake.input.training)  # status trained or skipped, with reason
 classes, predictions = load_predictions(snakemake.input.probabilities)
 if training["status"] != "trained":
     analysis = empty_analysis(classes, training["reason"])
     note_figure(f"no classifier: {training['reason']}", snakemake.output.heatmap)
 else:
-    with open(snakemake.input.crossval_info) as handle:
-        crossval = json.load(handle)
+    crossval = read_json(snakemake.input.crossval_info)
     notes = [] if crossval["status"] == "done" else [f"no cleanlab overlap: {crossval['reason']}"]
     crossval_targets, crossval_probabilities = load_crossval(snakemake.input.crossval)
     analysis = analyse(classes, predictions.targets, predictions.probabilities, k=settings.pairs_k,

@@ -4,7 +4,7 @@ import json
 
 from embedlens.classify.results import stage_summary
 from embedlens.logs import job_logger
-from embedlens.summary import StageSummary
+from embedlens.summary import StageSummary, read_json
 
 log = job_logger("classify_summary", snakemake.log[0])
 dataset, backbone = snakemake.wildcards.dataset, snakemake.wildcards.backbone
@@ -13,10 +13,7 @@ if snakemake.params.skip:
     StageSummary.skipped("classify", snakemake.params.skip, dataset=dataset, backbone=backbone,
                          settings=snakemake.params.settings).write(snakemake.output.summary)
     raise SystemExit(0)
-documents = {}
-for key in ("training", "analysis", "listing"):
-    with open(snakemake.input[key]) as handle:
-        documents[key] = json.load(handle)
+documents = {key: read_json(snakemake.input[key]) for key in ("training", "analysis", "listing")}
 if documents["training"].get("status") == "skipped":  # the overlap set's classes cannot support a classifier
     summary = StageSummary.skipped("classify", documents["training"]["reason"], dataset=dataset, backbone=backbone,
                                    settings=snakemake.params.settings)

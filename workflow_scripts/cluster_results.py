@@ -13,6 +13,7 @@ from embedlens.datasets import open_dataset
 from embedlens.logs import job_logger
 from embedlens.manifest import read_manifest
 from embedlens.store import FeatureStore
+from embedlens.summary import read_json
 
 log = job_logger("cluster_results", snakemake.log[0])
 output = snakemake.output
@@ -22,8 +23,7 @@ settings = ClusterSettings.from_config({**snakemake.params.settings, "enabled": 
 store = FeatureStore(snakemake.input.features)
 store.check(dataset=name, recipe=snakemake.params.recipe, manifest=snakemake.input.manifest)
 method, clusters, assignments, class_names = load_predictions(snakemake.input.predictions)
-with open(snakemake.input.fit) as handle:
-    fit = json.load(handle)
+fit = read_json(snakemake.input.fit)
 if fit["status"] == "skipped":
     document, pseudo = skipped_results(fit, class_names, settings, [output.map, output.sizes, output.representatives])
     write_text_atomic(output.pseudo_labels, json.dumps(pseudo) + "\n")

@@ -7,16 +7,13 @@ from embedlens.cluster.results import cluster_summary, load_predictions, map_col
 from embedlens.cluster.settings import ClusterSettings
 from embedlens.logs import job_logger
 from embedlens.manifest import write_table
-from embedlens.summary import StageSummary
+from embedlens.summary import StageSummary, read_json
 
 log = job_logger("cluster_summary", snakemake.log[0])
 settings = ClusterSettings.from_config(snakemake.params.settings)
 dataset, backbone = snakemake.wildcards.dataset, snakemake.wildcards.backbone
 skip = snakemake.params.skip
-documents = []
-for path in [] if skip else snakemake.input.results:
-    with open(path) as handle:
-        documents.append(json.load(handle))
+documents = [read_json(path) for path in ([] if skip else snakemake.input.results)]
 predictions = {}
 for path in [] if skip else snakemake.input.predictions:
     method, _, assignments, _ = load_predictions(path)

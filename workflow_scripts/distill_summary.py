@@ -4,12 +4,7 @@ import json
 
 from embedlens.distill.summary import distill_summary
 from embedlens.logs import job_logger
-from embedlens.summary import StageSummary
-
-
-def read_json(path):
-    with open(path) as handle:
-        return json.load(handle)
+from embedlens.summary import StageSummary, read_json
 
 
 log = job_logger("distill_summary", snakemake.log[0])

@@ -5,12 +5,7 @@ import json
 
 from embedlens.logs import job_logger
 from embedlens.novelty.summary import novelty_summary
-from embedlens.summary import StageSummary
-
-
-def read_json(path):
-    with open(path) as handle:
-        return json.load(handle)
+from embedlens.summary import StageSummary, read_json
 
 
 log = job_logger("novelty_summary", snakemake.log[0])

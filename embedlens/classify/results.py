@@ -75,12 +75,6 @@ def write_training_outputs(paths: Mapping[str, str | Path], classes: ClassSet, i
               **_class_arrays(classes))
 
 
-def read_training(path: str | Path) -> dict:
-    """The training rule's JSON (``status``: trained or skipped, with ``reason``)."""
-    with open(path) as handle:
-        return json.load(handle)
-
-
 def load_predictions(path: str | Path) -> tuple[ClassSet, TestPredictions]:
     """The classes and test predictions from ``probabilities.npz``."""
     with np.load(path, allow_pickle=False) as data:
