@@ -1,7 +1,8 @@
-"""profiles/slurm: what it asks of SLURM for each rule, and a real SLURM run. benchmarks/slurm_check.sh
-starts a one-node cluster on this machine, runs a tiny config of every stage through the profile and
-checks each job in sacct. It needs root and apt-get (or the packages already installed) and a machine
-without a SLURM set-up of its own; elsewhere that test is skipped and says why."""
+"""profiles/slurm: what it asks of SLURM for each rule, and a real SLURM run; profiles/kubernetes' GPU
+requests. benchmarks/slurm_check.sh starts a one-node cluster on this machine, runs a tiny config of
+every stage through the profile and checks each job in sacct. It needs root and apt-get (or the
+packages already installed) and a machine without a SLURM set-up of its own; elsewhere that test is
+skipped and says why."""
 
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ def test_the_profile_sends_the_gpu_rules_to_the_gpu_partition_and_leaves_resourc
     # every other rule goes to the CPU partition; mem_mb, runtime and threads are the rules' own
     assert profile["default-resources"] == {"slurm_partition": "cpu"}
     assert not {"set-threads", "cores", "resources"} & set(profile)
+
+
+def test_the_kubernetes_profile_gives_every_gpu_rule_a_gpu():
+    profile = yaml.safe_load((REPO / "profiles" / "kubernetes" / "config.yaml").read_text())
+    asking = {rule for rule, resources in profile["set-resources"].items()
+              if resources.get("gpu") == 1 and resources.get("gpu_manufacturer") == "nvidia"}
+    assert asking == slurm_verify.gpu_rules()
 
 
 @pytest.mark.cluster
