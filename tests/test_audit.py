@@ -294,7 +294,7 @@ def test_flipped_labels_of_separable_classes_rank_first_and_small_classes_are_le
     features = np.concatenate([features, np.full((3, 16), 9.0, np.float32)])
     given = np.concatenate([given, [4, 4, 4]])
     rows = pd.DataFrame({"split": "train", "index_in_split": np.arange(len(given)) + 1000, "label": given})
-    check = check_labels(features, rows, ["a", "b", "c", "d", "e"], settings())
+    check = check_labels(features, rows, ["a", "b", "c", "d", "e"], settings(probe_min_steps=100))
     assert list(check.issues.columns) == ISSUE_COLUMNS
     assert set(check.issues["index_in_split"].head(5)) == set(flipped + 1000)
     top = check.issues.head(5).set_index("index_in_split")["suggested_label"].to_dict()
@@ -303,7 +303,7 @@ def test_flipped_labels_of_separable_classes_rank_first_and_small_classes_are_le
     assert check.checked == 200 and check.left_out == ["e"] and "fewer than audit.folds=5" in check.notes[0]
     assert 0.9 < check.probe_accuracy < 1.0
     # the same seed gives the same ranking
-    again = check_labels(features, rows, ["a", "b", "c", "d", "e"], settings())
+    again = check_labels(features, rows, ["a", "b", "c", "d", "e"], settings(probe_min_steps=100))
     assert again.issues["index_in_split"].tolist() == check.issues["index_in_split"].tolist()
 
 

@@ -52,7 +52,7 @@ def shapes_config(root: Path) -> dict:
         "cluster": {"temi": {"steps": 4, "heads": 2, "batch_size": 16}, "map": "tsne",
                     "map_points": 30, "representatives": 3, "grid_clusters": 3},
         "novelty": {"quality": {"draws": 1}},
-        "audit": {"folds": 2},
+        "audit": {"folds": 2, "probe_min_steps": 50},
         "distill": {"enabled": True, "per_class": 1, "experts": 1, "expert_epochs": 3, "batch_size": 8,
                     "syn_batch": 8, "syn_steps": 2, "expert_epochs_to_match": 1, "max_start_epoch": 1,
                     "iterations": 3, "eval_seeds": 1, "eval_epochs": 3, "full_epochs": 2, "neighbours": 2,
