@@ -64,9 +64,9 @@ from embedlens.audit.settings import AuditSettings
 from embedlens.backbones import load_backbone
 from embedlens.config import section_defaults
 from embedlens.datasets import open_dataset
+from embedlens.extract import embed_images
 from embedlens.knn import cosine_topk
 from embedlens.manifest import read_manifest
-from embedlens.preprocess import pil_transform, preprocess_batch
 from embedlens.roles import SplitRoles, stage_defaults
 from embedlens.store import FeatureStore
 
@@ -113,21 +113,6 @@ def plant(image: np.ndarray, seed: int) -> np.ndarray:
     return np.asarray(edit(Image.fromarray(image)))
 
 
-def embed(images: list[np.ndarray], store: FeatureStore, batch_size: int = 64) -> np.ndarray:
-    """Features of ``images`` from the store's backbone, preprocessed as the store's recipe says."""
-    recipe = store.recipe
-    backbone = load_backbone(recipe["backbone"])
-    per_image = recipe["extract"]["preprocess"] == "pil"
-    transform = pil_transform(backbone.preprocessing)
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        pixels = (torch.stack([transform(image) for image in chunk]) if per_image else
-                  preprocess_batch(torch.from_numpy(np.stack(chunk)), backbone.preprocessing, "cpu"))
-        out.append(backbone.embed(pixels).numpy())
-    return np.concatenate(out)
-
-
 def recall(ranked: np.ndarray, planted: np.ndarray, top: int) -> float:
     """Share of the ``planted`` query rows among the first ``top`` of ``ranked``."""
     return float(np.isin(planted, ranked[:top]).mean())
@@ -140,7 +125,8 @@ def planted_queries(args, store: FeatureStore, read) -> Queries:
     started = time.perf_counter()
     sources = np.random.default_rng(args.seed).choice(len(train_index), args.planted, replace=False)
     copies = [plant(read(("train", int(train_index[row]))), args.seed * 1_000_003 + int(row)) for row in sources]
-    planted_features = embed(copies, store)
+    planted_features = embed_images(load_backbone(store.recipe["backbone"]), copies,
+                                    store.recipe["extract"]["preprocess"])
     print(f"{args.planted} planted copies embedded in {time.perf_counter() - started:.0f} s")
     genuine = len(test_index)
     planted_rows = genuine + np.arange(args.planted)

@@ -25,16 +25,15 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
 from embedlens.backbones import load_backbone
 from embedlens.config import section_defaults
+from embedlens.extract import embed_images
 from embedlens.novelty.fit import fit_novelty
 from embedlens.novelty.quality import detection_quality, summarize_quality, unseen_class_quality
 from embedlens.novelty.settings import NoveltySettings
-from embedlens.preprocess import preprocess_batch
 from embedlens.store import FeatureStore
 
 
@@ -45,17 +44,6 @@ def digit_images(count: int, side: int = 32) -> np.ndarray:
     grey = (digits * (255.0 / 16.0)).round().astype(np.uint8)
     upscaled = [np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR)) for image in grey]
     return np.repeat(np.stack(upscaled)[..., None], 3, axis=3)
-
-
-def embed(images: np.ndarray, backbone_spec: dict, batch_size: int = 64) -> np.ndarray:
-    """Embed uint8 RGB images with the backbone of a store's recipe, on the CPU, as extraction does."""
-    backbone = load_backbone(backbone_spec)
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(images[start:start + batch_size])
-            out.append(backbone.embed(preprocess_batch(batch, backbone.preprocessing, "cpu")).numpy())
-    return np.concatenate(out)
 
 
 def print_table(title: str, table: pd.DataFrame) -> None:
@@ -108,7 +96,8 @@ def main() -> None:
         print(f"  draw {draw}: unseen {group['unseen_classes'].iloc[0]}")
 
     start = time.monotonic()
-    digits = embed(digit_images(args.far_images), store.recipe["backbone"])
+    digits = embed_images(load_backbone(store.recipe["backbone"]), digit_images(args.far_images),
+                          store.recipe["extract"]["preprocess"])
     scores = pd.concat([fit.scores, fit.model.score(digits)], ignore_index=True)
     is_novel = np.r_[np.zeros(len(fit.scores), bool), np.ones(len(digits), bool)]
     far = pd.DataFrame([{"score": name, **values} for name, values in detection_quality(is_novel, scores).items()])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import h5py
@@ -194,6 +194,14 @@ class DeviceTimer:
 PREPROCESS_MODES = ("device", "pil")
 
 
+def per_image_transform(backbone, preprocess: str) -> Callable[[np.ndarray], torch.Tensor] | None:
+    """The per-image transform of extraction mode ``preprocess``: torchvision's PIL path for "pil",
+    none for "device" (whole batches are resized on the device); any other mode is refused."""
+    if preprocess not in PREPROCESS_MODES:
+        raise ValueError(f"extract.preprocess {preprocess!r}; allowed values: {', '.join(PREPROCESS_MODES)}")
+    return pil_transform(backbone.preprocessing) if preprocess == "pil" else None
+
+
 def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, device: torch.device,
                      batch_size: int, num_workers: int, amp: bool, preprocess: str, compile: bool,
                      decode_jpegs_on_device: bool | None = None,
@@ -218,9 +226,7 @@ def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, dev
     ``progress`` is told the images done and the seconds spent preprocessing in this process (on
     the model's device), after every batch.
     """
-    if preprocess not in PREPROCESS_MODES:
-        raise ValueError(f"extract.preprocess {preprocess!r}; allowed values: {', '.join(PREPROCESS_MODES)}")
-    transform = pil_transform(backbone.preprocessing) if preprocess == "pil" else None
+    transform = per_image_transform(backbone, preprocess)
     if decode_jpegs_on_device is None:
         decode_jpegs_on_device = decodes_jpegs_on_device(device.type, preprocess)
     images = ManifestImages(dataset, rows, transform, encoded=decode_jpegs_on_device)
@@ -251,6 +257,23 @@ def extract_features(backbone, dataset: ImageDataset, rows: pd.DataFrame, *, dev
             if progress is not None:
                 progress.update(len(positions) + len(batch_failed), timer.seconds)
     return out, failed
+
+
+def embed_images(backbone, images: Sequence[np.ndarray], preprocess: str, batch_size: int = 64) -> np.ndarray:
+    """Features (float32, (len(images), dim)) of in-memory uint8 RGB images (H, W, 3; any sizes), on
+    the CPU, preprocessed as :func:`extract_features` does in mode ``preprocess`` ("device" or "pil"):
+    for embedding images a store does not hold (edited copies, images of another source) exactly as
+    its features were made."""
+    transform = per_image_transform(backbone, preprocess)
+    out = np.zeros((len(images), backbone.dim), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            pixels = (torch.stack([transform(image) for image in chunk]) if transform is not None else
+                      preprocess_batch([torch.from_numpy(np.array(image, np.uint8, order="C")) for image in chunk],
+                                       backbone.preprocessing, "cpu"))
+            out[start:start + len(chunk)] = backbone.embed(pixels).float().numpy()
+    return out
 
 
 def _write_rows(out, positions: list[int], values: np.ndarray) -> None:

@@ -16,7 +16,7 @@ from torchvision import transforms
 
 from embedlens.backbones import load_backbone
 from embedlens.datasets import ImageDataset
-from embedlens.extract import Progress, collate_images, extract_features
+from embedlens.extract import Progress, collate_images, embed_images, extract_features
 from embedlens.preprocess import Preprocessing, preprocess_batch
 from embedlens.manifest import read_manifest, write_table
 from embedlens.recipe import job_recipe, requested_recipe
@@ -320,10 +320,23 @@ def test_pil_mode_reproduces_the_notebooks_per_image_path_exactly(tiny_backbone)
     assert not np.array_equal(device_path, notebooks)  # the modes really differ
 
 
+@pytest.mark.parametrize("preprocess", ["device", "pil"])
+def test_images_in_memory_are_embedded_exactly_as_extraction_embeds_their_files(tiny_backbone, preprocess):
+    dataset = ToyImages()
+    rows = _rows(["0", "1", "2", "3", "4"])  # three sizes
+    extracted, _ = extract_features(tiny_backbone, dataset, rows, device=torch.device("cpu"),
+                                    **extract_options(batch_size=5, num_workers=0, preprocess=preprocess))
+    in_memory = embed_images(tiny_backbone, [dataset.read_image("train", s) for s in rows["source"]], preprocess,
+                             batch_size=2)
+    np.testing.assert_allclose(in_memory, extracted, rtol=1e-5, atol=1e-6)
+
+
 def test_an_unknown_preprocess_mode_is_refused(tiny_backbone):
     with pytest.raises(ValueError, match="extract.preprocess 'gpu'; allowed values: device, pil"):
         extract_features(tiny_backbone, ToyImages(), _rows(["0"]), device=torch.device("cpu"),
                          **extract_options(preprocess="gpu"))
+    with pytest.raises(ValueError, match="extract.preprocess 'gpu'; allowed values: device, pil"):
+        embed_images(tiny_backbone, [ToyImages().read_image("train", "0")], "gpu")
 
 
 def test_compile_runs_the_torch_compiled_model_with_equal_features(tiny_backbone, monkeypatch):
