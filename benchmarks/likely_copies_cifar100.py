@@ -148,6 +148,12 @@ def judged_queries(args, store: FeatureStore, read) -> Queries:
     test_index = store.index("test")
     test_row = {int(index): row for row, index in enumerate(test_index)}
     every_judged = pd.read_csv(args.judged)
+    missing = {"TestID", "TrainID", "Judgment"} - set(every_judged.columns)
+    unknown = sorted(set(every_judged.get("TestID", [])) - set(test_row)) if not missing else []
+    if missing or unknown:
+        raise SystemExit(f"{args.judged}: " + (f"missing column(s) {', '.join(sorted(missing))}; ciFAIR's "
+                         "meta/duplicates_cifar100.csv has TestID, TrainID, Distance, Judgment" if missing else
+                         f"{len(unknown)} TestID(s) not in the store's test split, the first {unknown[0]}"))
     judgments = {test_row[int(index)]: int(judgment)
                  for index, judgment in zip(every_judged["TestID"], every_judged["Judgment"])}
     judged = every_judged[every_judged["Judgment"].isin(JUDGED_COPIES)]
@@ -243,8 +249,8 @@ def main() -> None:
     print(f"\nheld-out half ({len(held_out)} copies among {len(queries.ranked['held-out'])} query images), "
           f"reported once:")
     print(pd.DataFrame([
-        {"ranking": "strict verdicts (exact or near, cosine >= threshold)", "flagged": len(strict),
-         "recall": len(strict) / len(held_out)},
+        {"ranking": f"strict verdicts (exact or near, cosine >= threshold): {len(strict)} copies found",
+         "flagged": "a set", "recall": len(strict) / len(held_out)},
         *[{"ranking": name, "flagged": top_n, "recall": recall(order, held_out, top_n)}
           for name, order in (("nearest-neighbour cosine", plain),
                               ("likely-copies list, the schema's weights", defaults_ranked),
@@ -259,9 +265,7 @@ def main() -> None:
           f"{verdicts}")
     if queries.judgments:
         judged = pd.Series([JUDGMENTS[queries.judgments.get(int(row))] for row in top]).value_counts().to_dict()
-        strict_judged = pd.Series([JUDGMENTS[queries.judgments.get(int(row))] for row in strict]).value_counts()
-        print(f"the list's top {args.listed} by judgment: {judged}; the held-out strict verdicts by judgment: "
-              f"{strict_judged.to_dict()}")
+        print(f"the list's top {args.listed} by judgment: {judged}")
 
 
 if __name__ == "__main__":
